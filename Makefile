@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   # creates .venv, installs CPU torch + eecontrol, runs the default recipe
+#   make test   # same set-up, then the test suite
+# GPU users: make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.eecontrol-installed
+
+.PHONY: install demo test lint bench-dropout clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, so that nothing pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/eecontrol-train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench-dropout: $(STAMP)
+	$(BIN)/python benchmarks/dropout.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) logs outputs *.egg-info

@@ -1,0 +1,12 @@
+"""eecontrol: Lightning callbacks that decide when to stop, what to freeze and how to regularise."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from eecontrol.callbacks import ControlCallback, Decision, DropoutSchedule
+
+try:
+    __version__ = version("eecontrol")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["ControlCallback", "Decision", "DropoutSchedule", "__version__"]

@@ -1,0 +1,391 @@
+"""The shared decision contract of every eecontrol callback.
+
+Every action a callback takes (stop, freeze, set a rate, select a checkpoint) is a
+:class:`Decision`. :class:`ControlCallback` records it in the callback's state (so a
+resumed run knows it), appends it to ``decisions.jsonl`` in the run directory (rank zero),
+reports it to the Trainer's loggers and to the console, and makes stop decisions identical
+on every rank through ``trainer.strategy.reduce_boolean_decision``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
+
+DECISIONS_FILE = "decisions.jsonl"
+STATE_VERSION = 1
+
+Evidence = dict[str, float | int | str | bool | None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One action a callback took, with the numbers that justify it.
+
+    Args:
+        step: ``trainer.global_step`` (optimizer steps done) when the decision was made.
+        epoch: ``trainer.current_epoch`` when the decision was made.
+        callback: the deciding callback's name (its ``state_key``).
+        action: a short verb, e.g. ``"stop"``, ``"freeze"``, ``"set_rate"``.
+        reason: one human sentence saying why.
+        evidence: primitives only (numbers, strings, booleans) that justify the action.
+    """
+
+    step: int
+    epoch: int
+    callback: str
+    action: str
+    reason: str
+    evidence: Evidence = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON- and ``weights_only``-safe dict of primitives."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        """Builds a decision from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: if a field is missing.
+        """
+        missing = [k for k in ("step", "epoch", "callback", "action", "reason") if k not in data]
+        if missing:
+            raise ValueError(f"decision record is missing fields {missing}: {dict(data)!r}")
+        return cls(
+            step=int(data["step"]),
+            epoch=int(data["epoch"]),
+            callback=str(data["callback"]),
+            action=str(data["action"]),
+            reason=str(data["reason"]),
+            evidence=dict(data.get("evidence") or {}),
+        )
+
+
+def _clean_evidence(evidence: Mapping[str, Any] | None) -> Evidence:
+    """Converts evidence values to JSON-safe primitives (tensors and numpy scalars included)."""
+    out: Evidence = {}
+    for key, value in (evidence or {}).items():
+        if hasattr(value, "item") and callable(value.item):
+            value = value.item()
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            out[str(key)] = value
+        elif isinstance(value, int):
+            out[str(key)] = int(value)
+        elif isinstance(value, float):
+            out[str(key)] = float(value) if math.isfinite(value) else str(value)
+        else:
+            out[str(key)] = str(value)
+    return out
+
+
+def reduce_stop(trainer: pl.Trainer, should_stop: bool) -> bool:
+    """Makes a stop decision identical on all ranks and applies it to the trainer.
+
+    A stop on any rank stops every rank (``all=False``), so one rank can never leave the
+    others waiting in a collective.
+
+    Args:
+        trainer: the running trainer.
+        should_stop: this rank's decision.
+
+    Returns:
+        The decision agreed by all ranks.
+    """
+    agreed = bool(trainer.strategy.reduce_boolean_decision(bool(should_stop), all=False))
+    trainer.should_stop = trainer.should_stop or agreed
+    return agreed
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """Returns the directory where a run's decisions and artefacts go.
+
+    This is ``trainer.default_root_dir``: the Hydra run directory in ``eecontrol-train``
+    (``trainer.default_root_dir: ${paths.output_dir}``) and stable across a resume, unlike
+    a logger's versioned directory.
+    """
+    return Path(trainer.default_root_dir)
+
+
+def control_callbacks(trainer: pl.Trainer) -> list[ControlCallback]:
+    """Returns the trainer's eecontrol callbacks in their order."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, ControlCallback)]
+
+
+def all_decisions(trainer: pl.Trainer) -> list[Decision]:
+    """Returns every decision of every eecontrol callback, ordered by step."""
+    decisions: list[tuple[int, int, int, Decision]] = []
+    for cb_idx, cb in enumerate(control_callbacks(trainer)):
+        for i, d in enumerate(cb.decisions):
+            decisions.append((d.step, cb_idx, i, d))
+    return [d for *_, d in sorted(decisions, key=lambda x: x[:3])]
+
+
+def _write_journal(trainer: pl.Trainer) -> None:
+    """Rewrites ``decisions.jsonl`` from the callbacks' state (rank zero, once per fit).
+
+    The file is a view of the callbacks' state: after a resume it holds exactly the
+    decisions made up to the checkpoint (decisions written after it by a killed process
+    are dropped, since the resumed run makes them again). A file left by another fit in
+    the same directory is kept as ``decisions.jsonl.N`` rather than overwritten.
+    """
+    if not trainer.is_global_zero:
+        return
+    path = run_dir(trainer) / DECISIONS_FILE
+    decisions = all_decisions(trainer)
+    resuming = trainer.ckpt_path is not None
+    if path.exists() and path.stat().st_size > 0 and not resuming and not decisions:
+        n = 1
+        while path.with_name(f"{DECISIONS_FILE}.{n}").exists():
+            n += 1
+        backup = path.with_name(f"{DECISIONS_FILE}.{n}")
+        path.rename(backup)
+        rank_zero_info(f"eecontrol: kept the previous fit's decisions as {backup}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for d in decisions:
+            f.write(json.dumps(d.to_dict()) + "\n")
+    os.replace(tmp, path)
+
+
+class ControlCallback(Callback):
+    """Base class of eecontrol callbacks: the decision record, stop sync and state rules.
+
+    Subclasses implement :meth:`_config` (the constructor arguments that matter, as
+    primitives), :meth:`_progress_state` / :meth:`_load_progress_state` (what must survive
+    a resume), and call :meth:`_decide` for every action and :meth:`_stop` to stop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decisions: list[Decision] = []
+        self.stopped_epoch: int | None = None
+        self.stopped_step: int | None = None
+        self.stop_reason: str | None = None
+
+    # --- identity and configuration -------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The name written in decisions: the callback's ``state_key``."""
+        return self.state_key
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """The decisions this callback made so far (resumed ones included)."""
+        return list(self._decisions)
+
+    def _config(self) -> dict[str, Any]:
+        """The constructor arguments that define this callback, as primitives."""
+        return {}
+
+    def _identity(self) -> dict[str, Any]:
+        """The arguments that distinguish two instances in ``state_key``."""
+        return self._config()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._identity())
+
+    # --- decisions ------------------------------------------------------------------
+
+    def _decide(
+        self,
+        trainer: pl.Trainer,
+        action: str,
+        reason: str,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Records one decision: state, ``decisions.jsonl`` (rank zero), loggers, console.
+
+        Args:
+            trainer: the running trainer.
+            action: a short verb naming what was done.
+            reason: one sentence saying why.
+            evidence: the numbers that justify it.
+
+        Returns:
+            The recorded decision.
+        """
+        decision = Decision(
+            step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            callback=self.name,
+            action=action,
+            reason=reason,
+            evidence=_clean_evidence(evidence),
+        )
+        self._decisions.append(decision)
+        if trainer.is_global_zero:
+            path = run_dir(trainer) / DECISIONS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps(decision.to_dict()) + "\n")
+            rank_zero_info(
+                f"eecontrol [{type(self).__name__}] step {decision.step} epoch {decision.epoch}: "
+                f"{action}: {reason}"
+            )
+        self._report_to_loggers(trainer, decision)
+        return decision
+
+    def _report_to_loggers(self, trainer: pl.Trainer, decision: Decision) -> None:
+        """Sends a decision to the loggers as numbers (safe in every hook)."""
+        metrics = {f"eecontrol/{type(self).__name__}/{decision.action}": 1.0}
+        for key, value in decision.evidence.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics[f"eecontrol/{type(self).__name__}/{decision.action}/{key}"] = float(value)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _stop(
+        self,
+        trainer: pl.Trainer,
+        should_stop: bool,
+        reason: str,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Stops training on every rank if any rank asks to, and records the decision.
+
+        Must be called on every rank at the same point (it runs a collective under DDP).
+
+        Returns:
+            Whether training stops.
+        """
+        if trainer.fast_dev_run:
+            return False
+        agreed = reduce_stop(trainer, should_stop)
+        if agreed and self.stopped_epoch is None:
+            self.stopped_epoch = int(trainer.current_epoch)
+            self.stopped_step = int(trainer.global_step)
+            # The same reason on every rank, so that all ranks' decisions are identical.
+            self.stop_reason = reason
+            self._decide(trainer, "stop", self.stop_reason, evidence)
+        return agreed
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after a checkpoint's callback states are restored.
+        if control_callbacks(trainer)[0] is self:
+            _write_journal(trainer)
+        if self.stopped_epoch is not None:
+            rank_zero_info(
+                f"eecontrol [{type(self).__name__}]: this run was stopped at epoch "
+                f"{self.stopped_epoch} ({self.stop_reason}); not training again after resume."
+            )
+            trainer.should_stop = True
+
+    # --- state ----------------------------------------------------------------------
+
+    def _progress_state(self) -> dict[str, Any]:
+        """Progress that must survive a resume (primitives and tensors only)."""
+        return {}
+
+    def _load_progress_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`_progress_state` output."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "decisions": [d.to_dict() for d in self._decisions],
+            "stopped_epoch": self.stopped_epoch,
+            "stopped_step": self.stopped_step,
+            "stop_reason": self.stop_reason,
+            "progress": self._progress_state(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping) or "version" not in state_dict:
+            raise ValueError(
+                f"{name}: the checkpoint's callback state has no 'version' key: it was written "
+                f"by another callback or an older eecontrol. Resume with a checkpoint written "
+                f"by eecontrol state version {STATE_VERSION}, or start a fresh run."
+            )
+        if state_dict["version"] != STATE_VERSION:
+            raise ValueError(
+                f"{name}: checkpoint state version {state_dict['version']!r} is not supported "
+                f"(this eecontrol reads version {STATE_VERSION})."
+            )
+        saved_config = dict(state_dict.get("config") or {})
+        current = self._config()
+        changed = {
+            k: (saved_config.get(k), v) for k, v in current.items() if saved_config.get(k) != v
+        }
+        if changed:
+            rank_zero_warn(
+                f"{name}: configuration differs from the checkpoint's; using the constructor's "
+                f"values (checkpoint -> now): "
+                + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            )
+        self._decisions = [Decision.from_dict(d) for d in state_dict.get("decisions", [])]
+        self.stopped_epoch = state_dict.get("stopped_epoch")
+        self.stopped_step = state_dict.get("stopped_step")
+        self.stop_reason = state_dict.get("stop_reason")
+        self._load_progress_state(dict(state_dict.get("progress") or {}))
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    integer: bool = False,
+) -> None:
+    """Raises a ``ValueError`` naming ``name``, its value and the valid range.
+
+    Args:
+        name: the argument's name as the user writes it.
+        value: the value given.
+        low: the lower bound, or None.
+        high: the upper bound, or None.
+        low_inclusive: whether ``low`` itself is valid.
+        high_inclusive: whether ``high`` itself is valid.
+        integer: whether the value must be an integer.
+    """
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    rng = f"{'[' if low_inclusive and low is not None else '('}{lo}, {hi}{']' if high_inclusive and high is not None else ')'}"
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
+    if not math.isfinite(float(value)):
+        raise ValueError(
+            f"`{name}` must be a finite {kind[2:] if integer else 'number'} in {rng}, got {value!r}."
+        )
+    bad = (low is not None and (value < low or (value == low and not low_inclusive))) or (
+        high is not None and (value > high or (value == high and not high_inclusive))
+    )
+    if bad:
+        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Raises a ``ValueError`` naming ``name`` and the valid choices; returns the value."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+    return value

@@ -1,0 +1,107 @@
+"""The conformance kit every eecontrol callback must pass (used by the test suite).
+
+Each check raises ``AssertionError`` with a message saying what broke. A new callback's
+test module calls :func:`check_callback_conformance` with a factory, a few valid argument
+sets and a table of invalid arguments.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from eecontrol.callbacks._control import ControlCallback
+
+
+def _assert_primitive(value: Any, path: str) -> None:
+    """Checks that state is made of primitives, tensors, lists and str-keyed dicts only."""
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _assert_primitive(v, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, str | int), f"state key {path}.{k!r} is not a str/int"
+            _assert_primitive(v, f"{path}.{k}")
+        return
+    raise AssertionError(f"state {path} holds a {type(value).__name__}, not a primitive or tensor")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def roundtrip_state(callback: ControlCallback) -> dict[str, Any]:
+    """Saves the callback's state with ``torch.save`` and loads it with ``weights_only=True``."""
+    buffer = io.BytesIO()
+    torch.save(callback.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def check_state_roundtrip(callback: ControlCallback, fresh: ControlCallback) -> None:
+    """State survives ``torch.save``/``torch.load(weights_only=True)`` into a fresh instance."""
+    state = callback.state_dict()
+    _assert_primitive(state, type(callback).__name__)
+    loaded = roundtrip_state(callback)
+    assert _equal(loaded, state), "state changed through torch.save/torch.load(weights_only=True)"
+    fresh.load_state_dict(loaded)
+    assert _equal(fresh.state_dict(), state), "load_state_dict(state_dict()) is not the identity"
+
+
+def check_callback_conformance(
+    factory: Callable[..., ControlCallback],
+    valid: Sequence[Mapping[str, Any]],
+    invalid: Sequence[tuple[Mapping[str, Any], str, str]],
+    after_fit: tuple[ControlCallback, Mapping[str, Any]] | None = None,
+) -> None:
+    """Runs every conformance check on a callback class.
+
+    Args:
+        factory: builds the callback from keyword arguments (usually the class).
+        valid: at least two argument sets that must give distinct ``state_key`` values.
+        invalid: ``(kwargs, argument name, fragment of the valid range)`` rows; each must
+            raise ``ValueError`` at construction naming the argument and its valid range.
+        after_fit: optionally, an instance that took part in a real fit (non-trivial
+            state) and the keyword arguments it was built with.
+    """
+    instances = [factory(**kw) for kw in valid]
+    assert len(instances) >= 2, "give at least two valid argument sets"
+    keys = [cb.state_key for cb in instances]
+    assert len(set(keys)) == len(keys), f"state_key is not unique across argument sets: {keys}"
+    for kw, cb in zip(valid, instances):
+        assert isinstance(cb, ControlCallback), f"{type(cb).__name__} is not a ControlCallback"
+        check_state_roundtrip(cb, factory(**kw))
+        clone = pickle.loads(pickle.dumps(cb))
+        assert clone.state_key == cb.state_key, "state_key changed through pickle"
+    if after_fit is not None:
+        fitted, kwargs = after_fit
+        check_state_roundtrip(fitted, factory(**kwargs))
+        pickle.loads(pickle.dumps(fitted))
+    for kwargs, argument, valid_range in invalid:
+        try:
+            factory(**kwargs)
+        except ValueError as err:
+            message = str(err)
+            assert argument in message, (
+                f"error for {dict(kwargs)} does not name `{argument}`: {message}"
+            )
+            assert valid_range in message, (
+                f"error for {dict(kwargs)} does not state the valid range {valid_range!r}: {message}"
+            )
+        else:
+            raise AssertionError(
+                f"{dict(kwargs)} was accepted; expected a ValueError naming `{argument}`"
+            )

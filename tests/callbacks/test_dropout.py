@@ -1,0 +1,246 @@
+"""DropoutSchedule on real digits training: rates per step, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eecontrol.recipes.digits import DigitsClassifier
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+
+from eecontrol import DropoutSchedule
+from eecontrol.callbacks._control import DECISIONS_FILE
+from eecontrol.core.schedules import drop_rate
+from eecontrol.testing import check_callback_conformance
+from tests.conftest import digits_data, digits_model, make_trainer
+from tests.core.test_drop_targets import Block
+
+
+class RateRecorder(Callback):
+    """Records, at every training micro-batch, the rates really set in the model."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.seen: list[tuple[int, int, float, float | None]] = []
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        drops = [m.p for m in pl_module.modules() if isinstance(m, nn.Dropout | nn.Dropout2d)]
+        paths = [m.drop_prob for m in pl_module.modules() if hasattr(m, "drop_prob")]
+        assert len(set(drops)) <= 1
+        self.seen.append(
+            (
+                trainer.global_step,
+                batch_idx,
+                drops[0] if drops else None,
+                paths[-1] if paths else None,
+            )
+        )
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.path:
+            with open(f"{self.path}/rates{trainer.global_rank}.json", "w") as f:
+                json.dump(self.seen, f)
+
+
+class CrashAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_conformance(tmp_path):
+    cb = DropoutSchedule(p=0.2, mode="early", cutoff=0.5)
+    make_trainer(tmp_path, max_epochs=2, limit_train_batches=3, callbacks=[cb]).fit(
+        digits_model(), datamodule=digits_data()
+    )
+    check_callback_conformance(
+        DropoutSchedule,
+        valid=[{"mode": "early"}, {"mode": "late"}, {"mode": "early", "target": "both"}],
+        invalid=[
+            ({"p": 1.0}, "`p`", "[0.0, 1.0)"),
+            ({"p": -0.1}, "`p`", "[0.0, 1.0)"),
+            ({"p": float("nan")}, "`p`", "[0.0, 1.0)"),
+            ({"mode": "middle"}, "`mode`", "['standard', 'early', 'late']"),
+            ({"schedule": "cosine"}, "`schedule`", "['constant', 'linear']"),
+            ({"cutoff": 1.5}, "`cutoff`", "[0.0, 1.0]"),
+            ({"cutoff": -2, "cutoff_unit": "epochs"}, "`cutoff`", "[0.0, inf)"),
+            ({"cutoff": None}, "`cutoff`", "required"),
+            ({"cutoff_unit": "steps"}, "`cutoff_unit`", "['fraction', 'epochs']"),
+            ({"target": "dropblock"}, "`target`", "['dropout', 'drop_path', 'both']"),
+            ({"drop_path_rate": 1.2}, "`drop_path_rate`", "[0.0, 1.0)"),
+            ({"drop_path_per_block": "cosine"}, "`drop_path_per_block`", "['linear', 'uniform']"),
+            ({"float_attributes": "dropout"}, "`float_attributes`", "list of attribute names"),
+        ],
+        after_fit=(cb, {"p": 0.2, "mode": "early", "cutoff": 0.5}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "schedule"), [("early", "linear"), ("late", "constant"), ("early", "constant")]
+)
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_rates_applied_per_optimizer_step(tmp_path, mode, schedule, accumulate):
+    rec = RateRecorder()
+    cb = DropoutSchedule(p=0.3, mode=mode, schedule=schedule, cutoff=2, cutoff_unit="epochs")
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=4,
+        limit_train_batches=7,
+        accumulate_grad_batches=accumulate,
+        callbacks=[cb, rec],
+    )
+    trainer.fit(digits_model(), datamodule=digits_data())
+    steps_per_epoch = -(-7 // accumulate)
+    total = 4 * steps_per_epoch
+    assert trainer.global_step == total
+    for step, _, rate, _ in rec.seen:
+        assert rate == drop_rate(step, 0.3, total, 2 * steps_per_epoch, mode, schedule)
+    # within an accumulation group the rate never changes
+    by_step: dict[int, set[float]] = {}
+    for step, _, rate, _ in rec.seen:
+        by_step.setdefault(step, set()).add(rate)
+    assert all(len(v) == 1 for v in by_step.values())
+    actions = [d.action for d in cb.decisions]
+    assert actions == ["schedule", "dropout_off" if mode == "early" else "dropout_on"]
+    flip = cb.decisions[1].step
+    expected_flip = 2 * steps_per_epoch - (1 if schedule == "linear" else 0)
+    assert flip == expected_flip
+    journal = [json.loads(x) for x in (tmp_path / DECISIONS_FILE).read_text().splitlines()]
+    assert [x["action"] for x in journal] == actions
+
+
+def test_logged_rate_reaches_the_loggers(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = DropoutSchedule(p=0.2, mode="early", cutoff=0.5)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_train_batches=4,
+        callbacks=[cb],
+        logger=CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=1,
+    )
+    trainer.fit(digits_model(), datamodule=digits_data())
+    text = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "dropout/rate" in text.splitlines()[0]
+    assert "dropout/rate" in trainer.progress_bar_metrics
+
+
+def test_resume_mid_run_continues_the_schedule_exactly(tmp_path):
+    def run(root, callbacks, ckpt_path=None):
+        trainer = make_trainer(
+            root,
+            max_epochs=6,
+            limit_train_batches=5,
+            callbacks=callbacks,
+            enable_checkpointing=True,
+        )
+        trainer.fit(digits_model(), datamodule=digits_data(), ckpt_path=ckpt_path)
+        return trainer
+
+    ref_rec = RateRecorder()
+    ref = DropoutSchedule(p=0.25, mode="early", schedule="linear", cutoff=0.5)
+    run(
+        tmp_path / "ref",
+        [ref, ref_rec, ModelCheckpoint(dirpath=tmp_path / "ref" / "c", save_last=True)],
+    )
+
+    rec1 = RateRecorder()
+    cb1 = DropoutSchedule(p=0.25, mode="early", schedule="linear", cutoff=0.5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(
+            tmp_path / "run",
+            [
+                cb1,
+                rec1,
+                CrashAtEpoch(4),
+                ModelCheckpoint(dirpath=tmp_path / "run" / "c", save_last=True),
+            ],
+        )
+    rec2 = RateRecorder()
+    cb2 = DropoutSchedule(p=0.25, mode="early", schedule="linear", cutoff=0.5)
+    run(
+        tmp_path / "run",
+        [cb2, rec2, ModelCheckpoint(dirpath=tmp_path / "run" / "c", save_last=True)],
+        ckpt_path=tmp_path / "run" / "c" / "last.ckpt",
+    )
+    assert rec1.seen + rec2.seen == ref_rec.seen
+    assert cb2.decisions == [d for d in ref.decisions]
+    assert (tmp_path / "run" / DECISIONS_FILE).read_text() == (
+        tmp_path / "ref" / DECISIONS_FILE
+    ).read_text()
+
+
+@pytest.mark.timeout(180)
+def test_ddp_ranks_use_the_same_rate(tmp_path):
+    cb = DropoutSchedule(p=0.3, mode="late", cutoff=0.5)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        strategy="ddp_spawn",
+        devices=2,
+        callbacks=[cb, RateRecorder(str(tmp_path))],
+    )
+    trainer.fit(digits_model(), datamodule=digits_data())
+    r0 = json.loads((tmp_path / "rates0.json").read_text())
+    r1 = json.loads((tmp_path / "rates1.json").read_text())
+    assert r0 == r1 and len(r0) == 8
+    assert {r[2] for r in r0} == {0.0, 0.3}
+
+
+def test_stochastic_depth_and_dropout_with_independent_rates(tmp_path):
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 4),
+        *[Block(0.1) for _ in range(4)],
+        nn.Dropout(0.1),
+        nn.Linear(4, 10),
+    )
+    rec = RateRecorder()
+    cb = DropoutSchedule(p=0.2, drop_path_rate=0.4, mode="late", cutoff=0.5, target="both")
+    make_trainer(tmp_path, max_epochs=2, limit_train_batches=3, callbacks=[cb, rec]).fit(
+        DigitsClassifier(net=net), datamodule=digits_data()
+    )
+    assert {(r[2], r[3]) for r in rec.seen} == {(0.0, 0.0), (0.2, 0.4)}
+    blocks = [m.drop_prob for m in net.modules() if hasattr(m, "drop_prob")]
+    assert blocks == pytest.approx([0.0, 0.4 / 3, 0.8 / 3, 0.4])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "model", "message"),
+    [
+        (
+            {"cutoff": 12, "cutoff_unit": "epochs"},
+            "cnn",
+            r"cutoff=12.0` epochs lies beyond training \(3 epochs",
+        ),
+        ({}, "nodrop", r"no dropout target found in DigitsClassifier"),
+        ({"target": "drop_path"}, "cnn", r"drop_path_rate > 0"),
+    ],
+)
+def test_errors_at_fit_start(tmp_path, kwargs, model, message):
+    m = (
+        digits_model()
+        if model == "cnn"
+        else DigitsClassifier(net=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    )
+    trainer = make_trainer(
+        tmp_path, max_epochs=3, limit_train_batches=2, callbacks=[DropoutSchedule(**kwargs)]
+    )
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(m, datamodule=digits_data())
+
+
+def test_unbounded_training_is_an_error(tmp_path):
+    trainer = make_trainer(
+        tmp_path, max_epochs=-1, max_steps=-1, limit_train_batches=2, callbacks=[DropoutSchedule()]
+    )
+    with pytest.raises(ValueError, match="finite training length"):
+        trainer.fit(digits_model(), datamodule=digits_data())

@@ -1,0 +1,59 @@
+"""Shared fixtures: real digits data and small real models, quiet trainers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from eecontrol.recipes.digits import DigitsClassifier, DigitsCNN, DigitsDataModule, DigitsMLP
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def make_trainer(root: Path, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU trainer writing into ``root``."""
+    defaults: dict[str, Any] = {
+        "default_root_dir": str(root),
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def digits_data(**kwargs: Any) -> DigitsDataModule:
+    kwargs.setdefault("batch_size", 128)
+    return DigitsDataModule(**kwargs)
+
+
+def digits_model(kind: str = "cnn", dropout: float = 0.1, **kwargs: Any) -> DigitsClassifier:
+    net = (
+        DigitsCNN(dropout=dropout, **kwargs)
+        if kind == "cnn"
+        else DigitsMLP(dropout=dropout, **kwargs)
+    )
+    return DigitsClassifier(net=net)
+
+
+@pytest.fixture
+def trainer_factory(tmp_path: Path):
+    def factory(**kwargs: Any) -> pl.Trainer:
+        return make_trainer(tmp_path, **kwargs)
+
+    return factory

@@ -1,0 +1,66 @@
+"""A non-editable install in a new virtual environment imports and finds its configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(600)
+def test_wheel_install_in_a_new_venv(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    build = subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-deps", "-q", str(ROOT)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    # Dependencies come from this environment (no download): a .pth adds its site-packages
+    # after the new venv's own, so eecontrol itself is the freshly installed copy.
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    check = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import eecontrol, eecontrol.conf, eecontrol.recipes.digits as d; "
+            "print(eecontrol.__version__); print(eecontrol.__file__); print(eecontrol.conf.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    version, module_file, conf_file = check.stdout.split()
+    assert version == "0.1.0"
+    assert str(venv) in module_file and str(venv) in conf_file, (
+        "imported the source tree, not the install"
+    )
+    cfg = subprocess.run(
+        [str(venv / "bin" / "eecontrol-train"), "--cfg", "job", "experiment=late_dropout"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert cfg.returncode == 0, cfg.stderr[-3000:]
+    assert "eecontrol.DropoutSchedule" in cfg.stdout and "mode: late" in cfg.stdout

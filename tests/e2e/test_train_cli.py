@@ -1,0 +1,70 @@
+"""Real runs of the ``eecontrol-train`` console script on the digits data (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TRAIN = shutil.which("eecontrol-train") or str(Path(sys.executable).parent / "eecontrol-train")
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
+    out = subprocess.run(
+        [TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert out.returncode == 0, (
+        f"exit {out.returncode}\nSTDOUT\n{out.stdout[-3000:]}\nSTDERR\n{out.stderr[-5000:]}"
+    )
+    return out
+
+
+def test_single_run_with_a_method_prints_decisions_and_paths(tmp_path):
+    out = _run(["experiment=early_dropout", "trainer.max_epochs=3"], tmp_path)
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert "eecontrol decisions" in out.stdout and "dropout_off" in out.stdout
+    assert str(run) in out.stdout.replace("\n", "").replace(" ", "") or run.name in out.stdout
+    decisions = [json.loads(x) for x in (run / "decisions.jsonl").read_text().splitlines()]
+    assert [d["action"] for d in decisions] == ["schedule", "dropout_off"]
+    metrics = (run / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "dropout/rate" in metrics and "test/acc" in metrics
+    wandb_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("*.wandb"))
+    assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_multirun_makes_separate_runs_and_wandb_runs(tmp_path):
+    try:
+        import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+
+        launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    except ImportError:
+        launcher = []
+    _run(["-m", "trainer.max_epochs=1,2", "test=false", *launcher], tmp_path, timeout=600)
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    ids = set()
+    for job, epochs in zip(jobs, [1, 2]):
+        wandb_runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1, f"{job}: W&B runs {wandb_runs}"
+        ids.add(wandb_runs[0].name.rsplit("-", 1)[-1])
+        rows = (job / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        epoch_col = header.index("epoch")
+        assert (
+            max(int(float(r.split(",")[epoch_col])) for r in rows[1:] if r.split(",")[epoch_col])
+            == epochs - 1
+        )
+    assert len(ids) == 2, "multirun jobs share a W&B run"
