@@ -2,11 +2,24 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from eecontrol.callbacks import ControlCallback, Decision, DropoutSchedule
+from eecontrol.callbacks import (
+    ConformalEarlyStopping,
+    ConformalPredictor,
+    ControlCallback,
+    Decision,
+    DropoutSchedule,
+)
 
 try:
     __version__ = version("eecontrol")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["ControlCallback", "Decision", "DropoutSchedule", "__version__"]
+__all__ = [
+    "ConformalEarlyStopping",
+    "ConformalPredictor",
+    "ControlCallback",
+    "Decision",
+    "DropoutSchedule",
+    "__version__",
+]

@@ -1,6 +1,14 @@
 """Lightning callbacks: thin adapters from Trainer hooks to ``eecontrol.core`` decisions."""
 
 from eecontrol.callbacks._control import ControlCallback, Decision, reduce_stop
+from eecontrol.callbacks.conformal import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks.dropout import DropoutSchedule
 
-__all__ = ["ControlCallback", "Decision", "DropoutSchedule", "reduce_stop"]
+__all__ = [
+    "ConformalEarlyStopping",
+    "ConformalPredictor",
+    "ControlCallback",
+    "Decision",
+    "DropoutSchedule",
+    "reduce_stop",
+]
