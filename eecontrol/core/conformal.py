@@ -401,6 +401,65 @@ def _quantiles(residuals: Tensor, alpha: float) -> Tensor:
     return torch.sort(residuals, dim=1).values[:, rank - 1]
 
 
+def _envelope_regions(mu: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each line ``c_t - 2 m_t y`` is the lowest, for many families at once.
+
+    A monotone-stack lower envelope (lines sorted by slope), vectorised over the rows:
+    the loop runs over candidates, never over test points.
+
+    Args:
+        mu: (mc, T) slopes / 2 (the candidates' predictions), one family per row.
+        c: (mc, T) intercepts.
+
+    Returns:
+        ``left``, ``right`` (the piece of y each candidate owns) and ``owns`` (whether it
+        owns a piece of positive length), all (mc, T) in candidate order.
+    """
+    mc, t = mu.shape
+    rows = torch.arange(mc)
+    order = torch.argsort(c, dim=1, stable=True)
+    order = order.gather(
+        1, torch.argsort(mu.gather(1, order), dim=1, stable=True)
+    )  # by m, c, index
+    ms, cs = mu.gather(1, order), c.gather(1, order)
+    stack = torch.zeros(mc, t, dtype=torch.long)  # positions in the sorted order
+    h = torch.zeros(mc, dtype=torch.long)
+    for i in range(t):
+        mb, cb = ms[:, i], cs[:, i]
+        top = stack[rows, (h - 1).clamp_min(0)]
+        active = (h == 0) | (ms[rows, top] != mb)  # an equal slope never beats the lower line
+        while True:
+            can = active & (h >= 2)
+            if not can.any():
+                break
+            a = stack[rows, (h - 1).clamp_min(0)]
+            z = stack[rows, (h - 2).clamp_min(0)]
+            mz, cz = ms[rows, z], cs[rows, z]
+            pop = can & ((cb - cz) * (ms[rows, a] - mz) <= (cs[rows, a] - cz) * (mb - mz))
+            if not pop.any():
+                break
+            h = h - pop.long()
+        stack[rows[active], h[active]] = i
+        h = h + active.long()
+    valid = torch.arange(t).unsqueeze(0) < h.unsqueeze(1)
+    hm, hc = ms.gather(1, stack), cs.gather(1, stack)
+    knots = (hc[:, 1:] - hc[:, :-1]) / (2.0 * (hm[:, 1:] - hm[:, :-1]))  # between hull neighbours
+    inf = torch.full((mc, 1), math.inf, dtype=torch.float64)
+    pieces_left = torch.cat([-inf, knots], dim=1)
+    last = torch.arange(t).unsqueeze(0) == (h - 1).unsqueeze(1)
+    pieces_right = torch.where(last, math.inf, torch.cat([knots, inf], dim=1))
+    candidate = torch.where(valid, order.gather(1, stack), t)  # invalid slots -> a spare column
+    left = torch.full((mc, t + 1), -math.inf, dtype=torch.float64).scatter(
+        1, candidate, pieces_left
+    )
+    right = torch.full((mc, t + 1), -math.inf, dtype=torch.float64).scatter(
+        1, candidate, pieces_right
+    )
+    owned = torch.zeros(mc, t + 1, dtype=torch.bool).scatter(1, candidate, valid)
+    left, right, owned = left[:, :t], right[:, :t], owned[:, :t]
+    return left, right, owned & (left < right)
+
+
 def ces_regression_intervals(
     holdout_pred: Tensor,
     holdout_y: Tensor,
@@ -448,22 +507,12 @@ def ces_regression_intervals(
     upper = torch.empty(m, dtype=torch.float64)
     u_lo = torch.full((m, t), math.nan, dtype=torch.float64) if union else None
     u_hi = torch.full((m, t), math.nan, dtype=torch.float64) if union else None
-    index = torch.arange(t)
-    step = max(1, _CHUNK_ELEMENTS // max(t * t, 1))
+    step = max(1, _CHUNK_ELEMENTS // max(8 * t, 1))
     for lo in range(0, m, step):
         hi = min(m, lo + step)
         mu = tp[:, lo:hi].T  # (mc, T)
         c = loss.unsqueeze(0) + mu**2  # intercepts of the lines c_t - 2 m_t y
-        diff = mu.unsqueeze(1) - mu.unsqueeze(2)  # [j, s, t] = m_t - m_s
-        knot = (c.unsqueeze(1) - c.unsqueeze(2)) / (2.0 * diff)  # [j, s, t]; inf/nan masked below
-        left = torch.where(diff > 0, knot, torch.full_like(knot, -math.inf)).amax(dim=1)
-        right = torch.where(diff < 0, knot, torch.full_like(knot, math.inf)).amin(dim=1)
-        # an equal-slope line with a smaller intercept (or equal, earlier index) hides t
-        same = diff == 0
-        c_s, c_t = c.unsqueeze(2), c.unsqueeze(1)
-        earlier = index.view(1, t, 1) < index.view(1, 1, t)
-        hidden = (same & ((c_s < c_t) | ((c_s == c_t) & earlier))).any(dim=1)
-        owns = (left < right) & ~hidden  # (mc, T)
+        left, right, owns = _envelope_regions(mu, c)
         seg_lo = torch.maximum(left, mu - q)
         seg_hi = torch.minimum(right, mu + q)
         keep = owns & (seg_lo <= seg_hi)
