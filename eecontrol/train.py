@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from eecontrol.callbacks._control import DECISIONS_FILE, all_decisions
 from eecontrol.report.console import print_decisions, print_run_paths
+from eecontrol.report.runreport import report_run, run_summary, write_summary
+from eecontrol.report.wandb import publish_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
         train_metrics = dict(trainer.callback_metrics)
         if cfg.get("test", False):
             trainer.test(model=model, datamodule=datamodule, verbose=False)
-        metrics = {**train_metrics, **trainer.callback_metrics}
+        metrics = {k: float(v) for k, v in {**train_metrics, **trainer.callback_metrics}.items()}
+        if trainer.is_global_zero:
+            finalize_run(trainer, metrics, cfg.get("optimized_metric"))
     finally:
         finish_wandb()
-    return {k: float(v) for k, v in metrics.items()}, trainer
+    return metrics, trainer
+
+
+def finalize_run(
+    trainer: pl.Trainer, metrics: dict[str, float], optimized_metric: str | None
+) -> None:
+    """Writes summary.json and the report (plots + HTML), then publishes them to W&B."""
+    out = Path(trainer.default_root_dir)
+    summary = run_summary(trainer, metrics, optimized_metric)
+    write_summary(out, summary)
+    for lg in trainer.loggers:  # flush the CSV so the report sees every row
+        lg.save()
+    _, plots, _ = report_run(out)
+    publish_to_wandb(trainer, all_decisions(trainer), summary, plots)
 
 
 def _report(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Trainer) -> None:
@@ -97,6 +114,7 @@ def _report(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Trainer) -> 
     print_run_paths(
         run_dir=out,
         decisions=out / DECISIONS_FILE,
+        report=out / "report" / "report.html",
         csv=csv_files[-1] if csv_files else None,
         wandb_run=wandb_runs[-1] if wandb_runs else None,
         metrics={k: v for k, v in metrics.items() if "/" in k and "eecontrol/" not in k},

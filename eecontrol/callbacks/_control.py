@@ -277,6 +277,25 @@ class ControlCallback(Callback):
             self._decide(trainer, "stop", self.stop_reason, evidence)
         return agreed
 
+    # --- what the user sees ---------------------------------------------------------
+
+    def progress_fields(self) -> dict[str, str]:
+        """Short live fields for the progress bar, e.g. ``{"frozen": "12/42"}``."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Numbers and short strings for a run summary (W&B ``run.summary``, sweep tables).
+
+        Subclasses extend this with their own results (frozen fraction, coverage, ...).
+        """
+        name = type(self).__name__
+        out: dict[str, Any] = {f"{name}/decisions": len(self._decisions)}
+        if self.stopped_epoch is not None:
+            out[f"{name}/stop_reason"] = self.stop_reason
+            out[f"{name}/stopped_epoch"] = self.stopped_epoch
+            out[f"{name}/stopped_step"] = self.stopped_step
+        return out
+
     # --- lifecycle ------------------------------------------------------------------
 
     @override

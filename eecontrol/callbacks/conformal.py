@@ -409,6 +409,19 @@ class ConformalEarlyStopping(ControlCallback):
                 )
         return out
 
+    @override
+    def progress_fields(self) -> dict[str, str]:
+        return {"ces": f"{len(self.epochs)} cand"}
+
+    @override
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["ConformalEarlyStopping/candidates"] = len(self.epochs)
+        for d in self._decisions:
+            if d.action in ("candidates", "evaluate"):
+                out.update({f"ConformalEarlyStopping/{k}": v for k, v in d.evidence.items()})
+        return out
+
     # --- results --------------------------------------------------------------------
 
     def record(self) -> dict[str, Any]:

@@ -229,6 +229,19 @@ class DropoutSchedule(ControlCallback):
             )
 
     @override
+    def progress_fields(self) -> dict[str, str]:
+        return {f"{kind} p": f"{rate:.3g}" for kind, rate in self._rates.items()}
+
+    @override
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out.update(
+            {f"DropoutSchedule/final_{kind}_rate": rate for kind, rate in self._rates.items()}
+        )
+        out["DropoutSchedule/phase"] = self._phase
+        return out
+
+    @override
     def _progress_state(self) -> dict[str, Any]:
         return {"phase": self._phase}
 

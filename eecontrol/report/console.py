@@ -42,6 +42,7 @@ def print_decisions(decisions: Iterable[Decision], console: Console | None = Non
 def print_run_paths(
     run_dir: Path,
     decisions: Path,
+    report: Path | None,
     csv: Path | None,
     wandb_run: Path | None,
     metrics: Mapping[str, float] | None = None,
@@ -56,6 +57,8 @@ def print_run_paths(
     table.add_row(
         "decisions", str(decisions) if decisions.exists() else f"{decisions} (none written)"
     )
+    if report is not None:
+        table.add_row("report (HTML + PNG)", str(report) if report.exists() else "(not written)")
     table.add_row("CSV metrics", str(csv) if csv else "(CSV logger off)")
     table.add_row(
         "W&B offline run",

@@ -1,0 +1,54 @@
+"""The ``eecontrol`` command: ``eecontrol report RUN_DIR|SWEEP_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from eecontrol.report.artifacts import is_run_dir
+from eecontrol.report.console import print_decisions
+from eecontrol.report.runreport import report_run, report_sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``eecontrol`` console script."""
+    parser = argparse.ArgumentParser(prog="eecontrol", description="eecontrol tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser(
+        "report", help="plots + a self-contained HTML page for a run or a sweep directory"
+    )
+    rep.add_argument(
+        "path", type=Path, help="a run directory (decisions.jsonl) or a multirun sweep directory"
+    )
+    rep.add_argument("--out", type=Path, default=None, help="where to write (default PATH/report)")
+    rep.add_argument(
+        "--metric", default=None, help="sweep: the metric to draw (default: the objective)"
+    )
+    args = parser.parse_args(argv)
+    console = Console()
+    path: Path = args.path
+    if not path.is_dir():
+        console.print(f"[red]eecontrol report: {path} is not a directory[/red]")
+        return 2
+    if is_run_dir(path):
+        art, plots, page = report_run(path, args.out)
+        print_decisions(art.decisions, console)
+        console.print(f"{len(plots)} plots and the page: {page}")
+        return 0
+    try:
+        runs, plots, page = report_sweep(path, args.out, args.metric)
+    except FileNotFoundError as err:
+        console.print(f"[red]eecontrol report: {err}[/red]")
+        return 2
+    for art in runs:
+        console.print(f"[bold]{art.name}[/bold]: {art.summary.get('stop_reason', '')}")
+        print_decisions(art.decisions, console)
+    console.print(f"{len(runs)} runs; the page: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

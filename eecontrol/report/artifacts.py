@@ -1,0 +1,121 @@
+"""Read what a run left on disk: decisions, metrics CSV, summary and callback artefacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eecontrol.callbacks._control import DECISIONS_FILE, Decision
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunArtifacts:
+    """Everything ``eecontrol report`` reads from one run directory.
+
+    Args:
+        path: the run directory.
+        decisions: the decisions in ``decisions.jsonl``.
+        metrics: the metrics CSV as columns (NaN where a row had no value).
+        summary: ``summary.json`` written by ``eecontrol-train`` (may be empty).
+        ces_candidates: ``ces/candidates.json`` rows, if CES ran.
+        extra_json: other JSON artefacts in the run directory, by relative path.
+    """
+
+    path: Path
+    decisions: list[Decision] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    ces_candidates: list[dict[str, Any]] = field(default_factory=list)
+    extra_json: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """A short name: the run directory's name (the job number in a sweep)."""
+        return self.path.name
+
+
+def read_decisions(path: Path) -> list[Decision]:
+    """Reads ``decisions.jsonl``; a malformed line is an error naming the line."""
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Decision.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{path}:{i}: not a decision record ({err}).") from err
+    return out
+
+
+def read_metrics(run: Path) -> dict[str, list[float]]:
+    """Reads the CSV logger's ``metrics.csv`` (latest version) into float columns."""
+    files = sorted(run.glob("csv/version_*/metrics.csv")) or sorted(run.glob("**/metrics.csv"))
+    if not files:
+        return {}
+    with files[-1].open() as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list[float]] = {}
+    for key in rows[0] if rows else []:
+        values = []
+        for row in rows:
+            try:
+                values.append(float(row[key]) if row[key] not in ("", None) else math.nan)
+            except ValueError:
+                values.append(math.nan)
+        columns[key] = values
+    return columns
+
+
+def load_run(run: str | Path) -> RunArtifacts:
+    """Loads one run directory.
+
+    Raises:
+        FileNotFoundError: if ``run`` is not a directory.
+    """
+    path = Path(run)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist.")
+    art = RunArtifacts(
+        path=path, decisions=read_decisions(path / DECISIONS_FILE), metrics=read_metrics(path)
+    )
+    if (path / SUMMARY_FILE).exists():
+        art.summary = json.loads((path / SUMMARY_FILE).read_text())
+    ces = path / "ces" / "candidates.json"
+    if ces.exists():
+        art.ces_candidates = json.loads(ces.read_text())
+    for file in sorted(path.glob("*.json")) + sorted(path.glob("*/*.json")):
+        rel = str(file.relative_to(path))
+        if rel in (SUMMARY_FILE, "ces/candidates.json") or rel.startswith(
+            (".hydra", "wandb", "csv")
+        ):
+            continue
+        try:
+            art.extra_json[rel] = json.loads(file.read_text())
+        except json.JSONDecodeError:
+            continue
+    return art
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` looks like one run (decisions, summary or a metrics CSV)."""
+    return (
+        (path / DECISIONS_FILE).exists()
+        or (path / SUMMARY_FILE).exists()
+        or any(path.glob("csv/version_*/metrics.csv"))
+    )
+
+
+def find_runs(path: Path) -> list[Path]:
+    """The run directories under a sweep directory (Hydra multirun: one per job)."""
+    runs = [p for p in sorted(path.iterdir()) if p.is_dir() and is_run_dir(p)]
+    return sorted(
+        runs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )

@@ -1,0 +1,106 @@
+"""One self-contained HTML page per run or sweep: plots inlined, every decision listed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from eecontrol.report.artifacts import RunArtifacts
+from eecontrol.report.plots import Plot
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}
+th{background:#f2f2f2}figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}
+img{max-width:100%}code{font-size:12px}
+"""
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _figures(plots: list[Plot]) -> str:
+    return "".join(
+        f"<figure><h3>{html.escape(p.title)}</h3>{_img(p.path)}<figcaption>{html.escape(p.caption)}</figcaption></figure>"
+        for p in plots
+    )
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+        for k, v in data.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def decisions_html(art: RunArtifacts) -> str:
+    """The decisions as an HTML table (every decision, nothing elided)."""
+    if not art.decisions:
+        return "<p>No decisions: no eecontrol callback acted in this run.</p>"
+    head = "<tr><th>step</th><th>epoch</th><th>callback</th><th>action</th><th>reason</th><th>evidence</th></tr>"
+    rows = "".join(
+        "<tr>"
+        f"<td>{d.step}</td><td>{d.epoch}</td><td>{html.escape(d.callback.split('{')[0])}</td>"
+        f"<td>{html.escape(d.action)}</td><td>{html.escape(d.reason)}</td>"
+        f"<td><code>{html.escape(json.dumps(d.evidence))}</code></td></tr>"
+        for d in art.decisions
+    )
+    return f'<table class="decisions">{head}{rows}</table>'
+
+
+def write_run_page(art: RunArtifacts, plots: list[Plot], out: Path) -> Path:
+    """Writes ``report.html`` for one run and returns its path."""
+    body = [
+        f"<h1>eecontrol report: {html.escape(art.name)}</h1>",
+        f"<p><code>{html.escape(str(art.path))}</code></p>",
+    ]
+    if art.summary:
+        body += ["<h2>Summary</h2>", _kv_table(art.summary)]
+    body += [
+        f"<h2>Decisions ({len(art.decisions)})</h2>",
+        decisions_html(art),
+        "<h2>Plots</h2>",
+        _figures(plots),
+    ]
+    path = out / "report.html"
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>eecontrol report</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    return path
+
+
+def write_sweep_page(sweep: Path, runs: list[RunArtifacts], plots: list[Plot], out: Path) -> Path:
+    """Writes ``report.html`` for a sweep: one summary row per run, the curves, every decision."""
+    keys: list[str] = []
+    for art in runs:
+        keys += [k for k in art.summary if k not in keys]
+    head = "<tr><th>run</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{html.escape(a.name)}</td>"
+        + "".join(f"<td>{html.escape(str(a.summary.get(k, '')))}</td>" for k in keys)
+        + "</tr>"
+        for a in runs
+    )
+    body = [
+        f"<h1>eecontrol sweep report: {html.escape(sweep.name)}</h1>",
+        f"<p><code>{html.escape(str(sweep))}</code>: {len(runs)} runs</p>",
+        f"<h2>Runs</h2><table>{head}{rows}</table>",
+        "<h2>Plots</h2>",
+        _figures(plots),
+        "<h2>Decisions</h2>",
+        "".join(f"<h3>{html.escape(a.name)}</h3>{decisions_html(a)}" for a in runs),
+    ]
+    path = out / "report.html"
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>eecontrol sweep report</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    return path

@@ -1,0 +1,253 @@
+"""PNG plots of a run's decisions, metrics and callback artefacts (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from eecontrol.report.artifacts import RunArtifacts
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One written figure.
+
+    Args:
+        title: short title.
+        path: the PNG file.
+        caption: one line saying what it shows.
+    """
+
+    title: str
+    path: Path
+    caption: str
+
+
+def _short(callback: str) -> str:
+    return callback.split("{")[0]
+
+
+def _series(art: RunArtifacts, key: str) -> tuple[list[float], list[float]]:
+    """Non-NaN (step, value) pairs of a metrics column."""
+    steps, values = art.metrics.get("step", []), art.metrics.get(key, [])
+    pairs = [(s, v) for s, v in zip(steps, values) if not (math.isnan(s) or math.isnan(v))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _decision_lines(ax: plt.Axes, art: RunArtifacts) -> None:
+    colours: dict[str, str] = {}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for d in art.decisions:
+        if d.action in ("plan", "schedule"):
+            continue
+        name = _short(d.callback)
+        colour = colours.setdefault(name, palette[(len(colours) + 3) % len(palette)])
+        ax.axvline(d.step, color=colour, linestyle="--", linewidth=1, alpha=0.8)
+        ax.annotate(
+            d.action,
+            (d.step, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            va="top",
+            ha="right",
+            color=colour,
+        )
+
+
+def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
+    """Loss and accuracy curves by optimizer step, with a dashed line at every decision."""
+    keys = [
+        k
+        for k in art.metrics
+        if k.startswith(("val/", "train/loss", "test/")) and not k.endswith("_step")
+    ]
+    keys = [k for k in keys if _series(art, k)[0]]
+    if not keys:
+        return None
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if "loss" not in k]
+    fig, axes = plt.subplots(
+        1, 2 if others else 1, figsize=(11 if others else 6, 3.6), squeeze=False
+    )
+    for ax, group, label in (
+        (axes[0][0], losses, "loss"),
+        *((axes[0][1], others, "metric"),) * bool(others),
+    ):
+        for key in group:
+            x, y = _series(art, key)
+            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=key)
+        _decision_lines(ax, art)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{art.name}: metrics and decisions", fontsize=10)
+    fig.tight_layout()
+    path = out / "metrics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Metrics",
+        path,
+        "Training and validation curves by optimizer step; dashed lines mark decisions.",
+    )
+
+
+def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
+    """A timeline: one row per callback, one marker per decision."""
+    if not art.decisions:
+        return None
+    names = sorted({_short(d.callback) for d in art.decisions})
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.5 * len(names)))
+    for d in art.decisions:
+        y = names.index(_short(d.callback))
+        ax.scatter([d.step], [y], s=40, zorder=3)
+        ax.annotate(d.action, (d.step, y), textcoords="offset points", xytext=(3, 6), fontsize=7)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out / "decisions.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Decisions",
+        path,
+        "When each callback acted (hover the HTML table for reasons and evidence).",
+    )
+
+
+def plot_rates(art: RunArtifacts, out: Path) -> Plot | None:
+    """Scheduled rates (dropout, drop path) over optimizer steps."""
+    keys = [k for k in art.metrics if k.endswith("/rate") and _series(art, k)[0]]
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for key in keys:
+        ax.step(*_series(art, key), where="post", label=key)
+    _decision_lines(ax, art)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "rates.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Drop rates", path, "DropoutSchedule: the rate set in the model at every optimizer step."
+    )
+
+
+def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
+    """CES: hold-out loss of every stored candidate; test coverage and size vs the naive baseline."""
+    if not art.ces_candidates:
+        return None
+    evaluate = next((d for d in reversed(art.decisions) if d.action == "evaluate"), None)
+    fig, axes = plt.subplots(
+        1, 2 if evaluate else 1, figsize=(10 if evaluate else 5.5, 3.4), squeeze=False
+    )
+    ax = axes[0][0]
+    epochs = [c["epoch"] for c in art.ces_candidates]
+    losses = [c["holdout_loss"] for c in art.ces_candidates]
+    ax.plot(epochs, losses, marker="o", markersize=3)
+    best = min(range(len(losses)), key=losses.__getitem__)
+    ax.scatter(
+        [epochs[best]],
+        [losses[best]],
+        color="red",
+        zorder=3,
+        label=f"naive choice (epoch {epochs[best]})",
+    )
+    ax.set_xlabel("epoch of candidate")
+    ax.set_ylabel("hold-out loss (sum)")
+    ax.legend(fontsize=7)
+    if evaluate:
+        ev = evaluate.evidence
+        ax2 = axes[0][1]
+        size_key = next((k for k in ("size", "width", "power") if f"ces_{k}" in ev), None)
+        cov_key = "coverage" if "ces_coverage" in ev else "type1"
+        methods = [m for m in ("ces", "naive") if f"{m}_{cov_key}" in ev]
+        xs = range(len(methods))
+        ax2.bar(
+            [x - 0.2 for x in xs],
+            [float(ev[f"{m}_{cov_key}"]) for m in methods],
+            width=0.4,
+            label=cov_key,
+        )
+        if size_key:
+            twin = ax2.twinx()
+            twin.bar(
+                [x + 0.2 for x in xs],
+                [float(ev[f"{m}_{size_key}"]) for m in methods],
+                width=0.4,
+                color="C1",
+                label=size_key,
+            )
+            twin.set_ylabel(size_key)
+        ax2.set_xticks(list(xs), methods)
+        ax2.set_ylabel(f"{cov_key} (blue)")
+        ax2.set_title("test split", fontsize=9)
+    fig.tight_layout()
+    path = out / "ces.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Conformalized early stopping",
+        path,
+        "Left: hold-out loss of each stored candidate (red: what plain early stopping would pick). "
+        "Right: coverage (or type-I error) and set size / width on the test split.",
+    )
+
+
+PLOTTERS: list[Callable[[RunArtifacts, Path], Plot | None]] = [
+    plot_metrics,
+    plot_decisions,
+    plot_rates,
+    plot_ces,
+]
+
+
+def make_plots(art: RunArtifacts, out: Path) -> list[Plot]:
+    """Writes every plot that applies to this run into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [p for p in (plotter(art, out) for plotter in PLOTTERS) if p is not None]
+
+
+def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
+    """Every run's ``metric`` by optimizer step, with a cross where a callback stopped it."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    drawn = 0
+    for art in runs:
+        x, y = _series(art, metric)
+        if not x:
+            continue
+        (line,) = ax.plot(x, y, label=art.name, linewidth=1.2)
+        drawn += 1
+        for d in art.decisions:
+            if d.action == "stop":
+                ax.scatter([x[-1]], [y[-1]], marker="x", s=60, color=line.get_color(), zorder=3)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{len(runs)} runs; x = stopped by a callback", fontsize=9)
+    fig.tight_layout()
+    path = out / "sweep.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Sweep",
+        path,
+        f"{metric} of every run by optimizer step; crosses mark runs a callback stopped.",
+    )

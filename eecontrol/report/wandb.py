@@ -1,0 +1,68 @@
+"""Publish a run's decisions, summary and plots to its W&B run (offline or online)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+
+from eecontrol.callbacks._control import Decision
+from eecontrol.report.plots import Plot
+
+DECISION_COLUMNS = ["step", "epoch", "callback", "action", "reason", "evidence"]
+
+
+def wandb_runs(trainer: pl.Trainer) -> list[Any]:
+    """The W&B runs of the trainer's WandbLoggers (empty without one)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def publish_to_wandb(
+    trainer: pl.Trainer,
+    decisions: Sequence[Decision],
+    summary: dict[str, Any],
+    plots: Sequence[Plot],
+) -> int:
+    """Logs a ``decisions`` table, the run summary and every plot to each W&B run.
+
+    Call it before ``wandb.finish()`` (``eecontrol-train`` does); it never logs a secret:
+    only decisions, numbers and images.
+
+    Returns:
+        The number of W&B runs written to.
+    """
+    runs = wandb_runs(trainer)
+    if not runs or not trainer.is_global_zero:
+        return 0
+    import json
+
+    import wandb
+
+    for run in runs:
+        table = wandb.Table(
+            columns=DECISION_COLUMNS,
+            data=[
+                [
+                    d.step,
+                    d.epoch,
+                    d.callback.split("{")[0],
+                    d.action,
+                    d.reason,
+                    json.dumps(d.evidence),
+                ]
+                for d in decisions
+            ],
+        )
+        payload: dict[str, Any] = {"eecontrol/decisions": table}
+        for plot in plots:
+            payload[f"eecontrol/plots/{plot.path.stem}"] = wandb.Image(
+                str(plot.path), caption=plot.caption
+            )
+        run.log(payload)
+        for key, value in summary.items():
+            if value is None or isinstance(value, bool | int | float | str):
+                run.summary[key] = value
+    return len(runs)
