@@ -41,18 +41,26 @@ def _series(art: RunArtifacts, key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _grouped(art: RunArtifacts) -> dict[tuple[str, int], list[str]]:
+    """Actions per (callback, step), so that labels at one step are joined, not overlaid."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for d in art.decisions:
+        groups.setdefault((_short(d.callback), d.step), []).append(d.action)
+    return groups
+
+
 def _decision_lines(ax: plt.Axes, art: RunArtifacts) -> None:
     colours: dict[str, str] = {}
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for d in art.decisions:
-        if d.action in ("plan", "schedule"):
+    for (name, step), actions in _grouped(art).items():
+        shown = [a for a in actions if a not in ("plan", "schedule")]
+        if not shown:
             continue
-        name = _short(d.callback)
         colour = colours.setdefault(name, palette[(len(colours) + 3) % len(palette)])
-        ax.axvline(d.step, color=colour, linestyle="--", linewidth=1, alpha=0.8)
+        ax.axvline(step, color=colour, linestyle="--", linewidth=1, alpha=0.8)
         ax.annotate(
-            d.action,
-            (d.step, 1.0),
+            ", ".join(shown),
+            (step, 1.0),
             xycoords=("data", "axes fraction"),
             rotation=90,
             fontsize=7,
@@ -106,10 +114,12 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
         return None
     names = sorted({_short(d.callback) for d in art.decisions})
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.5 * len(names)))
-    for d in art.decisions:
-        y = names.index(_short(d.callback))
-        ax.scatter([d.step], [y], s=40, zorder=3)
-        ax.annotate(d.action, (d.step, y), textcoords="offset points", xytext=(3, 6), fontsize=7)
+    for (name, step), actions in _grouped(art).items():
+        y = names.index(name)
+        ax.scatter([step], [y], s=40, zorder=3)
+        ax.annotate(
+            ", ".join(actions), (step, y), textcoords="offset points", xytext=(3, 6), fontsize=7
+        )
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("optimizer step")
     ax.set_ylim(-0.6, len(names) - 0.4)
@@ -176,22 +186,15 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
         cov_key = "coverage" if "ces_coverage" in ev else "type1"
         methods = [m for m in ("ces", "naive") if f"{m}_{cov_key}" in ev]
         xs = range(len(methods))
-        ax2.bar(
-            [x - 0.2 for x in xs],
-            [float(ev[f"{m}_{cov_key}"]) for m in methods],
-            width=0.4,
-            label=cov_key,
-        )
+        cov = [float(ev[f"{m}_{cov_key}"]) for m in methods]
+        ax2.bar_label(ax2.bar([x - 0.2 for x in xs], cov, width=0.4), fmt="%.3f", fontsize=7)
         if size_key:
             twin = ax2.twinx()
-            twin.bar(
-                [x + 0.2 for x in xs],
-                [float(ev[f"{m}_{size_key}"]) for m in methods],
-                width=0.4,
-                color="C1",
-                label=size_key,
+            size = [float(ev[f"{m}_{size_key}"]) for m in methods]
+            twin.bar_label(
+                twin.bar([x + 0.2 for x in xs], size, width=0.4, color="C1"), fmt="%.3g", fontsize=7
             )
-            twin.set_ylabel(size_key)
+            twin.set_ylabel(f"{size_key} (orange)")
         ax2.set_xticks(list(xs), methods)
         ax2.set_ylabel(f"{cov_key} (blue)")
         ax2.set_title("test split", fontsize=9)
