@@ -8,6 +8,7 @@ from eecontrol.callbacks import (
     ControlCallback,
     Decision,
     DropoutSchedule,
+    GradientDiagnostics,
 )
 
 try:
@@ -21,5 +22,6 @@ __all__ = [
     "ControlCallback",
     "Decision",
     "DropoutSchedule",
+    "GradientDiagnostics",
     "__version__",
 ]

@@ -3,6 +3,7 @@
 from eecontrol.callbacks._control import ControlCallback, Decision, reduce_stop
 from eecontrol.callbacks.conformal import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks.dropout import DropoutSchedule
+from eecontrol.callbacks.gradient_diagnostics import GradientDiagnostics
 
 __all__ = [
     "ConformalEarlyStopping",
@@ -10,5 +11,6 @@ __all__ = [
     "ControlCallback",
     "Decision",
     "DropoutSchedule",
+    "GradientDiagnostics",
     "reduce_stop",
 ]

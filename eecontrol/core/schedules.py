@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 MODES = ("standard", "early", "late")
 SCHEDULES = ("constant", "linear")
 CUTOFF_UNITS = ("fraction", "epochs")
@@ -158,3 +161,42 @@ class DropSchedule:
     def phase(self, step: int) -> str:
         """``"on"`` where the rate is positive, else ``"off"``."""
         return "on" if self.rate(step) > 0.0 else "off"
+
+
+def direction_variance(grads: Tensor) -> float:
+    """Directional variance of mini-batch gradients (Liu et al. 2023, section 3).
+
+    The mean over pairs of ``(1 - cos(g_i, g_j)) / 2``: 0 when all mini-batch gradients
+    point the same way, 0.5 for orthogonal ones.
+
+    Args:
+        grads: (G, P) flattened gradients of G >= 2 mini-batches.
+
+    Returns:
+        The directional variance in [0, 1].
+    """
+    if grads.dim() != 2 or grads.shape[0] < 2:
+        raise ValueError(f"`grads` must be (G >= 2, P), got {tuple(grads.shape)}.")
+    unit = torch.nn.functional.normalize(grads.double(), dim=1)
+    cos = unit @ unit.T
+    g = grads.shape[0]
+    off_diagonal = cos.sum() - cos.diagonal().sum()
+    return float((1.0 - off_diagonal / (g * (g - 1))) / 2.0)
+
+
+def direction_error(grads: Tensor, full: Tensor) -> float:
+    """Mean ``(1 - cos(g_i, g_full)) / 2`` between mini-batch gradients and the full-data gradient.
+
+    Args:
+        grads: (G, P) flattened mini-batch gradients.
+        full: (P,) the gradient over the whole training set.
+
+    Returns:
+        The direction error in [0, 1].
+    """
+    if grads.dim() != 2 or full.dim() != 1 or grads.shape[1] != full.shape[0]:
+        raise ValueError(
+            f"shapes must be grads (G, P) and full (P,), got {tuple(grads.shape)}, {tuple(full.shape)}."
+        )
+    cos = torch.nn.functional.cosine_similarity(grads.double(), full.double().unsqueeze(0), dim=1)
+    return float(((1.0 - cos) / 2.0).mean())

@@ -119,3 +119,21 @@ def test_depth_rates_match_linspace():
     np.testing.assert_array_equal(depth_rates(0.4, 12), np.linspace(0, 0.4, 12))
     assert depth_rates(0.3, 1) == [0.0]
     assert depth_rates(0.3, 0) == []
+
+
+def test_direction_variance_and_error_hand_worked():
+    import torch
+
+    from eecontrol.core.schedules import direction_error, direction_variance
+
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    assert direction_variance(same) == 0.0
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    assert direction_variance(orthogonal) == pytest.approx(0.5)
+    three = torch.tensor(
+        [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]
+    )  # cos: -1, 0, 0 -> distances 1, .5, .5
+    assert direction_variance(three) == pytest.approx(2.0 / 3.0)
+    assert direction_error(orthogonal, torch.tensor([1.0, 0.0])) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="G >= 2"):
+        direction_variance(torch.ones(1, 3))
