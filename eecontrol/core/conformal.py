@@ -428,17 +428,15 @@ def _envelope_regions(mu: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mb, cb = ms[:, i], cs[:, i]
         top = stack[rows, (h - 1).clamp_min(0)]
         active = (h == 0) | (ms[rows, top] != mb)  # an equal slope never beats the lower line
-        while True:
-            can = active & (h >= 2)
-            if not can.any():
-                break
-            a = stack[rows, (h - 1).clamp_min(0)]
-            z = stack[rows, (h - 2).clamp_min(0)]
-            mz, cz = ms[rows, z], cs[rows, z]
-            pop = can & ((cb - cz) * (ms[rows, a] - mz) <= (cs[rows, a] - cz) * (mb - mz))
-            if not pop.any():
-                break
-            h = h - pop.long()
+        idx = rows[active & (h >= 2)]  # rows whose top line may be hidden by line i
+        while idx.numel():
+            hh = h[idx]
+            a, z = stack[idx, hh - 1], stack[idx, hh - 2]
+            mz, cz = ms[idx, z], cs[idx, z]
+            pop = (cb[idx] - cz) * (ms[idx, a] - mz) <= (cs[idx, a] - cz) * (mb[idx] - mz)
+            idx = idx[pop]
+            h[idx] -= 1
+            idx = idx[h[idx] >= 2]
         stack[rows[active], h[active]] = i
         h = h + active.long()
     valid = torch.arange(t).unsqueeze(0) < h.unsqueeze(1)
