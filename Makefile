@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.eecontrol-installed
 
-.PHONY: install demo test lint bench-dropout clean
+.PHONY: install demo test lint bench-dropout bench-ces clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench-dropout: $(STAMP)
 	$(BIN)/python benchmarks/dropout.py $(ARGS)
+
+bench-ces: $(STAMP)
+	$(BIN)/python benchmarks/ces.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) logs outputs *.egg-info

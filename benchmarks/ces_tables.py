@@ -1,0 +1,81 @@
+"""Markdown tables for the README from the CES benchmark's JSON files.
+
+python benchmarks/ces_tables.py benchmarks/results/ces_regression.json ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METHODS = ("ces", "naive", "data_splitting", "full")
+PAPER = {  # ../shared/CES.md: width / coverage, alpha = 0.1, 1000 epochs
+    ("concrete", 200): "26.9 / 0.928 · 24.8 / 0.903 · 29.0 / 0.924 · 28.7 / 0.926",
+    ("concrete", 500): "19.2 / 0.913 · 18.3 / 0.896 · 22.9 / 0.919 · 19.9 / 0.903",
+    ("concrete", 930): "14.4 / 0.908 · 13.7 / 0.899 · 16.7 / 0.906 · 15.0 / 0.908",
+    ("bio", 500): "17.4 / 0.914 · 17.4 / 0.910 · 18.1 / 0.911 · 18.2 / 0.918",
+    ("bio", 2000): "15.8 / 0.899 · 15.8 / 0.899 · 16.0 / 0.900 · 17.0 / 0.902",
+}
+
+
+def _cell(summary: dict, size: str, cover: str) -> str:
+    return f"{summary[size]:.3g} / {summary[cover]:.3f} (±{summary[cover + '_se']:.3f})"
+
+
+def tables(files: list[Path]) -> str:
+    """Regression, classification and outlier tables from the given result files."""
+    reg, cls, out = [], [], []
+    for file in files:
+        data = json.loads(file.read_text())
+        for s in data.get("settings", []):
+            row = (s["data"], s["n"], s["n_hold"], s["epochs"], s["reps"], s)
+            {"regression": reg, "classification": cls, "outlier": out}[s["task"]].append(row)
+    lines = []
+    if reg:
+        lines += [
+            "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | paper (CES · naive · DS · full) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, n, hold, epochs, _reps, s in reg:
+            cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
+            lines.append(
+                f"| {name} {n} ({hold}) | {epochs} | {cells} | {PAPER.get((name, n), '-')} |"
+            )
+        lines.append("")
+        lines.append(
+            "Cells: mean interval width / empirical coverage (± its standard error over the splits)."
+        )
+        lines.append("")
+    if cls:
+        lines += [
+            "| digits n (hold-out), sets | CES | naive | data splitting | full training |",
+            "|---|---|---|---|---|",
+        ]
+        for _, n, hold, _, _, s in cls:
+            kind = "label-conditional" if s["conditional"] else "marginal"
+            cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
+            lines.append(f"| {n} ({hold}), {kind} | {cells} |")
+        lines.append("")
+        lines.append("Cells: mean set size / empirical coverage (± standard error).")
+        lines.append("")
+    if out:
+        lines += [
+            "| digits inliers n (hold-out) | CES | naive | data splitting | full training |",
+            "|---|---|---|---|---|",
+        ]
+        for _, n, hold, _, _, s in out:
+            cells = " | ".join(
+                f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
+                for m in METHODS
+            )
+            lines.append(f"| {n} ({hold}) | {cells} |")
+        lines.append("")
+        lines.append(
+            "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1."
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tables([Path(p) for p in sys.argv[1:]]))
