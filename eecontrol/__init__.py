@@ -9,7 +9,10 @@ from eecontrol.callbacks import (
     Decision,
     DropoutSchedule,
     GradientDiagnostics,
+    LearningCurveStopping,
 )
+from eecontrol.sweep.pruner import LearningCurvePruner
+from eecontrol.sweep.store import CurveStore
 
 try:
     __version__ = version("eecontrol")
@@ -20,8 +23,11 @@ __all__ = [
     "ConformalEarlyStopping",
     "ConformalPredictor",
     "ControlCallback",
+    "CurveStore",
     "Decision",
     "DropoutSchedule",
     "GradientDiagnostics",
+    "LearningCurvePruner",
+    "LearningCurveStopping",
     "__version__",
 ]

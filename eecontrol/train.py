@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from eecontrol.callbacks._control import DECISIONS_FILE, all_decisions
+from eecontrol.callbacks._control import DECISIONS_FILE, all_decisions, control_callbacks
 from eecontrol.report.console import print_decisions, print_run_paths
 from eecontrol.report.runreport import report_run, run_summary, write_summary
 from eecontrol.report.wandb import publish_to_wandb
@@ -134,6 +134,10 @@ def main(cfg: DictConfig) -> float | None:
         raise KeyError(
             f"`optimized_metric={name}` was not logged; available metrics: {sorted(metrics)}."
         )
+    for cb in control_callbacks(trainer):  # a run stopped early: its best value so far
+        best = getattr(cb, "best_so_far", None)
+        if cb.stop_reason is not None and getattr(cb, "monitor", None) == name and best is not None:
+            return float(best)
     return metrics[name]
 
 

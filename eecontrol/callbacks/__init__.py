@@ -2,6 +2,7 @@
 
 from eecontrol.callbacks._control import ControlCallback, Decision, reduce_stop
 from eecontrol.callbacks.conformal import ConformalEarlyStopping, ConformalPredictor
+from eecontrol.callbacks.curve_stopping import LearningCurveStopping
 from eecontrol.callbacks.dropout import DropoutSchedule
 from eecontrol.callbacks.gradient_diagnostics import GradientDiagnostics
 
@@ -12,5 +13,6 @@ __all__ = [
     "Decision",
     "DropoutSchedule",
     "GradientDiagnostics",
+    "LearningCurveStopping",
     "reduce_stop",
 ]

@@ -1,0 +1,485 @@
+"""``LearningCurveStopping``: stop a run whose learning curve cannot win."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.core.curves import (
+    MODES,
+    CurveFit,
+    RuleResult,
+    cross_run_rule,
+    fit_curve,
+    in_run_rule,
+)
+
+X_AXES = ("step", "check")
+PREDICTION_FILE = "curve_prediction.json"
+
+
+def _flatten_numeric(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested mapping as ``{"a.b": value}`` (booleans skipped)."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_numeric(value, f"{name}."))
+        elif (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(float(value))
+        ):
+            out[name] = float(value)
+    return out
+
+
+class LearningCurveStopping(ControlCallback):
+    """Stops runs that cannot win: inside one run and across a sweep.
+
+    At every validation (sanity checks skipped) the monitored metric is added to the run's
+    curve, indexed by ``trainer.global_step`` (``x_axis="step"``) or by the validation
+    index (``x_axis="check"``), never by epoch. Two rules from :mod:`eecontrol.core.curves`
+    may stop the run:
+
+    * in-run (Domhan et al. 2015): an ensemble of parametric curves extrapolates the curve
+      to the end of training; stop when P(beating the run's best by ``min_delta`` before
+      the end) < ``threshold``;
+    * cross-run (Baker et al. 2017, needs ``store``): a nu-SVR trained on the finished
+      runs of the sweep predicts this run's result; stop when P(result beats the best
+      finished run) < ``delta``.
+
+    Each validation logs ``curve/predicted_final``, ``curve/lower``, ``curve/upper`` and
+    the probabilities through ``pl_module.log``, and writes the predicted curve with its
+    band to ``curve_prediction.json`` in the run directory; a stop is a decision whose
+    evidence holds both rules' predicted value, band and probability. ``best_so_far`` is
+    the value a sweep should record for a stopped run.
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=50, callbacks=[LearningCurveStopping("val/acc", "max")])
+
+    Args:
+        monitor: the logged metric.
+        mode: ``max`` or ``min``.
+        x_axis: ``step`` (optimizer steps) or ``check`` (validation index).
+        min_delta: the improvement that counts for the in-run rule, >= 0.
+        threshold: in-run stop probability, in (0, 1).
+        min_points: validations before any decision (warm-up), >= 3.
+        warmup: fraction of the run's optimizer steps before any stop, in [0, 1).
+        band: central mass of the logged band, in (0, 1).
+        min_r2: no in-run decision while the best family explains less of the curve, in
+            [0, 1].
+        horizon: last position of training in ``x_axis`` units (default: the Trainer's
+            ``estimated_stepping_batches``, or that many steps mapped to checks).
+        in_run: use the in-run rule.
+        delta: cross-run stop probability, in (0, 1).
+        min_finished: finished runs in the store before the cross-run rule decides, >= 2.
+        store: curve-store URL or SQLite path shared by the sweep (None: no cross-run
+            rule, nothing written).
+        study_name: the store's study (one per sweep).
+        hparams: this run's numeric hyperparameters for the store and the cross-run
+            features (default: the numeric leaves of ``pl_module.hparams``).
+        n_bootstrap: bootstrap draws per curve family.
+        seed: seed of the bootstrap.
+        strict: a missing monitor key is an error (else a warning).
+        check_finite: stop when the metric is NaN or inf (else warn and skip the point).
+        log_prediction: log the prediction at every validation.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        x_axis: str = "step",
+        min_delta: float = 0.0,
+        threshold: float = 0.05,
+        min_points: int = 5,
+        warmup: float = 0.0,
+        band: float = 0.8,
+        min_r2: float = 0.5,
+        horizon: float | None = None,
+        in_run: bool = True,
+        delta: float = 0.05,
+        min_finished: int = 5,
+        store: str | None = None,
+        study_name: str = "eecontrol-curves",
+        hparams: Mapping[str, Any] | None = None,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        strict: bool = True,
+        check_finite: bool = True,
+        log_prediction: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a non-empty metric name, got {monitor!r}.")
+        self.monitor = monitor
+        self.mode = check_choice("mode", mode, MODES)
+        self.x_axis = check_choice("x_axis", x_axis, X_AXES)
+        check_range("min_delta", min_delta, low=0.0)
+        check_range(
+            "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+        )
+        check_range("min_points", min_points, low=3, integer=True)
+        check_range("warmup", warmup, low=0.0, high=1.0, high_inclusive=False)
+        check_range("band", band, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        check_range("min_r2", min_r2, low=0.0, high=1.0)
+        if horizon is not None:
+            check_range("horizon", horizon, low=0.0, low_inclusive=False)
+        check_range("delta", delta, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        check_range("min_finished", min_finished, low=2, integer=True)
+        check_range("n_bootstrap", n_bootstrap, low=1, integer=True)
+        check_range("seed", seed, low=0, integer=True)
+        if hparams is not None and not isinstance(hparams, Mapping):
+            raise ValueError(f"`hparams` must be a mapping of name -> number, got {hparams!r}.")
+        self.min_delta = float(min_delta)
+        self.threshold = float(threshold)
+        self.min_points = int(min_points)
+        self.warmup = float(warmup)
+        self.band = float(band)
+        self.min_r2 = float(min_r2)
+        self.horizon = None if horizon is None else float(horizon)
+        self.in_run = bool(in_run)
+        self.delta = float(delta)
+        self.min_finished = int(min_finished)
+        self.store_url = None if store in (None, "") else str(store)
+        self.study_name = str(study_name)
+        self.hparams = None if hparams is None else _flatten_numeric(dict(hparams))
+        self.n_bootstrap = int(n_bootstrap)
+        self.seed = int(seed)
+        self.strict = bool(strict)
+        self.check_finite = bool(check_finite)
+        self.log_prediction = bool(log_prediction)
+        # progress (checkpointed)
+        self._steps: list[int] = []
+        self._checks: list[int] = []
+        self._values: list[float] = []
+        self._n_checks = 0
+        self._run_id: int | None = None
+        self._last: dict[str, float | str | None] = {}
+        # per fit
+        self._store: Any = None
+        self._run_hparams: dict[str, float] = {}
+
+    # --- configuration ------------------------------------------------------------------
+
+    @override
+    def _config(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "x_axis": self.x_axis,
+            "min_delta": self.min_delta,
+            "threshold": self.threshold,
+            "min_points": self.min_points,
+            "warmup": self.warmup,
+            "band": self.band,
+            "min_r2": self.min_r2,
+            "horizon": self.horizon,
+            "in_run": self.in_run,
+            "delta": self.delta,
+            "min_finished": self.min_finished,
+            "store": self.store_url,
+            "study_name": self.study_name,
+        }
+
+    @override
+    def _identity(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_store"] = None  # a database connection does not pickle; reopened at fit start
+        return state
+
+    # --- results --------------------------------------------------------------------------
+
+    @property
+    def history(self) -> dict[str, list[float] | list[int]]:
+        """The curve so far: ``step``, ``check`` (1-based) and ``value`` lists."""
+        return {"step": list(self._steps), "check": list(self._checks), "value": list(self._values)}
+
+    @property
+    def best_so_far(self) -> float | None:
+        """The best monitored value seen (the sweep objective of a stopped run)."""
+        finite = [v for v in self._values if math.isfinite(v)]
+        if not finite:
+            return None
+        return max(finite) if self.mode == "max" else min(finite)
+
+    @property
+    def last_prediction(self) -> dict[str, float | str | None]:
+        """The evidence of the latest check (both rules), as primitives."""
+        return dict(self._last)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _x(self) -> list[float]:
+        return [float(v) for v in (self._steps if self.x_axis == "step" else self._checks)]
+
+    def _horizon(self, trainer: pl.Trainer) -> float | None:
+        if self.horizon is not None:
+            return self.horizon
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            return None
+        if self.x_axis == "step":
+            return float(total)
+        if not self._steps or self._steps[-1] <= 0:
+            return None
+        return float(self._checks[-1]) * float(total) / float(self._steps[-1])
+
+    @property
+    def _other_rank_reason(self) -> str:
+        return f"another rank's {self.monitor} curve cannot win"
+
+    def _missing(self, trainer: pl.Trainer) -> None:
+        keys = sorted(trainer.callback_metrics)
+        message = (
+            f"LearningCurveStopping: monitor {self.monitor!r} was not logged. The check runs "
+            f"in on_validation_epoch_end (validation ran this epoch); available metrics: "
+            f"{keys}. Log it in validation_step/on_validation_epoch_end or set `monitor`."
+        )
+        if self.strict:
+            raise ValueError(message)
+        rank_zero_warn(message + " (strict=False: skipping this check)")
+
+    def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.store_url is None or not trainer.is_global_zero:
+            return
+        from eecontrol.sweep.store import CurveStore
+
+        self._store = CurveStore(self.store_url, self.study_name, self.mode)
+        if self._run_id is not None and self._store.is_running(self._run_id):
+            return  # resumed: continue the same stored run
+        if self.hparams is not None:
+            self._run_hparams = dict(self.hparams)
+        else:
+            self._run_hparams = _flatten_numeric(dict(getattr(pl_module, "hparams", {}) or {}))
+        self._run_id = self._store.start_run(self._run_hparams)
+        for i, value in enumerate(self._values):
+            if math.isfinite(value):
+                self._store.report(self._run_id, i, value, self._steps[i])
+
+    def _fit(self) -> CurveFit | None:
+        y = np.asarray(self._values, dtype=float)
+        if len(y) < self.min_points:
+            return None
+        return fit_curve(self._x(), y, self.mode, n_bootstrap=self.n_bootstrap, seed=self.seed)
+
+    def _write_prediction(
+        self, trainer: pl.Trainer, fit: CurveFit | None, horizon: float | None
+    ) -> None:
+        """Writes the observed curve and the predicted curve with its band (rank zero)."""
+        if not trainer.is_global_zero or fit is None:
+            return
+        x = self._x()
+        record: dict[str, Any] = {
+            "monitor": self.monitor,
+            "x_axis": self.x_axis,
+            "observed": {"x": x, "y": list(self._values)},
+            "predicted": None,
+            "reason": fit.reason,
+        }
+        if fit.ok and horizon is not None and horizon > x[-1]:
+            grid = np.linspace(x[-1], horizon, 25)
+            pred = fit.predict(grid, quantiles=((1 - self.band) / 2, (1 + self.band) / 2))
+            lo, hi = pred.band(self.band)
+            record["predicted"] = {
+                "x": grid.tolist(),
+                "mean": pred.mean.tolist(),
+                "lower": np.minimum(lo, hi).tolist(),
+                "upper": np.maximum(lo, hi).tolist(),
+                "band": self.band,
+                "families": [[f.family, f.weight] for f in fit.fits],
+            }
+        path = run_dir(trainer) / PREDICTION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+    def _evaluate(self, fit: CurveFit | None, horizon: float | None) -> list[RuleResult]:
+        results: list[RuleResult] = []
+        y = np.asarray(self._values, dtype=float)
+        if self.in_run:
+            if horizon is None:
+                results.append(
+                    RuleResult("no_decision", "unknown training length (no horizon)", "in_run")
+                )
+            else:
+                results.append(
+                    in_run_rule(
+                        self._x(),
+                        y,
+                        horizon,
+                        mode=self.mode,
+                        min_delta=self.min_delta,
+                        threshold=self.threshold,
+                        min_points=self.min_points,
+                        band=self.band,
+                        min_r2=self.min_r2,
+                        fit=fit,
+                    )
+                )
+        if self._store is not None:
+            results.append(
+                cross_run_rule(
+                    y,
+                    self._store.finished(),
+                    self._run_hparams,
+                    mode=self.mode,
+                    delta=self.delta,
+                    min_points=self.min_points,
+                    min_finished=self.min_finished,
+                )
+            )
+        return results
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._open_store(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.stopped_epoch is not None:
+            return
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            self._missing(trainer)
+            self._stop(trainer, False, self._other_rank_reason)
+            return
+        value = float(metrics[self.monitor])
+        self._n_checks += 1
+        step = int(trainer.global_step)
+        if not math.isfinite(value):
+            if self.check_finite:
+                self._stop(
+                    trainer,
+                    True,
+                    f"{self.monitor} = {value} at check {self._n_checks}: the run diverged",
+                    {"value": str(value), "check": self._n_checks},
+                )
+                return
+            rank_zero_warn(
+                f"LearningCurveStopping: {self.monitor} = {value} at check {self._n_checks} "
+                "(check_finite=False: the point is left out of the curve)."
+            )
+            self._stop(trainer, False, self._other_rank_reason)
+            return
+        if self._steps and step <= self._steps[-1]:
+            # a second validation without training in between: it replaces the point
+            self._values[-1] = value
+        else:
+            self._steps.append(step)
+            self._checks.append(self._n_checks)
+            self._values.append(value)
+        if self._store is not None and self._run_id is not None:
+            self._store.report(self._run_id, len(self._values) - 1, value, step)
+        horizon = self._horizon(trainer)
+        fit = self._fit() if self.in_run or self.log_prediction else None
+        results = self._evaluate(fit, horizon)
+        evidence: dict[str, Any] = {"value": value, "best_so_far": self.best_so_far}
+        for r in results:
+            evidence.update(r.evidence())
+        self._last = {
+            k: (v if isinstance(v, str | None) else float(v)) for k, v in evidence.items()
+        }
+        if self.log_prediction:
+            self._log(pl_module, results)
+            self._write_prediction(trainer, fit, horizon)
+        stopping = [r for r in results if r.stop]
+        total = trainer.estimated_stepping_batches
+        in_warmup = math.isfinite(total) and step < self.warmup * float(total)
+        should_stop = bool(stopping) and not in_warmup
+        reason = (
+            f"{stopping[0].rule.replace('_', '-')} rule: {stopping[0].reason}"
+            if should_stop
+            else self._other_rank_reason
+        )
+        self._stop(trainer, should_stop, reason, evidence)
+
+    def _log(self, pl_module: pl.LightningModule, results: list[RuleResult]) -> None:
+        for r in results:
+            if r.predicted_final is None:
+                continue
+            prefix = "curve" if r.rule == "in_run" else "curve/cross_run"
+            for key, value in (
+                ("predicted_final", r.predicted_final),
+                ("lower", r.lower),
+                ("upper", r.upper),
+                ("p_improve", r.probability),
+            ):
+                if value is not None and math.isfinite(value):
+                    pl_module.log(f"{prefix}/{key}", float(value), on_epoch=True, batch_size=1)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._store is None or self._run_id is None:
+            return
+        state = "stopped" if self.stopped_epoch is not None else "complete"
+        self._store.finish(self._run_id, self.best_so_far, state)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self._store is not None and self._run_id is not None:
+            # the store must never hide the original error
+            with contextlib.suppress(Exception):
+                self._store.finish(self._run_id, self.best_so_far, "failed")
+
+    # --- what the user sees ---------------------------------------------------------------
+
+    @override
+    def progress_fields(self) -> dict[str, str]:
+        p = self._last.get("in_run_probability")
+        return {"P(improve)": f"{p:.2f}"} if isinstance(p, float) else {}
+
+    @override
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["LearningCurveStopping/best_so_far"] = self.best_so_far
+        out["LearningCurveStopping/checks"] = len(self._values)
+        for key in ("in_run_predicted_final", "in_run_probability", "cross_run_probability"):
+            if self._last.get(key) is not None:
+                out[f"LearningCurveStopping/{key}"] = self._last[key]
+        return out
+
+    # --- state ----------------------------------------------------------------------------
+
+    @override
+    def _progress_state(self) -> dict[str, Any]:
+        return {
+            "steps": list(self._steps),
+            "checks": list(self._checks),
+            "values": [float(v) for v in self._values],
+            "n_checks": self._n_checks,
+            "run_id": self._run_id,
+            "last": dict(self._last),
+        }
+
+    @override
+    def _load_progress_state(self, state: dict[str, Any]) -> None:
+        self._steps = [int(v) for v in state.get("steps", [])]
+        self._checks = [int(v) for v in state.get("checks", [])]
+        self._values = [float(v) for v in state.get("values", [])]
+        self._n_checks = int(state.get("n_checks", len(self._values)))
+        self._run_id = state.get("run_id")
+        self._last = dict(state.get("last") or {})

@@ -1,0 +1,128 @@
+"""``LearningCurvePruner``: the learning-curve stopping rules as an Optuna pruner."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from eecontrol.core.curves import FinishedRun, cross_run_rule, in_run_rule
+
+
+def _check_prob(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 < value < 1.0):
+        raise ValueError(f"`{name}` must be a number in (0.0, 1.0), got {value!r}.")
+
+
+class LearningCurvePruner(BasePruner):
+    """Prunes trials whose learning curve cannot win, with the rules of
+    :mod:`eecontrol.core.curves`.
+
+    Works with plain Optuna: report the metric with ``trial.report(value, step)`` and
+    call ``trial.should_prune()``; ``study.optimize`` records pruned trials as ``PRUNED``.
+    The in-run rule extrapolates the trial's own curve (``step + 1`` is the position) to
+    ``horizon``; the cross-run rule (Baker et al. 2017) trains a nu-SVR on the curves of
+    ``COMPLETE`` trials (index-aligned) and their numeric ``trial.params``, and compares
+    with the best completed trial's value. A trial is pruned when either rule says stop.
+
+    Example::
+
+        pruner = LearningCurvePruner(horizon=30)
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    Args:
+        horizon: the last step a trial reports (its training length), > 0.
+        in_run: use the in-run rule.
+        cross_run: use the cross-run rule.
+        min_delta: improvement that counts for the in-run rule, >= 0.
+        threshold: in-run stop probability, in (0, 1).
+        delta: cross-run stop probability, in (0, 1).
+        min_points: reports before any decision, >= 3.
+        min_finished: completed trials before the cross-run rule decides, >= 2.
+        min_r2: no in-run decision while the best family explains less of the curve.
+        n_bootstrap: bootstrap draws per curve family.
+        seed: seed of the bootstrap.
+
+    Attributes:
+        last_reason: ``{trial number: reason}`` of every trial this pruner pruned.
+    """
+
+    def __init__(
+        self,
+        horizon: int,
+        in_run: bool = True,
+        cross_run: bool = True,
+        min_delta: float = 0.0,
+        threshold: float = 0.05,
+        delta: float = 0.05,
+        min_points: int = 5,
+        min_finished: int = 5,
+        min_r2: float = 0.5,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(horizon, bool) or not isinstance(horizon, int | float) or horizon <= 0:
+            raise ValueError(f"`horizon` must be a number in (0, inf), got {horizon!r}.")
+        if min_delta < 0:
+            raise ValueError(f"`min_delta` cannot be negative but got {min_delta}.")
+        _check_prob("threshold", threshold)
+        _check_prob("delta", delta)
+        if not isinstance(min_points, int) or min_points < 3:
+            raise ValueError(f"`min_points` must be an integer in [3, inf), got {min_points!r}.")
+        if not isinstance(min_finished, int) or min_finished < 2:
+            raise ValueError(
+                f"`min_finished` must be an integer in [2, inf), got {min_finished!r}."
+            )
+        self.horizon = float(horizon)
+        self.in_run, self.cross_run = bool(in_run), bool(cross_run)
+        self.min_delta, self.threshold, self.delta = float(min_delta), threshold, delta
+        self.min_points, self.min_finished = min_points, min_finished
+        self.min_r2, self.n_bootstrap, self.seed = min_r2, n_bootstrap, seed
+        self.last_reason: dict[int, str] = {}
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether to prune ``trial`` now (called by ``trial.should_prune()``)."""
+        steps = sorted(trial.intermediate_values)
+        values = np.array([trial.intermediate_values[s] for s in steps], dtype=float)
+        if len(values) < self.min_points or not np.all(np.isfinite(values)):
+            return False
+        mode = "max" if study.direction == StudyDirection.MAXIMIZE else "min"
+        if self.in_run:
+            result = in_run_rule(
+                np.asarray(steps, dtype=float) + 1.0,
+                values,
+                self.horizon + 1.0,
+                mode=mode,
+                min_delta=self.min_delta,
+                threshold=self.threshold,
+                min_points=self.min_points,
+                min_r2=self.min_r2,
+                n_bootstrap=self.n_bootstrap,
+                seed=self.seed,
+            )
+            if result.stop:
+                self.last_reason[trial.number] = result.reason
+                return True
+        if self.cross_run:
+            finished = []
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+                if t.value is not None:
+                    finished.append(FinishedRun(curve, dict(t.params), float(t.value)))
+            result = cross_run_rule(
+                values,
+                finished,
+                dict(trial.params),
+                mode=mode,
+                delta=self.delta,
+                min_points=self.min_points,
+                min_finished=self.min_finished,
+            )
+            if result.stop:
+                self.last_reason[trial.number] = result.reason
+                return True
+        return False

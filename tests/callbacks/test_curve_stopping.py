@@ -1,0 +1,186 @@
+"""LearningCurveStopping in real (tiny) fits: stops, evidence, errors, store, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from eecontrol.callbacks.curve_stopping import PREDICTION_FILE, LearningCurveStopping
+from eecontrol.sweep.store import CurveStore
+from eecontrol.testing import check_callback_conformance
+from tests.conftest import make_trainer
+
+
+def plateau(n: int = 20) -> list[float]:
+    """A validation score that saturated early (tiny deterministic wiggle)."""
+    return [0.9 - 0.6 * math.exp(-0.6 * i) + 0.002 * ((-1) ** i) for i in range(1, n + 1)]
+
+
+class Scripted(pl.LightningModule):
+    """Trains a tiny layer; its validation logs ``values[epoch]`` as ``key``."""
+
+    def __init__(self, values: list[float], key: str = "val/score", lr: float = 0.01) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["values", "key"])
+        self.values, self.key = list(values), key
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        if self.key:
+            self.log(self.key, self.values[self.current_epoch], on_epoch=True, batch_size=1)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def _loader(self):
+        return DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+    def train_dataloader(self):
+        return self._loader()
+
+    def val_dataloader(self):
+        return self._loader()
+
+
+def fit(tmp_path, cb, values, max_epochs, **kwargs):
+    trainer = make_trainer(tmp_path, max_epochs=max_epochs, callbacks=[cb], **kwargs)
+    trainer.fit(Scripted(values, **kwargs.pop("module_kwargs", {})))
+    return trainer
+
+
+def test_conformance(tmp_path):
+    cb = LearningCurveStopping("val/score", "max", min_points=3, n_bootstrap=10)
+    fit(tmp_path, cb, plateau(), 4)
+    check_callback_conformance(
+        LearningCurveStopping,
+        valid=[{"monitor": "val/acc", "mode": "max"}, {"monitor": "val/loss", "mode": "min"}],
+        invalid=[
+            ({"monitor": ""}, "`monitor`", "non-empty"),
+            ({"mode": "up"}, "`mode`", "['max', 'min']"),
+            ({"x_axis": "epoch"}, "`x_axis`", "['step', 'check']"),
+            ({"min_delta": -0.1}, "`min_delta`", "[0.0, inf)"),
+            ({"threshold": 0.0}, "`threshold`", "(0.0, 1.0)"),
+            ({"threshold": float("nan")}, "`threshold`", "(0.0, 1.0)"),
+            ({"min_points": 2}, "`min_points`", "[3, inf)"),
+            ({"min_points": 4.5}, "`min_points`", "[3, inf)"),
+            ({"warmup": 1.0}, "`warmup`", "[0.0, 1.0)"),
+            ({"band": 1.0}, "`band`", "(0.0, 1.0)"),
+            ({"min_r2": 1.5}, "`min_r2`", "[0.0, 1.0]"),
+            ({"horizon": 0}, "`horizon`", "(0.0, inf)"),
+            ({"delta": 1.0}, "`delta`", "(0.0, 1.0)"),
+            ({"min_finished": 1}, "`min_finished`", "[2, inf)"),
+            ({"n_bootstrap": 0}, "`n_bootstrap`", "[1, inf)"),
+            ({"seed": -1}, "`seed`", "[0, inf)"),
+            ({"hparams": [1, 2]}, "`hparams`", "mapping"),
+        ],
+        after_fit=(cb, {"monitor": "val/score", "mode": "max", "min_points": 3, "n_bootstrap": 10}),
+    )
+
+
+def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(tmp_path):
+    cb = LearningCurveStopping(
+        "val/score", "max", min_delta=0.01, min_points=6, n_bootstrap=30, x_axis="check"
+    )
+    trainer = fit(tmp_path, cb, plateau(), 20, num_sanity_val_steps=2)
+    assert cb.stopped_epoch is not None and cb.stopped_epoch < 19
+    assert cb.stop_reason.startswith("in-run rule")
+    stop = next(d for d in cb.decisions if d.action == "stop")
+    ev = stop.evidence
+    assert ev["in_run_probability"] < 0.05
+    assert ev["in_run_lower"] <= ev["in_run_predicted_final"] <= ev["in_run_upper"]
+    assert cb.best_so_far == pytest.approx(max(cb.history["value"]))
+    # the sanity check is not part of the curve; x is the validation index
+    assert cb.history["check"] == list(range(1, len(cb.history["value"]) + 1))
+    assert cb.history["value"] == pytest.approx(plateau()[: len(cb.history["value"])])
+    for key in ("curve/predicted_final", "curve/lower", "curve/upper", "curve/p_improve"):
+        assert key in trainer.callback_metrics
+    record = json.loads((tmp_path / PREDICTION_FILE).read_text())
+    assert record["predicted"]["x"][-1] == pytest.approx(20.0)
+    assert len(record["observed"]["y"]) == len(cb.history["value"])
+
+
+def test_a_rising_curve_is_not_stopped(tmp_path):
+    rising = [0.1 + 0.04 * i for i in range(12)]
+    cb = LearningCurveStopping("val/score", "max", min_points=4, n_bootstrap=10)
+    fit(tmp_path, cb, rising, 6)
+    assert cb.stopped_epoch is None
+    assert len(cb.history["value"]) == 6
+    assert cb.last_prediction["in_run_decision"] in ("continue", "no_decision")
+
+
+def test_missing_monitor_is_an_error_listing_keys_and_the_hook(tmp_path):
+    cb = LearningCurveStopping("val/acc", "max")
+    with pytest.raises(ValueError, match="on_validation_epoch_end") as err:
+        fit(tmp_path, cb, plateau(), 2)
+    assert "'val/score'" in str(err.value) and "val/acc" in str(err.value)
+    cb = LearningCurveStopping("val/acc", "max", strict=False)
+    with pytest.warns(UserWarning, match="strict=False"):
+        fit(tmp_path, cb, plateau(), 2)
+    assert cb.history["value"] == []
+
+
+def test_nan_stops_or_warns_never_passes_silently(tmp_path):
+    values = [0.2, 0.3, float("nan"), 0.5, 0.6]
+    cb = LearningCurveStopping("val/score", "max")
+    fit(tmp_path, cb, values, 5)
+    assert cb.stopped_epoch == 2 and "diverged" in cb.stop_reason
+    cb = LearningCurveStopping("val/score", "max", check_finite=False)
+    with pytest.warns(UserWarning, match="left out"):
+        fit(tmp_path, cb, values, 5)
+    assert cb.stopped_epoch is None and cb.history["value"] == pytest.approx([0.2, 0.3, 0.5, 0.6])
+
+
+def test_resume_keeps_the_history(tmp_path):
+    values = [0.1 + 0.05 * i for i in range(10)]
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cb = LearningCurveStopping("val/score", "max", min_points=20, log_prediction=False)
+    trainer = make_trainer(tmp_path, max_epochs=4, callbacks=[cb, ckpt], enable_checkpointing=True)
+    trainer.fit(Scripted(values))
+    resumed = LearningCurveStopping("val/score", "max", min_points=20, log_prediction=False)
+    trainer = make_trainer(tmp_path, max_epochs=7, callbacks=[resumed], enable_checkpointing=False)
+    trainer.fit(Scripted(values), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    full = LearningCurveStopping("val/score", "max", min_points=20, log_prediction=False)
+    make_trainer(tmp_path / "full", max_epochs=7, callbacks=[full]).fit(Scripted(values))
+    assert resumed.history == full.history
+    assert len(resumed.history["value"]) == 7
+
+
+def test_store_records_the_curve_and_the_cross_run_rule_stops_a_loser(tmp_path):
+    url = tmp_path / "curves.db"
+    store = CurveStore(url, "t", "max")
+    for lr in (0.01, 0.02, 0.03):  # three finished good runs
+        good = [0.9 - 0.6 * math.exp(-0.5 * i) - lr for i in range(1, 9)]
+        run = store.start_run({"lr": lr})
+        for i, v in enumerate(good):
+            store.report(run, i, v)
+        store.finish(run, max(good))
+    bad = [0.2 + 0.01 * i for i in range(8)]
+    cb = LearningCurveStopping(
+        "val/score",
+        "max",
+        in_run=False,
+        store=str(url),
+        study_name="t",
+        min_points=3,
+        min_finished=3,
+        log_prediction=False,
+        hparams={"lr": 0.05},
+    )
+    fit(tmp_path, cb, bad, 8)
+    assert cb.stopped_epoch == 2 and cb.stop_reason.startswith("cross-run rule")
+    stop = next(d for d in cb.decisions if d.action == "stop")
+    assert stop.evidence["cross_run_probability"] < 0.05
+    runs = store.runs()
+    assert [r.state for r in runs] == ["complete"] * 3 + ["stopped"]
+    assert runs[-1].values == pytest.approx(bad[:3]) and runs[-1].hparams == {"lr": 0.05}
+    assert runs[-1].result == pytest.approx(cb.best_so_far)

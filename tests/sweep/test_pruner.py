@@ -1,0 +1,80 @@
+"""LearningCurvePruner in plain Optuna: losers are PRUNED, the winner completes."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from eecontrol.sweep.pruner import LearningCurvePruner
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def curve(lr: float, step: int) -> float:
+    """A saturating accuracy whose ceiling peaks at lr = 1e-3."""
+    top = 0.95 - 0.15 * (math.log10(lr) + 3) ** 2
+    return top - (top - 0.1) * math.exp(-0.3 * (step + 1))
+
+
+def objective(trial: optuna.Trial) -> float:
+    lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    best = -math.inf
+    for step in range(20):
+        value = curve(lr, step)
+        best = max(best, value)
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return best
+
+
+def test_plain_optuna_prunes_losers_and_keeps_the_best():
+    pruner = LearningCurvePruner(horizon=19, in_run=False, min_points=3, min_finished=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for lr in (2e-3, 5e-4, 3e-4, 1e-5, 3e-2, 1e-3):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(objective, n_trials=6)
+    states = [t.state for t in study.trials]
+    assert states[:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert states[3] == states[4] == optuna.trial.TrialState.PRUNED
+    assert states[5] == optuna.trial.TrialState.COMPLETE  # the winner, last, is not pruned
+    assert len(study.trials[3].intermediate_values) == 3  # stopped at its first decision
+    assert study.best_params["lr"] == pytest.approx(1e-3)
+    assert "finished run" in pruner.last_reason[3]
+
+
+def test_in_run_rule_prunes_a_flat_trial():
+    pruner = LearningCurvePruner(horizon=60, cross_run=False, min_delta=0.01, n_bootstrap=30)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.enqueue_trial({"lr": 1e-3})
+
+    def flat(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        for step in range(60):
+            trial.report(0.9 - 0.6 * math.exp(-0.6 * (step + 1)) + 0.002 * (-1) ** step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 0.9
+
+    study.optimize(flat, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert len(study.trials[0].intermediate_values) < 30
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"horizon": 0}, "`horizon` must be a number in (0, inf)"),
+        ({"horizon": 10, "threshold": 1.0}, "`threshold` must be a number in (0.0, 1.0)"),
+        ({"horizon": 10, "delta": 0.0}, "`delta` must be a number in (0.0, 1.0)"),
+        ({"horizon": 10, "min_points": 2}, "`min_points` must be an integer in [3, inf)"),
+        ({"horizon": 10, "min_finished": 1}, "`min_finished` must be an integer in [2, inf)"),
+        ({"horizon": 10, "min_delta": -1.0}, "`min_delta` cannot be negative"),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        LearningCurvePruner(**kwargs)
+    assert message in str(err.value)
