@@ -206,7 +206,8 @@ class DigitsClassifier(pl.LightningModule):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net"])
+        # partial optimizers would make checkpoints unloadable with weights_only=True
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -145,7 +145,7 @@ class RegressionMLP(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["optimizer"])  # weights_only-safe
         self.net = nn.Sequential(
             nn.Linear(num_features, hidden),
             nn.ReLU(),

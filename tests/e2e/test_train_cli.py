@@ -68,3 +68,16 @@ def test_multirun_makes_separate_runs_and_wandb_runs(tmp_path):
             == epochs - 1
         )
     assert len(ids) == 2, "multirun jobs share a W&B run"
+
+
+def test_resume_from_last_checkpoint_through_the_cli(tmp_path):
+    """A Hydra-configured run (partial optimizer in the config) resumes from last.ckpt."""
+    _run(["trainer.max_epochs=2", "test=false", "logger=csv"], tmp_path)
+    first = next((tmp_path / "logs" / "train" / "runs").iterdir())
+    ckpt = first / "checkpoints" / "last.ckpt"
+    out = _run(["trainer.max_epochs=3", "test=false", "logger=csv", f"ckpt_path={ckpt}"], tmp_path)
+    assert "Restoring states from the checkpoint" in out.stderr + out.stdout or ckpt.exists()
+    second = max((tmp_path / "logs" / "train" / "runs").iterdir())
+    decisions = [json.loads(x) for x in (second / "decisions.jsonl").read_text().splitlines()]
+    assert [d["action"] for d in decisions] == ["plan", "candidates"]
+    assert decisions[-1]["evidence"]["candidates"] == 3  # 2 restored from the checkpoint + 1 new
