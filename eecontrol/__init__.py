@@ -8,6 +8,7 @@ from eecontrol.callbacks import (
     ControlCallback,
     Decision,
     DropoutSchedule,
+    GradES,
     GradientDiagnostics,
     LearningCurveStopping,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "CurveStore",
     "Decision",
     "DropoutSchedule",
+    "GradES",
     "GradientDiagnostics",
     "LearningCurvePruner",
     "LearningCurveStopping",

@@ -4,6 +4,7 @@ from eecontrol.callbacks._control import ControlCallback, Decision, reduce_stop
 from eecontrol.callbacks.conformal import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks.curve_stopping import LearningCurveStopping
 from eecontrol.callbacks.dropout import DropoutSchedule
+from eecontrol.callbacks.grades import GradES
 from eecontrol.callbacks.gradient_diagnostics import GradientDiagnostics
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ControlCallback",
     "Decision",
     "DropoutSchedule",
+    "GradES",
     "GradientDiagnostics",
     "LearningCurveStopping",
     "reduce_stop",

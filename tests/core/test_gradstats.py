@@ -1,0 +1,336 @@
+"""GradES core: component discovery on real naming schemes, statistics, thresholds, freezing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+from eecontrol.core.gradstats import (
+    FreezeRule,
+    GradStatistic,
+    _fused_l1,
+    check_tau,
+    find_components,
+    freeze_parameters,
+    resolve_taus,
+)
+
+TINY = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 50}
+
+
+def tiny_bert(layers: int = 2) -> BertModel:
+    return BertModel(BertConfig(num_hidden_layers=layers, **TINY))
+
+
+class LoraLinear(nn.Module):
+    """A PEFT-style LoRA layer: frozen base, adapters in ModuleDicts named lora_A / lora_B."""
+
+    def __init__(self, n: int = 8, r: int = 2) -> None:
+        super().__init__()
+        self.base_layer = nn.Linear(n, n)
+        self.base_layer.requires_grad_(False)
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(n, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, n, bias=False)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.lora_B["default"](self.lora_A["default"](x))
+
+
+class LoraAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = LoraLinear()
+        self.v_proj = LoraLinear()
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.q_proj(x) + self.v_proj(x))
+
+
+# --- discovery ------------------------------------------------------------------------
+
+
+def test_bert_names():
+    comps = find_components(tiny_bert(2))
+    names = [c.name for c in comps]
+    per_layer = [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ]
+    assert names == [f"encoder.layer.{i}.{s}" for i in range(2) for s in per_layer]
+    assert comps[0].param_names == (
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.0.attention.self.query.bias",
+    )
+
+
+def test_llama_names():
+    cfg = LlamaConfig(num_hidden_layers=2, num_key_value_heads=1, **TINY)
+    names = [c.name for c in find_components(LlamaModel(cfg))]
+    per_layer = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
+    assert names == [f"layers.{i}.{s}" for i in range(2) for s in per_layer]
+
+
+def test_gpt2_names():
+    cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32)
+    names = [c.name for c in find_components(GPT2Model(cfg))]
+    per_layer = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    assert names == [f"h.{i}.{s}" for i in range(2) for s in per_layer]
+
+
+def test_torch_transformer_layer_packed_in_proj():
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32)
+    comps = {c.name: c for c in find_components(layer)}
+    assert list(comps) == ["self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2"]
+    assert comps["self_attn.in_proj"].param_names == (
+        "self_attn.in_proj_weight",
+        "self_attn.in_proj_bias",
+    )
+    assert comps["self_attn.in_proj"].params[0].shape == (48, 16)  # Q, K, V packed
+
+
+def test_multihead_attention_with_separate_kv_sizes():
+    mha = nn.MultiheadAttention(16, 2, kdim=8, vdim=8)
+    names = [c.name for c in find_components(nn.Sequential(mha))]
+    assert names == ["0.q_proj", "0.k_proj", "0.v_proj", "0.out_proj"]
+
+
+def test_lora_pair_is_one_component_and_base_is_never_one():
+    comps = find_components(LoraAttention())
+    assert [c.name for c in comps] == ["q_proj", "v_proj"]
+    assert comps[0].param_names == ("q_proj.lora_A.default.weight", "q_proj.lora_B.default.weight")
+    # a pattern that names the adapters themselves still gives the pair as one component
+    comps = find_components(LoraAttention(), patterns=["*.lora_A.*", "*.lora_B.*"])
+    assert [c.name for c in comps] == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (
+            ["re:encoder\\.layer\\.1\\..*\\.(query|key)"],
+            ["attention.self.query", "attention.self.key"],
+        ),
+        (["encoder.layer.1.*.value"], ["attention.self.value"]),
+        (["intermediate.dense"], ["intermediate.dense"]),
+    ],
+)
+def test_regex_glob_and_suffix_patterns(patterns, expected):
+    names = [c.name for c in find_components(tiny_bert(2), patterns)]
+    assert names == [f"encoder.layer.1.{e}" for e in expected] or names == [
+        f"encoder.layer.{i}.{e}" for i in range(2) for e in expected
+    ]
+
+
+def test_no_match_lists_the_module_names_seen():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"Module names seen: \['0', '1', '2'\]"):
+        find_components(model)
+    with pytest.raises(ValueError, match="`patterns` must be a non-empty list"):
+        find_components(model, patterns="q_proj")
+    with pytest.raises(ValueError, match="invalid regular expression"):
+        find_components(model, patterns=["re:("])
+
+
+def test_frozen_parameters_are_not_components():
+    model = tiny_bert(1)
+    model.encoder.layer[0].attention.requires_grad_(False)
+    names = [c.name for c in find_components(model)]
+    assert names == ["encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"]
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+def _backward(model: BertModel, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (3, 7), generator=g)
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids).last_hidden_state.square().mean().backward()
+
+
+def test_fused_reduction_equals_per_tensor_norms():
+    tensors = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 2)]
+    assert _fused_l1(tensors) == pytest.approx([t.abs().sum().item() for t in tensors], rel=1e-6)
+
+
+@pytest.mark.parametrize("normalize", ["sum", "mean"])
+def test_grad_l1_matches_hand_computation(normalize):
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "grad_l1", normalize)
+    _backward(model, 0)
+    values = stat.read(range(len(comps)))
+    for comp, value in zip(comps, values):
+        ref = sum(p.grad.abs().sum().item() for p in comp.params)
+        if normalize == "mean":
+            ref /= sum(p.numel() for p in comp.params)
+        assert value == pytest.approx(ref, rel=1e-5)
+
+
+def test_grad_delta_l1_matches_hand_computation_and_first_reading_is_none():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "grad_delta_l1")
+    active = list(range(len(comps)))
+    _backward(model, 0)
+    assert stat.read(active) == [None] * len(comps)  # no previous gradient: no decision
+    stat.snapshot(active)
+    previous = [[p.grad.clone() for p in c.params] for c in comps]
+    _backward(model, 1)
+    values = stat.read(active)
+    for comp, prev, value in zip(comps, previous, values):
+        ref = sum((p.grad - q).abs().sum().item() for p, q in zip(comp.params, prev))
+        assert value == pytest.approx(ref, rel=1e-5)
+        assert value > 0
+
+
+def test_weight_delta_l1_matches_hand_computation():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "weight_delta_l1", "mean")
+    active = list(range(len(comps)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert stat.read(active) == [None] * len(comps)
+    stat.snapshot(active)
+    before = [[p.detach().clone() for p in c.params] for c in comps]
+    for seed in range(3):
+        _backward(model, seed)
+        opt.step()
+    values = stat.read(active)
+    for comp, old, value in zip(comps, before, values):
+        ref = sum((p - q).abs().sum().item() for p, q in zip(comp.params, old)) / comp.numel
+        assert value == pytest.approx(ref, rel=1e-5)
+
+
+def test_failed_readings_are_none_never_zero():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "grad_l1")
+    assert stat.read([0, 1]) == [None, None]  # no gradient yet
+    _backward(model, 0)
+    comps[1].params[0].grad[0, 0] = float("nan")
+    values = stat.read([0, 1])
+    assert values[0] is not None and values[0] > 0 and values[1] is None
+
+
+def test_snapshot_state_roundtrip():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "weight_delta_l1")
+    stat.snapshot([0, 2])
+    other = GradStatistic(comps, "weight_delta_l1")
+    other.load_state_dict(stat.state_dict())
+    with torch.no_grad():
+        comps[0].params[0].add_(1.0)
+    assert other.read([0, 1, 2]) == stat.read([0, 1, 2])
+
+
+# --- thresholds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("readings", "expected_freeze_step"),
+    [
+        # reference = mean of readings at steps 5..9 = 10; freeze below 0.3 x 10 = 3
+        ([10.0] * 10 + [5.0, 4.0, 2.9], 12),
+        ([10.0] * 10 + [3.5, 3.1, 3.0, 2.0], 13),
+        ([10.0] * 10 + [None, 2.0], 11),  # a failed reading decides nothing
+        ([10.0] * 9 + [1.0], None),  # small values inside the grace period never freeze
+    ],
+)
+def test_auto_rule_table(readings, expected_freeze_step):
+    rule = FreezeRule(["auto"], rel_tau=0.3, smoothing=0.0)
+    froze = None
+    for step, value in enumerate(readings):
+        if rule.update(0, value, step, grace_step=10):
+            froze = step
+            break
+    assert froze == expected_freeze_step
+
+
+def test_auto_rule_is_scale_free():
+    steps = [10.0, 9.0, 8.0, 8.0, 7.0, 7.0, 6.0, 3.0, 2.0, 1.0, 0.5]
+    decisions = []
+    for scale in (1.0, 1e-6, 1e6):
+        rule = FreezeRule(["auto"], rel_tau=0.3, smoothing=0.5)
+        decisions.append([rule.update(0, v * scale, s, grace_step=6) for s, v in enumerate(steps)])
+    assert decisions[0] == decisions[1] == decisions[2]
+    assert any(decisions[0])
+
+
+def test_auto_reference_without_readings_in_the_window():
+    rule = FreezeRule(["auto"], rel_tau=0.5, smoothing=0.0)
+    assert not rule.update(0, 8.0, 20, grace_step=10)  # becomes the reference
+    assert rule.threshold(0) == 4.0
+    assert rule.update(0, 3.0, 21, grace_step=10)
+
+
+def test_numeric_and_per_group_tau():
+    comps = find_components(tiny_bert(1))
+    taus = resolve_taus(check_tau({"*.attention.*": 0.5, "default": "auto"}), comps)
+    assert taus == [0.5, 0.5, 0.5, 0.5, "auto", "auto"]
+    with pytest.raises(ValueError, match="no group for component"):
+        resolve_taus({"*.query": 1.0}, comps)
+    rule = FreezeRule([2.0], rel_tau=0.3, smoothing=0.0)
+    assert not rule.update(0, 1.0, 0, grace_step=1)
+    assert not rule.update(0, 2.0, 1, grace_step=1)
+    assert rule.update(0, 1.99, 2, grace_step=1)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), math.inf, "often", True, {"*": -2}, {}])
+def test_invalid_tau(bad):
+    with pytest.raises(ValueError, match="tau"):
+        check_tau(bad)
+
+
+# --- freezing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.5),
+        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.5, foreach=False),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.5),
+    ],
+)
+def test_frozen_weight_never_changes_and_state_is_dropped(make_opt):
+    model = tiny_bert(1)
+    comps = find_components(model)
+    opt = make_opt(list(model.parameters()))
+    for seed in range(2):
+        _backward(model, seed)
+        opt.step()
+    target = comps[0]
+    assert all(p in opt.state for p in target.params)
+    frozen_at = [p.detach().clone() for p in target.params]
+    other_before = comps[1].params[0].detach().clone()
+    _backward(model, 2)  # a gradient exists at freeze time, as in on_before_optimizer_step
+    n = freeze_parameters(target.params, [opt])
+    assert n == target.numel
+    assert all(p not in opt.state and p.grad is None for p in target.params)
+    for seed in range(3, 6):
+        opt.step()
+        _backward(model, seed)
+    opt.step()
+    for p, q in zip(target.params, frozen_at):
+        assert torch.equal(p, q)
+        assert not p.requires_grad and p.grad is None
+    assert not torch.equal(comps[1].params[0], other_before)
