@@ -29,6 +29,7 @@ class Spec:
     callbacks: Callable[[], list[Callback]]
     trainer: dict[str, Any] = field(default_factory=dict)
     stops: bool = False
+    ddp_suffix: str = ""  # e.g. "_find_unused_parameters_true" for callbacks that freeze weights
 
 
 def _cnn() -> pl.LightningModule:
@@ -49,7 +50,64 @@ def _ces() -> list[Callback]:
     return [ConformalEarlyStopping(task="classification", storage_period=1)]
 
 
+class _FcNet(pl.LightningModule.__mro__[1]):  # torch.nn.Module
+    """A digits MLP whose layers carry transformer MLP names (fc1, fc2), for GradES."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torch
+
+        self.flatten = torch.nn.Flatten()
+        self.fc1 = torch.nn.Linear(64, 64)
+        self.fc2 = torch.nn.Linear(64, 64)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        import torch
+
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(self.flatten(x))))))
+
+
+def _fc() -> pl.LightningModule:
+    from eecontrol.recipes.digits import DigitsClassifier
+
+    return DigitsClassifier(net=_FcNet())
+
+
+def _grades() -> list[Callback]:
+    from eecontrol import GradES
+
+    # a threshold every matrix passes: both freeze right after the grace period, then stop
+    return [GradES(tau=1e9, grace=0.5, patterns=["fc1", "fc2"])]
+
+
+def _curves() -> list[Callback]:
+    from eecontrol import LearningCurveStopping
+
+    # demanding a 5-point gain makes the in-run rule stop the run after a few validations
+    return [
+        LearningCurveStopping(
+            monitor="val/acc",
+            mode="max",
+            min_points=3,
+            min_delta=0.05,
+            threshold=0.5,
+            n_bootstrap=30,
+        )
+    ]
+
+
 SPECS: dict[str, Spec] = {
+    "grades": Spec(
+        _fc,
+        _grades,
+        {"max_epochs": 4, "limit_train_batches": 5},
+        stops=True,
+        ddp_suffix="_find_unused_parameters_true",
+    ),
+    "learning_curve_stopping": Spec(
+        _cnn, _curves, {"max_epochs": 8, "limit_train_batches": 3}, stops=True
+    ),
     "dropout_schedule": Spec(_cnn, _dropout, {"max_epochs": 4, "limit_train_batches": 5}),
     "conformal_early_stopping": Spec(_cnn, _ces, {"max_epochs": 4, "limit_train_batches": 5}),
 }

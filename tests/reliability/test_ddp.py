@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp"])
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test_ranks_make_identical_decisions(spec, strategy, tmp_path):
+    strategy += SPECS[spec].ddp_suffix  # GradES needs find_unused_parameters=True (it says so)
     done = run_child(
         spec, tmp_path, "--strategy", strategy, "--devices", "2", "--skew", timeout=240
     )
