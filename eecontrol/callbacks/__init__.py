@@ -3,6 +3,7 @@
 from eecontrol.callbacks._control import ControlCallback, Decision, reduce_stop
 from eecontrol.callbacks.conformal import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks.curve_stopping import LearningCurveStopping
+from eecontrol.callbacks.darts_plus import DARTSPlusStopping
 from eecontrol.callbacks.dropout import DropoutSchedule
 from eecontrol.callbacks.grades import GradES
 from eecontrol.callbacks.gradient_diagnostics import GradientDiagnostics
@@ -11,6 +12,7 @@ __all__ = [
     "ConformalEarlyStopping",
     "ConformalPredictor",
     "ControlCallback",
+    "DARTSPlusStopping",
     "Decision",
     "DropoutSchedule",
     "GradES",

@@ -1,0 +1,450 @@
+"""``DARTSPlusStopping``: the DARTS+ early-stopping criteria for a DARTS search."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.core.darts import (
+    CRITERIA,
+    SCOPES,
+    CheckResult,
+    DartsPlusCriteria,
+    Derivation,
+    Genotype,
+    SearchSpace,
+    softmax_weights,
+    steps_from_edges,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = (
+    "a DARTS search LightningModule must provide `arch_parameters()` returning "
+    "{'normal': Tensor(edges, ops), 'reduce': Tensor(edges, ops)} (raw alphas; 'reduce' is "
+    "optional) and `op_names` (a sequence of op names, one per column); `steps` "
+    "(intermediate nodes per cell) and `multiplier` (nodes concatenated) are optional"
+)
+
+
+class DARTSPlusStopping(ControlCallback):
+    """Stops a DARTS architecture search with the DARTS+ criteria.
+
+    Liang et al., "DARTS+: Improved Differentiable Architecture Search with Early
+    Stopping" (2019). DARTS searches collapse into cells full of ``skip_connect`` when run
+    long; DARTS+ stops the search when (criterion 1) the derived normal cell has
+    ``max_skip`` (2) skip-connects, or (criterion 2) the ranking of the architecture
+    weights over the learnable ops has not changed for ``patience`` (10) epochs.
+
+    The check runs once per epoch in ``on_train_epoch_end`` (after the epoch's
+    architecture updates, before ``ModelCheckpoint`` saves the epoch's checkpoint, so a
+    resumed run continues the stability counter exactly). Under DDP the weights of rank
+    zero are broadcast, so every rank derives the same genotype and decides the same.
+
+    The protocol the LightningModule implements:
+
+    - ``arch_parameters() -> {"normal": Tensor, "reduce": Tensor}``: raw (pre-softmax)
+      architecture weights, one ``(edges, ops)`` tensor per cell type (``reduce`` optional);
+    - ``op_names``: the op names, one per column (DARTS: ``none``, ``max_pool_3x3``, ...);
+    - optionally ``steps`` (intermediate nodes; default inferred from the edge count) and
+      ``multiplier`` (how many last nodes form the cell output; default ``steps``).
+
+    Each epoch it logs ``darts_plus/skip_normal``, ``darts_plus/skip_reduce`` and
+    ``darts_plus/stable_epochs``, prints the genotype text, and writes in
+    ``<run dir>/<artifact_dir>/``: ``history.json`` (per epoch: genotype, skip counts,
+    counter, criteria) and ``alphas.npz`` (per epoch softmax(alpha) of every cell). At the
+    stop (or at the end of a search that never stopped) it writes ``genotype.json``, the
+    DARTS-style genotype to retrain.
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=50, callbacks=[DARTSPlusStopping(criterion="skip")])
+
+    Args:
+        max_skip: criterion 1 holds when the normal cell has at least this many
+            ``skip_connect`` ops, an integer >= 1.
+        patience: criterion 2 holds after this many epochs without a ranking change, an
+            integer >= 1.
+        criterion: ``skip`` (criterion 1), ``stable`` (criterion 2), ``either`` or ``both``
+            (both hold at the same epoch).
+        scope: what criterion 2 compares: ``both`` cells' learnable-op ranking (default),
+            ``normal`` only, or ``genotype`` (the derived genotype unchanged).
+        min_epochs: no stop before this many epochs are complete, an integer >= 0.
+        stop_training: if False, record when each criterion holds but never stop (for
+            benchmarks: one long search shows where each criterion would have stopped).
+        learnable_ops: the ops ranked by criterion 2 (default: names starting with
+            ``sep_conv``, ``dil_conv`` or ``conv``).
+        none_op: the zero op's name (never chosen in a genotype).
+        skip_op: the op counted by criterion 1.
+        derive: a custom genotype derivation ``(alphas, space) -> Genotype`` for other
+            search spaces (default: DARTS's).
+        artifact_dir: sub-directory of the run directory for the artefacts.
+        prog_bar: show the skip count and the counter in the progress bar.
+    """
+
+    def __init__(
+        self,
+        max_skip: int = 2,
+        patience: int = 10,
+        criterion: str = "either",
+        scope: str = "both",
+        min_epochs: int = 5,
+        stop_training: bool = True,
+        learnable_ops: Sequence[str] | None = None,
+        none_op: str = "none",
+        skip_op: str = "skip_connect",
+        derive: Derivation | None = None,
+        artifact_dir: str = "darts_plus",
+        prog_bar: bool = True,
+    ) -> None:
+        super().__init__()
+        check_range("max_skip", max_skip, low=1, integer=True)
+        check_range("patience", patience, low=1, integer=True)
+        check_range("min_epochs", min_epochs, low=0, integer=True)
+        self.criterion = check_choice("criterion", criterion, CRITERIA)
+        self.scope = check_choice("scope", scope, SCOPES)
+        if isinstance(learnable_ops, str):
+            raise ValueError(
+                f"`learnable_ops` must be a list of op names, got the string {learnable_ops!r}."
+            )
+        if not artifact_dir or os.path.isabs(artifact_dir) or ".." in Path(artifact_dir).parts:
+            raise ValueError(
+                f"`artifact_dir` must be a relative sub-directory name, got {artifact_dir!r}."
+            )
+        self.max_skip = int(max_skip)
+        self.patience = int(patience)
+        self.min_epochs = int(min_epochs)
+        self.stop_training = bool(stop_training)
+        self.learnable_ops = None if learnable_ops is None else tuple(learnable_ops)
+        self.none_op = str(none_op)
+        self.skip_op = str(skip_op)
+        self.derive = derive
+        self.artifact_dir = str(artifact_dir)
+        self.prog_bar = prog_bar
+        # progress (state)
+        self._history: list[dict[str, Any]] = []
+        self._alphas: dict[str, list[Tensor]] = {}
+        self._fired: dict[str, int | None] = {"skip": None, "stable": None}
+        self._genotype: dict[str, Any] | None = None
+        self._tracker_state: dict[str, Any] = {"signature": None, "stable_epochs": 0}
+        # per fit
+        self._criteria: DartsPlusCriteria | None = None
+        self._space: SearchSpace | None = None
+
+    @override
+    def _config(self) -> dict[str, Any]:
+        return {
+            "max_skip": self.max_skip,
+            "patience": self.patience,
+            "criterion": self.criterion,
+            "scope": self.scope,
+            "min_epochs": self.min_epochs,
+            "stop_training": self.stop_training,
+            "learnable_ops": None if self.learnable_ops is None else list(self.learnable_ops),
+            "skip_op": self.skip_op,
+        }
+
+    @override
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "scope": self.scope,
+            "max_skip": self.max_skip,
+            "patience": self.patience,
+        }
+
+    # --- public results -------------------------------------------------------------
+
+    @property
+    def genotype(self) -> Genotype | None:
+        """The genotype at the stop, else at the last check (None before any check)."""
+        return None if self._genotype is None else Genotype.from_dict(self._genotype)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per checked epoch: genotype, skip counts, counter, criteria."""
+        return [dict(r) for r in self._history]
+
+    @property
+    def fired_epochs(self) -> dict[str, int | None]:
+        """The first epoch (>= ``min_epochs``) at which each criterion held, or None."""
+        return dict(self._fired)
+
+    # --- protocol -------------------------------------------------------------------
+
+    def _read_alphas(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        missing = []
+        if not callable(getattr(pl_module, "arch_parameters", None)):
+            missing.append("arch_parameters()")
+        if getattr(pl_module, "op_names", None) is None:
+            missing.append("op_names")
+        if missing:
+            raise ValueError(
+                f"DARTSPlusStopping: {type(pl_module).__name__} lacks {missing}; {PROTOCOL}."
+            )
+        alphas = pl_module.arch_parameters()
+        if not isinstance(alphas, Mapping) or "normal" not in alphas:
+            got = list(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
+            raise ValueError(
+                f"DARTSPlusStopping: {type(pl_module).__name__}.arch_parameters() returned "
+                f"{got}, not a dict with a 'normal' tensor; {PROTOCOL}."
+            )
+        return {str(k): v.detach().to("cpu", torch.float32).clone() for k, v in alphas.items()}
+
+    def _build_space(self, pl_module: pl.LightningModule, alphas: Mapping[str, Tensor]) -> None:
+        steps = getattr(pl_module, "steps", None)
+        if steps is None:
+            steps = steps_from_edges(int(alphas["normal"].shape[0]))
+        self._space = SearchSpace(
+            op_names=tuple(pl_module.op_names),
+            steps=int(steps),
+            multiplier=getattr(pl_module, "multiplier", None),
+            none_op=self.none_op,
+            skip_op=self.skip_op,
+            learnable_ops=self.learnable_ops,
+        )
+        for name, alpha in alphas.items():
+            self._space.check(name, alpha)
+        self._criteria = DartsPlusCriteria(
+            self._space,
+            max_skip=self.max_skip,
+            patience=self.patience,
+            criterion=self.criterion,
+            scope=self.scope,
+            min_epochs=self.min_epochs,
+            derive=self.derive,
+        )
+        self._criteria.load_state_dict(self._tracker_state)
+
+    # --- hooks ----------------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._build_space(pl_module, self._read_alphas(pl_module))
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = int(trainer.current_epoch)
+        if self._history and self._history[-1]["epoch"] >= epoch:
+            return  # already checked (a resumed run replaying an epoch end)
+        alphas = self._read_alphas(pl_module)
+        if trainer.world_size > 1:
+            alphas = trainer.strategy.broadcast(alphas, src=0)
+        if self._criteria is None:
+            self._build_space(pl_module, alphas)
+        assert self._criteria is not None
+        result = self._criteria.update(alphas, epoch)
+        self._tracker_state = self._criteria.state_dict()
+        self._record(trainer, alphas, result)
+        self._log_metrics(pl_module, result)
+        self._report_criteria(trainer, result)
+        if self.stop_training:
+            stopped = self._stop(
+                trainer,
+                result.stop,
+                self._stop_reason(result),
+                self._evidence(result),
+            )
+            if stopped and self.stopped_epoch == epoch:
+                self._genotype = result.genotype.to_dict()
+                self._export_genotype(trainer, "stop")
+        if trainer.is_global_zero:
+            self._write_artifacts(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopped_epoch is None and self._history:
+            self._export_genotype(trainer, "end of search")
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _record(self, trainer: pl.Trainer, alphas: Mapping[str, Tensor], r: CheckResult) -> None:
+        for name, alpha in alphas.items():
+            self._alphas.setdefault(name, []).append(softmax_weights(alpha))
+        if self.stopped_epoch is None:
+            self._genotype = r.genotype.to_dict()
+        self._history.append(
+            {
+                "epoch": r.epoch,
+                "step": int(trainer.global_step),
+                "skips": dict(r.skips),
+                "stable_epochs": r.stable_epochs,
+                "skip_met": r.skip_met,
+                "stable_met": r.stable_met,
+                "guarded": r.guarded,
+                "genotype": r.genotype.to_dict(),
+            }
+        )
+        log.info("DARTSPlusStopping epoch %d: %s", r.epoch, r.genotype)
+
+    def _log_metrics(self, pl_module: pl.LightningModule, r: CheckResult) -> None:
+        values = {f"darts_plus/skip_{name}": float(n) for name, n in r.skips.items()}
+        values["darts_plus/stable_epochs"] = float(r.stable_epochs)
+        for key, value in values.items():
+            pl_module.log(
+                key,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=self.prog_bar and key != "darts_plus/skip_reduce",
+                batch_size=1,
+                sync_dist=pl_module.trainer.world_size > 1,
+            )
+
+    def _evidence(self, r: CheckResult) -> dict[str, Any]:
+        return {
+            "epoch": r.epoch,
+            "skip_normal": r.skips.get("normal", 0),
+            "skip_reduce": r.skips.get("reduce", 0),
+            "max_skip": self.max_skip,
+            "stable_epochs": r.stable_epochs,
+            "patience": self.patience,
+            "skip_met": r.skip_met,
+            "stable_met": r.stable_met,
+            "genotype": r.genotype.to_json(),
+        }
+
+    def _report_criteria(self, trainer: pl.Trainer, r: CheckResult) -> None:
+        """Records the first epoch (past ``min_epochs``) at which each criterion holds."""
+        if r.guarded:
+            return
+        for key, met, action, why in (
+            (
+                "skip",
+                r.skip_met,
+                "skip_criterion",
+                f"criterion 1: the normal cell has {r.skips.get('normal', 0)} {self.skip_op} "
+                f"(>= {self.max_skip})",
+            ),
+            (
+                "stable",
+                r.stable_met,
+                "stable_criterion",
+                f"criterion 2: the {self.scope} ranking has not changed for "
+                f"{r.stable_epochs} epochs (>= {self.patience})",
+            ),
+        ):
+            if met and self._fired[key] is None:
+                self._fired[key] = r.epoch
+                stops = self.stop_training and self.criterion in (key, "either")
+                self._decide(
+                    trainer,
+                    action,
+                    f"{why} at epoch {r.epoch}"
+                    + ("" if stops else f" (criterion={self.criterion!r}: not stopping on it)"),
+                    self._evidence(r),
+                )
+
+    def _stop_reason(self, r: CheckResult) -> str:
+        met = [
+            name
+            for name, ok in (
+                (f"{r.skips.get('normal', 0)} {self.skip_op} in the normal cell", r.skip_met),
+                (f"ranking stable for {r.stable_epochs} epochs", r.stable_met),
+            )
+            if ok
+        ]
+        return f"DARTS+ criterion={self.criterion}: " + " and ".join(met)
+
+    def _export_genotype(self, trainer: pl.Trainer, why: str) -> None:
+        if not trainer.is_global_zero or self._genotype is None:
+            return
+        out = run_dir(trainer) / self.artifact_dir
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "genotype": self._genotype,
+            "text": str(Genotype.from_dict(self._genotype)),
+            "reason": self.stop_reason if why == "stop" else why,
+            "epoch": self.stopped_epoch if why == "stop" else self._history[-1]["epoch"],
+            "criterion": self.criterion,
+            "fired_epochs": self._fired,
+        }
+        _write_json(out / "genotype.json", record)
+
+    def _write_artifacts(self, trainer: pl.Trainer) -> None:
+        out = run_dir(trainer) / self.artifact_dir
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            out / "history.json",
+            {
+                "config": self._config(),
+                "op_names": list(self._space.op_names) if self._space else None,
+                "fired_epochs": self._fired,
+                "stopped_epoch": self.stopped_epoch,
+                "epochs": self._history,
+            },
+        )
+        arrays = {name: torch.stack(v).numpy() for name, v in self._alphas.items() if v}
+        arrays["epochs"] = np.array([r["epoch"] for r in self._history])
+        arrays["op_names"] = np.array(self._space.op_names if self._space else [])
+        tmp = out / "alphas.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out / "alphas.npz")
+
+    # --- what the user sees ---------------------------------------------------------
+
+    @override
+    def progress_fields(self) -> dict[str, str]:
+        if not self._history:
+            return {}
+        last = self._history[-1]
+        return {
+            "skips": f"{last['skips'].get('normal', 0)}/{self.max_skip}",
+            "stable": f"{last['stable_epochs']}/{self.patience}",
+        }
+
+    @override
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        if self._history:
+            last = self._history[-1]
+            out["DARTSPlusStopping/skip_normal"] = last["skips"].get("normal", 0)
+            out["DARTSPlusStopping/stable_epochs"] = last["stable_epochs"]
+        for key, epoch in self._fired.items():
+            out[f"DARTSPlusStopping/{key}_epoch"] = epoch
+        if self._genotype is not None:
+            out["DARTSPlusStopping/genotype"] = str(Genotype.from_dict(self._genotype))
+        return out
+
+    # --- state ----------------------------------------------------------------------
+
+    @override
+    def _progress_state(self) -> dict[str, Any]:
+        return {
+            "history": self._history,
+            "alphas": {k: torch.stack(v) for k, v in self._alphas.items() if v},
+            "fired": dict(self._fired),
+            "genotype": self._genotype,
+            "tracker": dict(self._tracker_state),
+        }
+
+    @override
+    def _load_progress_state(self, state: dict[str, Any]) -> None:
+        self._history = [dict(r) for r in state.get("history", [])]
+        self._alphas = {k: list(v.unbind(0)) for k, v in (state.get("alphas") or {}).items()}
+        fired = dict(state.get("fired") or {})
+        self._fired = {"skip": fired.get("skip"), "stable": fired.get("stable")}
+        self._genotype = state.get("genotype")
+        self._tracker_state = dict(state.get("tracker") or {"signature": None, "stable_epochs": 0})
+        if self._criteria is not None:
+            self._criteria.load_state_dict(self._tracker_state)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
