@@ -210,11 +210,127 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
     )
 
 
+def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
+    """LearningCurveStopping: observed metric, predicted curve and its band at the last check."""
+    record = art.extra_json.get("curve_prediction.json")
+    if not record:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    obs = record["observed"]
+    ax.plot(obs["x"], obs["y"], "o", markersize=4, label="observed")
+    pred = record.get("predicted")
+    if pred:
+        ax.plot(pred["x"], pred["mean"], label="predicted (ensemble mean)")
+        band = round(100 * pred["band"])
+        ax.fill_between(pred["x"], pred["lower"], pred["upper"], alpha=0.25, label=f"{band}% band")
+    if any(d.action == "stop" for d in art.decisions) and obs["x"]:
+        ax.axvline(obs["x"][-1], color="red", linestyle="--", linewidth=1, label="stop")
+    ax.set_xlabel(record.get("x_axis", "x"))
+    ax.set_ylabel(record.get("monitor", "metric"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "learning_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Learning curve",
+        path,
+        "LearningCurveStopping: observations, the extrapolated curve and its band.",
+    )
+
+
+def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
+    """GradES: one bar per matrix from the start to its freeze step; the grace period shaded."""
+    record = art.extra_json.get("grades_timeline.json")
+    if not record or not record.get("components"):
+        return None
+    comps = record["components"]
+    end = record.get("stopped_step") or record.get("total_steps") or 1
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.22 * len(comps)))
+    for i, c in enumerate(comps):
+        frozen = c.get("frozen_step")
+        ax.barh(
+            i,
+            frozen if frozen is not None else end,
+            color="C0" if frozen is None else "C2",
+            height=0.6,
+        )
+        if frozen is not None:
+            ax.plot([frozen], [i], "k|", markersize=8)
+    if record.get("grace_step"):
+        ax.axvspan(0, record["grace_step"], color="grey", alpha=0.15)
+    ax.set_yticks(range(len(comps)), [c["name"] for c in comps], fontsize=6)
+    ax.set_xlabel("optimizer step (green: trained until frozen; blue: never frozen)")
+    ax.set_title(f"frozen fraction {record.get('frozen_fraction', 0):.2f}", fontsize=9)
+    fig.tight_layout()
+    path = out / "grades_timeline.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "GradES freeze timeline",
+        path,
+        "Each matrix trains until its freeze step (a tick); grey: grace period.",
+    )
+
+
+def plot_darts(art: RunArtifacts, out: Path) -> Plot | None:
+    """DARTS+: skip-connects per cell and the stability counter per epoch; final softmax(alpha)."""
+    history = art.extra_json.get("darts_plus/history.json")
+    if not history or not history.get("epochs"):
+        return None
+    import numpy as np
+
+    rows = history["epochs"]
+    epochs = [r["epoch"] for r in rows]
+    npz = art.path / "darts_plus" / "alphas.npz"
+    alphas = dict(np.load(npz, allow_pickle=False)) if npz.exists() else {}
+    heat = "normal" in alphas
+    fig, axes = plt.subplots(1, 2 if heat else 1, figsize=(11 if heat else 6, 3.6), squeeze=False)
+    ax = axes[0][0]
+    for cell in rows[0]["skips"]:
+        ax.plot(
+            epochs,
+            [r["skips"].get(cell, 0) for r in rows],
+            marker="o",
+            markersize=3,
+            label=f"skips ({cell})",
+        )
+    ax.plot(epochs, [r["stable_epochs"] for r in rows], linestyle=":", label="stable epochs")
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7)
+    if heat:
+        ax2 = axes[0][1]
+        last = alphas["normal"][-1]
+        image = ax2.imshow(last, aspect="auto", cmap="viridis")
+        ax2.set_xticks(
+            range(last.shape[1]),
+            [str(o) for o in alphas.get("op_names", [])] or None,
+            rotation=60,
+            fontsize=6,
+        )
+        ax2.set_ylabel("edge")
+        ax2.set_title("softmax(alpha), normal cell, last epoch", fontsize=9)
+        fig.colorbar(image, ax=ax2)
+    fig.tight_layout()
+    path = out / "darts_plus.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "DARTS+",
+        path,
+        "Skip-connects in the derived cells and the ranking-stability counter per epoch; "
+        "right: the normal cell's softmax(alpha) at the last epoch.",
+    )
+
+
 PLOTTERS: list[Callable[[RunArtifacts, Path], Plot | None]] = [
     plot_metrics,
     plot_decisions,
     plot_rates,
     plot_ces,
+    plot_curve_prediction,
+    plot_grades,
+    plot_darts,
 ]
 
 

@@ -133,3 +133,20 @@ def test_wandb_offline_run_holds_decisions_summary_and_plots(tmp_path):
     images = list((wandb_dir / "files" / "media" / "images").rglob("*.png"))
     assert len(images) >= 3 and all(_valid_png(p) for p in images)
     assert (run / "report" / "report.html").exists() and (run / "summary.json").exists()
+
+
+def test_method_plots_from_real_runs(tmp_path):
+    """GradES freeze timeline and the learning-curve band, from real short fits."""
+    from tests.reliability.specs import SPECS
+
+    expected = {"grades": "grades_timeline.png", "learning_curve_stopping": "learning_curve.png"}
+    for name, png in expected.items():
+        spec = SPECS[name]
+        root = tmp_path / name
+        make_trainer(root, callbacks=spec.callbacks(), **spec.trainer).fit(
+            spec.model(), datamodule=digits_data()
+        )
+        _, plots, page = report_run(root)
+        written = {p.path.name: p for p in plots}
+        assert png in written and _valid_png(written[png].path), (name, sorted(written))
+        assert "data:image/png;base64," in page.read_text()
