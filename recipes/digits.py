@@ -8,10 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from eecontrol.recipes.splits import TensorSplitsDataModule
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -20,7 +21,7 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(TensorSplitsDataModule):
     """scikit-learn's 1,797 real 8x8 handwritten digits, split train/val/test by seed.
 
     Pixels are scaled to [0, 1]; splits are stratified by class and depend only on
@@ -101,20 +102,10 @@ class DigitsDataModule(pl.LightningDataModule):
 
         self.train_set, self.val_set, self.test_set = make(train_idx), make(val_idx), make(test_idx)
 
-    def _loader(self, data: TensorDataset | None, shuffle: bool) -> DataLoader:
-        assert data is not None, "call setup() first"
-        return DataLoader(
-            data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    @property
+    def eval_batch_size(self) -> int:  # type: ignore[override]
+        """Evaluation batch size: the training batch size (results do not depend on it)."""
+        return self.batch_size
 
 
 class DigitsCNN(nn.Module):

@@ -7,12 +7,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from eecontrol.recipes.splits import TensorSplitsDataModule
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 
-class DigitsOutlierDataModule(pl.LightningDataModule):
+class DigitsOutlierDataModule(TensorSplitsDataModule):
     """Inliers are the digits of ``inlier_classes``; every other digit is an outlier.
 
     Train and hold-out ("es-cal") splits hold inliers only; the test split holds
@@ -79,18 +80,6 @@ class DigitsOutlierDataModule(pl.LightningDataModule):
         test_ids = np.concatenate([test_in, test_out])
         flags = np.concatenate([np.zeros(len(test_in)), np.ones(len(test_out))])
         self.test_set = make(test_ids, flags)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=256, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        assert self.test_set is not None
-        return DataLoader(self.test_set, batch_size=256, shuffle=False)
 
 
 class DigitsAutoencoder(pl.LightningModule):

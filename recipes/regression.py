@@ -10,8 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from eecontrol.recipes.splits import TensorSplitsDataModule
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 DATASETS = ("concrete", "bio", "diabetes")
 
@@ -41,7 +42,7 @@ def load_regression_data(name: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 1:], table[:, 0]  # bio: RMSD is the first column
 
 
-class RegressionDataModule(pl.LightningDataModule):
+class RegressionDataModule(TensorSplitsDataModule):
     """A random subsample of a real regression data set, split train / hold-out / test.
 
     As in the CES paper: draw ``n_total`` points (train + hold-out) and ``n_test`` test
@@ -113,18 +114,6 @@ class RegressionDataModule(pl.LightningDataModule):
             make(hold_idx),
             make(test_idx),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=256, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        assert self.test_set is not None
-        return DataLoader(self.test_set, batch_size=256, shuffle=False)
 
 
 class RegressionMLP(pl.LightningModule):
