@@ -54,6 +54,9 @@ def bbc(**kwargs: Any) -> OrderedBBC:
     if key not in _DATA:
         _DATA[key] = OrderedBBC(**kwargs)
         _DATA[key].setup()
+    # Lightning attaches the last trainer to a datamodule it fitted; a cached datamodule must
+    # not carry an earlier test's trainer (and its callbacks) into a ddp_spawn pickle.
+    _DATA[key].trainer = None
     return _DATA[key]
 
 
