@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from eecontrol.recipes.digits import DigitsClassifier, DigitsCNN, DigitsDataModule, DigitsMLP
+from lightning.pytorch.callbacks import Callback
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -57,3 +58,14 @@ def trainer_factory(tmp_path: Path):
         return make_trainer(tmp_path, **kwargs)
 
     return factory
+
+
+class CrashAtEpoch(Callback):
+    """Raises at the start of ``epoch``: a crash after the previous epoch's checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

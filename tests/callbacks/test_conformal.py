@@ -13,16 +13,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from eecontrol import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import digits_data, digits_model, make_trainer
-
-
-class CrashAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
+from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
 
 
 def _fit_digits(tmp_path, epochs=3, **kwargs):

@@ -15,7 +15,7 @@ from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.callbacks.darts_plus import DARTSPlusStopping
 from eecontrol.core.darts import DARTS_OPS, Genotype
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import digits_data, digits_model, make_trainer
+from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
 from tests.core.test_darts import scripted
 
 
@@ -57,15 +57,6 @@ class ScriptedDarts(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-
-class CrashAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 class DumpDecisions(Callback):

@@ -13,7 +13,7 @@ from eecontrol import DropoutSchedule
 from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.core.schedules import drop_rate
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import digits_data, digits_model, make_trainer
+from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
 from tests.core.test_drop_targets import Block
 
 
@@ -41,15 +41,6 @@ class RateRecorder(Callback):
         if self.path:
             with open(f"{self.path}/rates{trainer.global_rank}.json", "w") as f:
                 json.dump(self.seen, f)
-
-
-class CrashAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 def test_conformance(tmp_path):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.callbacks.grades import TIMELINE_FILE, GradES, _strategy_problem
 from eecontrol.testing import check_callback_conformance
+from tests.conftest import CrashAtEpoch
 from tests.conftest import make_trainer as _make_trainer
 
 TINY_BERT = {
@@ -80,15 +81,6 @@ class WeightRecorder(Callback):
         self.at_step[trainer.global_step] = {
             n: p.detach().clone() for n, p in pl_module.named_parameters() if "encoder.layer" in n
         }
-
-
-class CrashAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 class DecisionDump(Callback):
