@@ -20,19 +20,19 @@ class TensorSplitsDataModule(pl.LightningDataModule):
     val_set: TensorDataset | None = None
     test_set: TensorDataset | None = None
 
-    def _loader(self, data: TensorDataset | None, train: bool) -> DataLoader:
+    def _loader(self, data: TensorDataset | None, shuffle: bool) -> DataLoader:
         if data is None:
             raise RuntimeError(
                 f"{type(self).__name__}: call setup() before asking for a dataloader."
             )
-        size = self.batch_size if train else self.eval_batch_size
-        return DataLoader(data, batch_size=size, shuffle=train, num_workers=self.num_workers)
+        size = self.batch_size if shuffle else self.eval_batch_size
+        return DataLoader(data, batch_size=size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, shuffle=False)

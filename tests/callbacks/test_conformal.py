@@ -224,8 +224,9 @@ def test_regression_run_on_concrete(tmp_path):
 def test_outlier_run_gives_valid_looking_p_values(tmp_path):
     ces = ConformalEarlyStopping(task="outlier")
     dm = DigitsOutlierDataModule(seed=0)
+    torch.manual_seed(0)  # independent of the tests that ran before
     model = DigitsAutoencoder()
-    trainer = make_trainer(tmp_path, max_epochs=4, callbacks=[ces])
+    trainer = make_trainer(tmp_path, max_epochs=12, callbacks=[ces])
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
     x, _ = dm.test_set.tensors
@@ -233,7 +234,7 @@ def test_outlier_run_gives_valid_looking_p_values(tmp_path):
     n = len(dm.val_set)
     assert p.min() >= 1 / (n + 1) and p.max() <= 1
     evaluate = next(d for d in ces.decisions if d.action == "evaluate").evidence
-    assert evaluate["ces_power"] > evaluate["ces_type1"]  # outliers get smaller p-values
+    assert evaluate["ces_power"] > evaluate["ces_type1"] + 0.1  # outliers get smaller p-values
 
 
 class _Report(Callback):
