@@ -134,3 +134,25 @@ def test_configs_found_from_a_users_own_hydra_app(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "OK DropoutSchedule DigitsClassifier" in out.stdout
+
+
+def test_slurm_sweep_config_uses_submitit_and_a_server_store(monkeypatch, tmp_path):
+    """hparams_search=digits_curves_slurm: SLURM jobs through submitit, store from the env."""
+    url = "postgresql://user:secret@dbhost:5432/curves"
+    monkeypatch.setenv("EECONTROL_CURVE_STORE", url)
+    cfg = _compose(["hparams_search=digits_curves_slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert launcher.partition == "gpu" and launcher.array_parallelism == 8
+    assert cfg.hydra.sweeper.params["model.optimizer.lr"].startswith("0.003,")
+    _resolve_hydra_interpolations(cfg, tmp_path)
+    curve = cfg.callbacks.curve_stopping
+    assert curve.store == url and curve.bounds == [0, 1]
+    cfg_no_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    cb = hydra.utils.instantiate(cfg_no_hydra.callbacks.curve_stopping)
+    assert cb.store_url == url  # the store opens at fit start, on the cluster
+    # the launcher class itself loads (the plugin is installed with the dev/slurm extras)
+    launcher_cls = hydra.utils.get_class(launcher._target_)
+    assert launcher_cls.__name__ == "SlurmLauncher"

@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,6 +19,7 @@ from eecontrol.core.curves import (
     MODES,
     CurveFit,
     RuleResult,
+    check_bounds,
     cross_run_rule,
     fit_curve,
     in_run_rule,
@@ -82,6 +83,9 @@ class LearningCurveStopping(ControlCallback):
             [0, 1].
         horizon: last position of training in ``x_axis`` units (default: the Trainer's
             ``estimated_stepping_batches``, or that many steps mapped to checks).
+        bounds: the metric's range ``[low, high]`` (``[0, 1]`` for an accuracy), or None:
+            predictions and bands are clipped to it, and a run whose best sits at the
+            bound has nothing left to gain.
         in_run: use the in-run rule.
         delta: cross-run stop probability, in (0, 1).
         min_finished: finished runs in the store before the cross-run rule decides, >= 2.
@@ -109,6 +113,7 @@ class LearningCurveStopping(ControlCallback):
         band: float = 0.8,
         min_r2: float = 0.5,
         horizon: float | None = None,
+        bounds: Sequence[float] | None = None,
         in_run: bool = True,
         delta: float = 0.05,
         min_finished: int = 5,
@@ -150,6 +155,7 @@ class LearningCurveStopping(ControlCallback):
         self.band = float(band)
         self.min_r2 = float(min_r2)
         self.horizon = None if horizon is None else float(horizon)
+        self.bounds = check_bounds(bounds)
         self.in_run = bool(in_run)
         self.delta = float(delta)
         self.min_finished = int(min_finished)
@@ -187,6 +193,7 @@ class LearningCurveStopping(ControlCallback):
             "band": self.band,
             "min_r2": self.min_r2,
             "horizon": self.horizon,
+            "bounds": None if self.bounds is None else list(self.bounds),
             "in_run": self.in_run,
             "delta": self.delta,
             "min_finished": self.min_finished,
@@ -276,7 +283,14 @@ class LearningCurveStopping(ControlCallback):
         y = np.asarray(self._values, dtype=float)
         if len(y) < self.min_points:
             return None
-        return fit_curve(self._x(), y, self.mode, n_bootstrap=self.n_bootstrap, seed=self.seed)
+        return fit_curve(
+            self._x(),
+            y,
+            self.mode,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
+            bounds=self.bounds,
+        )
 
     def _write_prediction(
         self, trainer: pl.Trainer, fit: CurveFit | None, horizon: float | None

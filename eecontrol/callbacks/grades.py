@@ -103,7 +103,8 @@ class GradES(ControlCallback):
             GPT-2, ViT and ``nn.MultiheadAttention`` names. LoRA A/B pairs are one
             component.
         log_components: send each component's statistic to the loggers at every reading
-            that falls on ``trainer.log_every_n_steps``.
+            that falls on ``trainer.log_every_n_steps`` (to W&B also a histogram of all
+            components' ``log10`` statistic, ``grades/<statistic>/log10_histogram``).
         prog_bar: show the frozen count in the progress bar.
     """
 
@@ -372,6 +373,7 @@ class GradES(ControlCallback):
             }
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+            self._log_histogram(trainer, step)
         for idx, smoothed, threshold in to_freeze:
             comp = self._components[idx]
             lr = self._lr_of(trainer, comp)
@@ -404,6 +406,25 @@ class GradES(ControlCallback):
             self._write_timeline(trainer)
             if self.frozen_fraction >= self.max_frozen_ratio:
                 self._stop_due = True
+
+    def _log_histogram(self, trainer: pl.Trainer, step: int) -> None:
+        """Logs the spread of all components' latest statistic as a W&B histogram.
+
+        The values span orders of magnitude across layers, so the histogram is of
+        ``log10(statistic)`` (zero readings are left out); key
+        ``grades/<statistic>/log10_histogram``. Only W&B loggers get it, on rank zero.
+        """
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        values = [v for v in self._last_values.values() if v is not None and v > 0]
+        if not loggers or not values or not trainer.is_global_zero:
+            return
+        import wandb
+
+        hist = wandb.Histogram([math.log10(v) for v in values])
+        for logger in loggers:
+            logger.log_metrics({f"grades/{self.statistic}/log10_histogram": hist}, step=step)
 
     @override
     def on_train_batch_end(

@@ -395,6 +395,8 @@ class CurveFit:
         draws: per kept family, bootstrap parameter vectors (B x k arrays).
         residuals: per kept family, centred, rescaled residuals (gain scale).
         seed: seed of the noise draws in :meth:`sample_paths`.
+        bounds: the metric's range ``(low, high)`` in the caller's units (accuracy:
+            ``(0, 1)``); predicted paths, means and quantiles are clipped to it.
     """
 
     ok: bool
@@ -409,6 +411,14 @@ class CurveFit:
     draws: tuple[np.ndarray, ...] = field(default=(), repr=False)
     residuals: tuple[np.ndarray, ...] = field(default=(), repr=False)
     seed: int = 0
+    bounds: tuple[float, float] | None = None
+
+    def _gain_bounds(self) -> tuple[float, float]:
+        """``bounds`` on the gain scale (``(-inf, inf)`` without bounds)."""
+        if self.bounds is None:
+            return -math.inf, math.inf
+        a, b = (float(v) for v in self.to_gain(np.asarray(self.bounds, dtype=float)))
+        return min(a, b), max(a, b)
 
     @property
     def sign(self) -> float:
@@ -453,6 +463,8 @@ class CurveFit:
         bad = ~np.all(np.isfinite(all_paths), axis=1)
         if bad.any():
             all_paths, all_w = all_paths[~bad], all_w[~bad]
+        if self.bounds is not None:
+            all_paths = np.clip(all_paths, *self._gain_bounds())
         return all_paths, all_w / all_w.sum()
 
     def predict(
@@ -475,6 +487,7 @@ class CurveFit:
         mean_g = np.zeros_like(u)
         for fit in self.fits:
             mean_g += fit.weight * FAMILIES[fit.family](u, fit.params)
+        mean_g = np.clip(mean_g, *self._gain_bounds())
         paths, w = self.sample_paths(xa, noise=True)
         qs: dict[float, np.ndarray] = {}
         for q in quantiles:
@@ -482,6 +495,23 @@ class CurveFit:
             qg = _weighted_quantile(paths, w, q if self.mode == "max" else 1.0 - q)
             qs[float(q)] = self.from_gain(qg)
         return CurvePrediction(xa, self.from_gain(mean_g), qs)
+
+
+def check_bounds(bounds: Sequence[float] | None) -> tuple[float, float] | None:
+    """Validates a metric range ``(low, high)``; returns it as floats (or None).
+
+    Raises:
+        ValueError: unless ``bounds`` is None or two numbers with ``low < high``.
+    """
+    if bounds is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"`bounds` must be [low, high] with low < high, got {bounds!r}.") from None
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+        raise ValueError(f"`bounds` must be [low, high] with low < high, got {bounds!r}.")
+    return lo, hi
 
 
 def _check_curve_args(x: np.ndarray, mode: str) -> None:
@@ -529,6 +559,7 @@ def fit_curve(
     max_rise: float = 10.0,
     bootstrap: str = "linear",
     seed: int = 0,
+    bounds: Sequence[float] | None = None,
 ) -> CurveFit:
     """Fits the ensemble of curve families to one observed curve.
 
@@ -546,6 +577,9 @@ def fit_curve(
             bounded least-squares refit per draw; slower, and in our simulations its band
             under-covers: 0.67 instead of 0.80 against 0.79-0.83 for ``linear``).
         seed: seed of the bootstrap and the noise draws.
+        bounds: the metric's range ``(low, high)`` (e.g. ``(0, 1)`` for accuracy), or
+            None; the predictions are clipped to it, so a band never leaves the range
+            the metric can take.
 
     Returns:
         A :class:`CurveFit`; ``ok=False`` with a reason for a degenerate curve.
@@ -566,6 +600,13 @@ def fit_curve(
         raise ValueError(f"`bootstrap` must be one of ['linear', 'refit'], got {bootstrap!r}.")
     if n_bootstrap < 1 or max_families < 1:
         raise ValueError("`n_bootstrap` and `max_families` must be integers in [1, inf).")
+    bnd = check_bounds(bounds)
+    if bnd is not None and len(ya) and np.all(np.isfinite(ya)):
+        if ya.min() < bnd[0] or ya.max() > bnd[1]:
+            raise ValueError(
+                f"the curve's values [{ya.min():.6g}, {ya.max():.6g}] leave "
+                f"`bounds` {list(bnd)}: the metric cannot take them."
+            )
     if len(ya) and not np.all(np.isfinite(ya)):
         bad = [float(v) for v in ya[~np.isfinite(ya)]]
         return CurveFit(False, f"the curve holds non-finite values {bad[:3]}", mode, len(ya))
@@ -631,6 +672,7 @@ def fit_curve(
         tuple(draws),
         tuple(residuals),
         seed,
+        bnd,
     )
 
 
@@ -766,7 +808,10 @@ def in_run_rule(
     grid = np.linspace(xa[-1], horizon, n_grid + 1)[1:]
     paths, w = fit.sample_paths(grid, noise=True)
     target = float(fit.to_gain(best + (min_delta if mode == "max" else -min_delta)))
-    prob = float(np.sum(w[paths.max(axis=1) >= target]))
+    if fit.bounds is not None and target >= fit._gain_bounds()[1]:
+        prob = 0.0  # the best already sits at (or min_delta beyond) the metric's bound
+    else:
+        prob = float(np.sum(w[paths.max(axis=1) >= target]))
     pred = fit.predict([horizon], quantiles=((1 - band) / 2, (1 + band) / 2))
     lo, hi = (float(v[0]) for v in pred.band(band))
     common = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import optuna
@@ -10,7 +11,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.core.curves import FinishedRun, cross_run_rule, in_run_rule
+from eecontrol.core.curves import FinishedRun, check_bounds, cross_run_rule, in_run_rule
 
 
 def _check_prob(name: str, value: float) -> None:
@@ -46,6 +47,8 @@ class LearningCurvePruner(BasePruner):
         min_r2: no in-run decision while the best family explains less of the curve.
         n_bootstrap: bootstrap draws per curve family.
         seed: seed of the bootstrap.
+        bounds: the metric's range ``[low, high]`` (``[0, 1]`` for an accuracy), or None;
+            the in-run prediction is clipped to it.
 
     Attributes:
         last_reason: ``{trial number: reason}`` of every trial this pruner pruned.
@@ -64,6 +67,7 @@ class LearningCurvePruner(BasePruner):
         min_r2: float = 0.5,
         n_bootstrap: int = 100,
         seed: int = 0,
+        bounds: Sequence[float] | None = None,
     ) -> None:
         if isinstance(horizon, bool) or not isinstance(horizon, int | float) or horizon <= 0:
             raise ValueError(f"`horizon` must be a number in (0, inf), got {horizon!r}.")
@@ -82,6 +86,7 @@ class LearningCurvePruner(BasePruner):
         self.min_delta, self.threshold, self.delta = float(min_delta), threshold, delta
         self.min_points, self.min_finished = min_points, min_finished
         self.min_r2, self.n_bootstrap, self.seed = min_r2, n_bootstrap, seed
+        self.bounds = check_bounds(bounds)
         self.last_reason: dict[int, str] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -103,6 +108,7 @@ class LearningCurvePruner(BasePruner):
                 min_r2=self.min_r2,
                 n_bootstrap=self.n_bootstrap,
                 seed=self.seed,
+                bounds=self.bounds,
             )
             if result.stop:
                 self.last_reason[trial.number] = result.reason

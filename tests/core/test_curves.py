@@ -154,6 +154,33 @@ def test_in_run_rule_on_a_loss_curve():
     assert result.stop and result.best == pytest.approx(loss.min())
 
 
+def test_bounds_clip_the_band_to_the_metric_range():
+    """A short, noisy accuracy curve: unclipped, its mean and band leave [0, 1]."""
+    x = np.arange(1, 6, dtype=float)
+    y = np.array([0.4, 0.8, 0.85, 0.97, 0.96])
+    free = fit_curve(x, y, mode="max", seed=0).predict([60.0], quantiles=(0.1, 0.5, 0.9))
+    bounded = fit_curve(x, y, mode="max", seed=0, bounds=(0.0, 1.0))
+    pred = bounded.predict([60.0], quantiles=(0.1, 0.5, 0.9))
+    assert free.quantiles[0.9][0] > 1.0 and free.mean[0] > 1.0  # the case bounds are for
+    assert 0.0 <= pred.quantiles[0.1][0] <= pred.quantiles[0.9][0] <= 1.0
+    assert 0.0 <= pred.mean[0] <= 1.0
+    paths, _ = bounded.sample_paths(np.linspace(7, 60, 10))
+    assert bounded.from_gain(paths).max() <= 1.0 + 1e-12
+    # a loss in [0, inf): mirrored, the lower side is clipped at 0
+    loss = fit_curve(x, 1.0 - y, mode="min", seed=0, bounds=(0.0, math.inf))
+    assert loss.predict([60.0], quantiles=(0.1, 0.9)).quantiles[0.1][0] >= 0.0
+
+
+def test_in_run_rule_stops_a_run_whose_best_is_at_the_bound():
+    x = np.arange(1, 9, dtype=float)
+    y = np.array([0.5, 0.8, 0.9, 0.95, 0.97, 1.0, 0.99, 0.98])
+    free = in_run_rule(x, y, 50, mode="max", n_bootstrap=50)
+    bounded = in_run_rule(x, y, 50, mode="max", n_bootstrap=50, bounds=(0, 1))
+    assert bounded.stop and bounded.probability == 0.0
+    assert bounded.upper <= 1.0
+    assert free.upper > 1.0  # unbounded, the band claims accuracies above 1
+
+
 def _runs(n: int, tau_total: int = 20, seed: int = 0) -> list[FinishedRun]:
     """Finished runs: the asymptote depends on log10(lr) (best near 1e-3)."""
     rng = np.random.default_rng(seed)
@@ -221,6 +248,9 @@ def test_cross_run_rule_on_scripted_curves():
         (lambda: cross_run_rule([1, 2, 3], [], min_finished=1), "`min_finished`"),
         (lambda: CrossRunPredictor(tau=0), "`tau`"),
         (lambda: CrossRunPredictor(tau=3, target="final"), "`target`"),
+        (lambda: fit_curve([1, 2, 3], [0.1, 0.2, 0.3], bounds=[1, 0]), "`bounds`"),
+        (lambda: fit_curve([1, 2, 3], [0.1, 0.2, 0.3], bounds=[0]), "`bounds`"),
+        (lambda: fit_curve([1, 2, 3], [0.1, 0.2, 1.3], bounds=[0, 1]), "leave `bounds`"),
     ],
 )
 def test_invalid_arguments_name_the_argument(call, message):

@@ -81,3 +81,28 @@ def test_resume_from_last_checkpoint_through_the_cli(tmp_path):
     decisions = [json.loads(x) for x in (second / "decisions.jsonl").read_text().splitlines()]
     assert [d["action"] for d in decisions] == ["plan", "candidates"]
     assert decisions[-1]["evidence"]["candidates"] == 3  # 2 restored from the checkpoint + 1 new
+
+
+def test_grades_tiny_experiment_freezes_every_matrix_stops_and_logs_a_wandb_histogram(tmp_path):
+    """``experiment=grades_tiny``: a random 2-layer BERT on real BBC News text."""
+    _run(["experiment=grades_tiny", "test=false"], tmp_path)
+    run = next((tmp_path / "logs" / "train" / "runs").iterdir())
+    decisions = [json.loads(x) for x in (run / "decisions.jsonl").read_text().splitlines()]
+    actions = [d["action"] for d in decisions]
+    assert actions == ["freeze"] * 12 + ["stop"], actions
+    timeline = json.loads((run / "grades_timeline.json").read_text())
+    assert len(timeline["events"]) == 12 and timeline["frozen_fraction"] == 1.0
+    # stopped before the budget (20 epochs x 6 batches), after the grace period
+    assert timeline["grace_step"] < timeline["stopped_step"] < timeline["total_steps"] == 120
+    assert decisions[-1]["step"] == timeline["stopped_step"]
+    wandb_dir = next((run / "wandb").glob("offline-run-*"))
+    leet = shutil.which("wandb", path=str(Path(TRAIN).parent)) or "wandb"
+    inspected = subprocess.run(
+        [leet, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    hist = json.loads(inspected.stdout)["summary"]["grades/grad_l1/log10_histogram"]
+    assert hist["_type"] == "histogram" and sum(hist["values"]) >= 1

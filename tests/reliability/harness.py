@@ -94,11 +94,14 @@ class WriteDecisionsPerRank(Callback):
         )
 
 
-def build(spec_name: str) -> tuple[pl.LightningModule, list[Callback], dict[str, Any]]:
+def build(
+    spec_name: str,
+) -> tuple[pl.LightningModule, list[Callback], dict[str, Any], pl.LightningDataModule]:
     from tests.reliability.specs import SPECS
 
     spec = SPECS[spec_name]
-    return spec.model(), spec.callbacks(), dict(spec.trainer)
+    data = spec.data() if spec.data is not None else FixedOrderDigits()
+    return spec.model(), spec.callbacks(), dict(spec.trainer), data
 
 
 def main() -> None:
@@ -113,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    model, callbacks, trainer_kwargs = build(args.spec)
+    model, callbacks, trainer_kwargs, data = build(args.spec)
     extra: list[Callback] = [Reseed(), WriteDecisionsPerRank(args.root)]
     if args.kill_at is not None:
         extra.append(KillAt(args.kill_at))
@@ -135,7 +138,7 @@ def main() -> None:
     last = Path(args.root) / "checkpoints" / "last.ckpt"
     trainer.fit(
         model,
-        datamodule=FixedOrderDigits(),
+        datamodule=data,
         ckpt_path=str(last) if args.resume and last.exists() else None,
     )
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+from eecontrol.recipes.darts import DartsSearchDataModule
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Spec:
     trainer: dict[str, Any] = field(default_factory=dict)
     stops: bool = False
     ddp_suffix: str = ""  # e.g. "_find_unused_parameters_true" for callbacks that freeze weights
+    data: Callable[[], pl.LightningDataModule] | None = None  # default: digits in fixed order
 
 
 def _cnn() -> pl.LightningModule:
@@ -97,6 +100,35 @@ def _curves() -> list[Callback]:
     ]
 
 
+def _darts_search() -> pl.LightningModule:
+    from eecontrol.recipes.darts import DartsSearchModule
+
+    # a real first-order DARTS search (3 cells, 8 candidate ops), small enough for CI
+    return DartsSearchModule(c=4, layers=3, arch_lr=3e-2)
+
+
+class FixedOrderSearchData(DartsSearchDataModule):
+    """The DARTS search data with both training halves in a fixed order (no shuffling)."""
+
+    def train_dataloader(self) -> dict[str, DataLoader]:  # type: ignore[override]
+        return {
+            "weights": self._loader(self.weight_set, shuffle=False),
+            "arch": self._loader(self.arch_set, shuffle=False),
+        }
+
+
+def _darts_data() -> pl.LightningDataModule:
+    return FixedOrderSearchData(batch_size=32, seed=0)
+
+
+def _darts_plus() -> list[Callback]:
+    from eecontrol import DARTSPlusStopping
+
+    # a tiny search's ranking keeps changing, so criterion 1 is made strict (one skip in the
+    # normal cell): every process stops after its 2-epoch warm-up, before the budget
+    return [DARTSPlusStopping(criterion="either", max_skip=1, patience=2, min_epochs=2)]
+
+
 SPECS: dict[str, Spec] = {
     "grades": Spec(
         _fc,
@@ -110,4 +142,11 @@ SPECS: dict[str, Spec] = {
     ),
     "dropout_schedule": Spec(_cnn, _dropout, {"max_epochs": 4, "limit_train_batches": 5}),
     "conformal_early_stopping": Spec(_cnn, _ces, {"max_epochs": 4, "limit_train_batches": 5}),
+    "darts_plus": Spec(
+        _darts_search,
+        _darts_plus,
+        {"max_epochs": 8, "limit_train_batches": 4, "limit_val_batches": 2},
+        stops=True,
+        data=_darts_data,
+    ),
 }

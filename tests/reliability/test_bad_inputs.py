@@ -21,7 +21,16 @@ from eecontrol.recipes.regression import RegressionDataModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 
-from eecontrol import ConformalEarlyStopping, ConformalPredictor, DropoutSchedule
+from eecontrol import (
+    ConformalEarlyStopping,
+    ConformalPredictor,
+    CurveStore,
+    DARTSPlusStopping,
+    DropoutSchedule,
+    GradES,
+    LearningCurvePruner,
+    LearningCurveStopping,
+)
 from eecontrol.cli import main as cli_main
 from eecontrol.core import conformal as core
 from eecontrol.report.artifacts import load_run
@@ -113,6 +122,30 @@ def _corrupted_checkpoint(tmp: Path) -> None:
     make_trainer(
         tmp, max_epochs=3, limit_train_batches=2, callbacks=[ConformalEarlyStopping()]
     ).fit(digits_model(), datamodule=digits_data(), ckpt_path=path)
+
+
+class _NaNMetric(DigitsClassifier):
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val/score", math.nan)
+
+
+def _curve_nan_metric(tmp: Path) -> None:
+    cb = LearningCurveStopping(monitor="val/score", mode="max", check_finite=False)
+    _fit(tmp, [cb], model=_NaNMetric(net=DigitsCNN()))
+
+
+def _locked_store(tmp: Path) -> None:
+    import sqlite3
+
+    path = tmp / "curves.db"
+    CurveStore(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        CurveStore(path, timeout=0.2, retries=1)
+    finally:
+        holder.close()
 
 
 def _foreign_state(tmp: Path) -> None:
@@ -412,6 +445,115 @@ CASES = [
         _corrupted_checkpoint,
         r".",
         error=Exception,
+    ),
+    # GradES
+    Case(
+        "grades-patterns-none",
+        "component patterns matching nothing",
+        lambda t: _fit(t, [GradES(patterns=["q_proj", "k_proj"])]),
+        r"matches `patterns` \['q_proj', 'k_proj'\]\. Module names seen: \[.*'net\.",
+    ),
+    Case(
+        "grades-tau-negative",
+        "GradES tau < 0",
+        lambda t: GradES(tau=-0.5),
+        r"`tau`.*\[0, inf\) or 'auto'",
+    ),
+    Case(
+        "grades-statistic",
+        "unknown GradES statistic",
+        lambda t: GradES(statistic="grad_l2"),
+        r"`statistic` must be one of \['grad_l1', 'grad_delta_l1', 'weight_delta_l1'\]",
+    ),
+    Case(
+        "grades-grace",
+        "GradES grace = 1 (no step left to freeze in)",
+        lambda t: GradES(grace=1.0),
+        r"`grace`.*\[0.0, 1.0\)",
+    ),
+    Case(
+        "grades-max-frozen",
+        "max_frozen_ratio = 0",
+        lambda t: GradES(max_frozen_ratio=0.0),
+        r"`max_frozen_ratio`.*\(0.0, 1.0\]",
+    ),
+    # learning-curve stopping, the pruner, the store
+    Case(
+        "curves-monitor-missing",
+        "monitored metric never logged",
+        lambda t: _fit(t, [LearningCurveStopping(monitor="val/f1", mode="max")]),
+        r"monitor 'val/f1' was not logged\. The check runs in on_validation_epoch_end.*"
+        r"available metrics: \[.*'val/acc'",
+    ),
+    Case(
+        "curves-nan-metric",
+        "NaN monitored value with check_finite=False",
+        _curve_nan_metric,
+        r"val/score = nan at check 1 \(check_finite=False: the point is left out",
+        warning=True,
+    ),
+    Case(
+        "curves-threshold",
+        "in-run threshold = 1",
+        lambda t: LearningCurveStopping(threshold=1.0),
+        r"`threshold`.*\(0.0, 1.0\)",
+    ),
+    Case(
+        "curves-mode",
+        "unknown curve mode",
+        lambda t: LearningCurveStopping(mode="maximize"),
+        r"`mode` must be one of \['max', 'min'\]",
+    ),
+    Case(
+        "curves-bounds",
+        "metric bounds with low >= high",
+        lambda t: LearningCurveStopping(bounds=[1.0, 0.0]),
+        r"`bounds` must be \[low, high\] with low < high",
+    ),
+    Case(
+        "curves-min-points",
+        "min_points below 3 (too few to fit a curve)",
+        lambda t: LearningCurveStopping(min_points=2),
+        r"`min_points`.*\[3, inf\)",
+    ),
+    Case(
+        "pruner-horizon",
+        "LearningCurvePruner horizon = 0",
+        lambda t: LearningCurvePruner(horizon=0),
+        r"`horizon` must be a number in \(0, inf\)",
+    ),
+    Case(
+        "store-locked",
+        "curve store whose SQLite file another process holds locked",
+        _locked_store,
+        r"could not open the curve store sqlite:///.*curves\.db.*database is locked",
+        error=RuntimeError,
+    ),
+    Case(
+        "store-unreachable",
+        "curve store on a server database that cannot be reached",
+        lambda t: CurveStore("postgresql://eecontrol@127.0.0.1:1/curves", retries=1),
+        r"could not open the curve store postgresql://eecontrol@127.0.0.1:1/curves",
+        error=RuntimeError,
+    ),
+    # DARTS+
+    Case(
+        "darts-max-skip",
+        "DARTS+ max_skip = 0",
+        lambda t: DARTSPlusStopping(max_skip=0),
+        r"`max_skip`.*\[1, inf\)",
+    ),
+    Case(
+        "darts-criterion",
+        "unknown DARTS+ criterion",
+        lambda t: DARTSPlusStopping(criterion="first"),
+        r"`criterion` must be one of \['skip', 'stable', 'either', 'both'\]",
+    ),
+    Case(
+        "darts-not-a-search",
+        "DARTS+ on a model without architecture weights",
+        lambda t: _fit(t, [DARTSPlusStopping()]),
+        r"DigitsClassifier lacks \['arch_parameters\(\)', 'op_names'\]",
     ),
     # report and data
     Case(
