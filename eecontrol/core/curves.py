@@ -601,12 +601,12 @@ def fit_curve(
     if n_bootstrap < 1 or max_families < 1:
         raise ValueError("`n_bootstrap` and `max_families` must be integers in [1, inf).")
     bnd = check_bounds(bounds)
-    if bnd is not None and len(ya) and np.all(np.isfinite(ya)):
-        if ya.min() < bnd[0] or ya.max() > bnd[1]:
-            raise ValueError(
-                f"the curve's values [{ya.min():.6g}, {ya.max():.6g}] leave "
-                f"`bounds` {list(bnd)}: the metric cannot take them."
-            )
+    finite = len(ya) > 0 and bool(np.all(np.isfinite(ya)))
+    if bnd is not None and finite and (ya.min() < bnd[0] or ya.max() > bnd[1]):
+        raise ValueError(
+            f"the curve's values [{ya.min():.6g}, {ya.max():.6g}] leave "
+            f"`bounds` {list(bnd)}: the metric cannot take them."
+        )
     if len(ya) and not np.all(np.isfinite(ya)):
         bad = [float(v) for v in ya[~np.isfinite(ya)]]
         return CurveFit(False, f"the curve holds non-finite values {bad[:3]}", mode, len(ya))
