@@ -437,6 +437,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--tasks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--sizes", nargs="+", type=int, default=None, help="only these total sizes n"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing", action="store_true", help="only time the core")
     parser.add_argument("--threads", type=int, default=2)
@@ -449,6 +452,7 @@ def main() -> None:
             ["--timing"]
             if args.timing
             else [f"--reps {args.reps}", f"--epochs {args.epochs}", "--tasks", *args.tasks]
+            + (["--sizes", *map(str, args.sizes)] if args.sizes else [])
         )
     }
     result["core_timing"] = time_core()
@@ -457,6 +461,8 @@ def main() -> None:
         result["settings"] = []
         for task_group in args.tasks:
             for task, data, n in SETTINGS[task_group]:
+                if args.sizes and n not in args.sizes:
+                    continue
                 for res in run_setting(task, data, n, args.reps, args.epochs, args.seed):
                     result["settings"].append(res)
                     print(json.dumps(res), flush=True)

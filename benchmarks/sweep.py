@@ -15,6 +15,9 @@ per configuration in a random order, under:
 * ``ours_cross_run`` (Delta 0.01 / 0.05 / 0.2): the cross-run rule only (Baker et al.);
 * ``ours_both``: both rules (the ``hparams_search=digits_curves`` setting).
 
+Ours run with ``bounds=(0, 1)`` (an accuracy, as ``experiment=digits_curves`` sets it);
+``ours_cross_run_unbounded`` shows the cross-run rule without them.
+
 The Optuna policies run in a real ``optuna.Study`` (in memory) whose trials report each
 epoch's validation accuracy and call ``trial.should_prune()``; the configurations are
 enqueued, so every policy sees the same trials in the same order. A trial's objective is
@@ -144,19 +147,23 @@ def score(rows: list[dict[str, Any]], truth: np.ndarray, budget: int) -> dict[st
 
 def policies(budget: int) -> dict[str, Callable[[], optuna.pruners.BasePruner] | None]:
     """Every policy: a pruner factory, or ``None`` for the non-Optuna ones."""
+    acc = (0.0, 1.0)  # validation accuracy: what the digits_curves experiment sets
     return {
         "none": optuna.pruners.NopPruner,
         "early_stopping": None,
         "median": optuna.pruners.MedianPruner,
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=budget),
-        "ours_in_run": lambda: LearningCurvePruner(horizon=budget, cross_run=False),
+        "ours_in_run": lambda: LearningCurvePruner(horizon=budget, cross_run=False, bounds=acc),
         "ours_cross_run_d0.01": lambda: LearningCurvePruner(
-            horizon=budget, in_run=False, delta=0.01
+            horizon=budget, in_run=False, delta=0.01, bounds=acc
         ),
-        "ours_cross_run": lambda: LearningCurvePruner(horizon=budget, in_run=False),
-        "ours_cross_run_d0.2": lambda: LearningCurvePruner(horizon=budget, in_run=False, delta=0.2),
-        "ours_both": lambda: LearningCurvePruner(horizon=budget),
+        "ours_cross_run": lambda: LearningCurvePruner(horizon=budget, in_run=False, bounds=acc),
+        "ours_cross_run_d0.2": lambda: LearningCurvePruner(
+            horizon=budget, in_run=False, delta=0.2, bounds=acc
+        ),
+        "ours_cross_run_unbounded": lambda: LearningCurvePruner(horizon=budget, in_run=False),
+        "ours_both": lambda: LearningCurvePruner(horizon=budget, bounds=acc),
     }
 
 

@@ -84,8 +84,8 @@ class LearningCurveStopping(ControlCallback):
         horizon: last position of training in ``x_axis`` units (default: the Trainer's
             ``estimated_stepping_batches``, or that many steps mapped to checks).
         bounds: the metric's range ``[low, high]`` (``[0, 1]`` for an accuracy), or None:
-            predictions and bands are clipped to it, and a run whose best sits at the
-            bound has nothing left to gain.
+            predictions and bands are clipped to it, a run whose best sits at the bound
+            has nothing left to gain, and no run can beat a finished run at the bound.
         in_run: use the in-run rule.
         delta: cross-run stop probability, in (0, 1).
         min_finished: finished runs in the store before the cross-run rule decides, >= 2.
@@ -357,6 +357,7 @@ class LearningCurveStopping(ControlCallback):
                     delta=self.delta,
                     min_points=self.min_points,
                     min_finished=self.min_finished,
+                    bounds=self.bounds,
                 )
             )
         return results

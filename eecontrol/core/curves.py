@@ -905,12 +905,28 @@ class CrossRunPrediction:
     tau: int
     hparams: tuple[str, ...]
 
-    def prob_beats(self, best: float, mode: str = "max") -> float:
-        """P(result better than ``best``) under a normal error with sd ``sigma``."""
+    def prob_beats(
+        self, best: float, mode: str = "max", bounds: Sequence[float] | None = None
+    ) -> float:
+        """P(result better than ``best``) under a normal error with sd ``sigma``.
+
+        With ``bounds`` (the metric's range), the mass beyond the bound on the good side
+        cannot be reached (a result there would be the bound itself), so it does not count
+        as beating ``best``: ``P(best < R < high)`` when maximising. A ``best`` at the
+        bound cannot be beaten.
+        """
         s = 1.0 if mode == "max" else -1.0
+        edge = math.inf
+        if bounds is not None:
+            lo, hi = check_bounds(bounds)  # type: ignore[misc]
+            edge = hi if mode == "max" else -lo
+        if s * best >= edge:
+            return 0.0
         if self.sigma <= 0:
-            return 1.0 if s * (self.mean - best) > 0 else 0.0
-        return float(norm.sf((s * best - s * self.mean) / self.sigma))
+            return 1.0 if edge > s * self.mean > s * best else 0.0
+        z_best = (s * best - s * self.mean) / self.sigma
+        z_edge = (edge - s * self.mean) / self.sigma
+        return float(max(norm.sf(z_best) - norm.sf(z_edge), 0.0))
 
 
 class CrossRunPredictor:
@@ -1035,6 +1051,7 @@ def cross_run_rule(
     delta: float = 0.05,
     min_points: int = 3,
     min_finished: int = 5,
+    bounds: Sequence[float] | None = None,
     **predictor_kwargs: Any,
 ) -> RuleResult:
     """Baker et al.'s rule: stop when P(result > best finished result) < ``delta``.
@@ -1047,12 +1064,16 @@ def cross_run_rule(
         delta: stop below this probability, in (0, 1).
         min_points: no decision before this many points, >= 1.
         min_finished: no decision before this many finished runs, >= 2.
+        bounds: the metric's range ``(low, high)``, or None: a result cannot pass the bound,
+            so a best finished result at the bound cannot be beaten (see
+            :meth:`CrossRunPrediction.prob_beats`).
         **predictor_kwargs: passed to :class:`CrossRunPredictor` (nu, C, target, cv).
 
     Returns:
         A :class:`RuleResult` of rule ``cross_run``.
     """
     _check_prob("delta", delta)
+    check_bounds(bounds)
     if min_points < 1:
         raise ValueError(f"`min_points` must be an integer in [1, inf), got {min_points!r}.")
     if min_finished < 2:
@@ -1084,7 +1105,7 @@ def cross_run_rule(
         else min(r.result_in(mode) for r in usable)
     )
     pred = CrossRunPredictor(n, mode=mode, **predictor_kwargs).fit(usable).predict(v, hparams or {})
-    prob = pred.prob_beats(best, mode)
+    prob = pred.prob_beats(best, mode, bounds)
     z = float(norm.ppf(0.9))
     common = {
         "rule": "cross_run",

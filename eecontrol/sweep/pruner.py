@@ -48,7 +48,7 @@ class LearningCurvePruner(BasePruner):
         n_bootstrap: bootstrap draws per curve family.
         seed: seed of the bootstrap.
         bounds: the metric's range ``[low, high]`` (``[0, 1]`` for an accuracy), or None;
-            the in-run prediction is clipped to it.
+            the in-run prediction is clipped to it, and a cross-run result cannot pass it.
 
     Attributes:
         last_reason: ``{trial number: reason}`` of every trial this pruner pruned.
@@ -127,6 +127,7 @@ class LearningCurvePruner(BasePruner):
                 delta=self.delta,
                 min_points=self.min_points,
                 min_finished=self.min_finished,
+                bounds=self.bounds,
             )
             if result.stop:
                 self.last_reason[trial.number] = result.reason

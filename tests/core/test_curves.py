@@ -9,6 +9,7 @@ import pytest
 
 from eecontrol.core.curves import (
     FAMILIES,
+    CrossRunPrediction,
     CrossRunPredictor,
     FinishedRun,
     cross_run_rule,
@@ -208,6 +209,22 @@ def test_cross_run_predictor_predicts_held_out_results():
     r2 = 1 - np.sum((pred - truth) ** 2) / np.sum((truth - truth.mean()) ** 2)
     assert r2 > 0.8, r2
     assert 0 < model.sigma < 0.1
+
+
+def test_bounded_probability_of_beating_the_best_by_hand():
+    from scipy.stats import norm
+
+    pred = CrossRunPrediction(mean=0.97, sigma=0.02, n_train=10, tau=5, hparams=())
+    # unbounded: P(R > 0.98) = sf(0.5)
+    assert pred.prob_beats(0.98) == pytest.approx(norm.sf(0.5))
+    # an accuracy cannot pass 1: P(0.98 < R < 1) = sf(0.5) - sf(1.5)
+    assert pred.prob_beats(0.98, bounds=(0, 1)) == pytest.approx(norm.sf(0.5) - norm.sf(1.5))
+    assert pred.prob_beats(1.0, bounds=(0, 1)) == 0.0  # the bound cannot be beaten
+    # minimising a loss bounded below by 0: P(0 < R < 0.96)
+    loss = CrossRunPrediction(mean=0.01, sigma=0.02, n_train=10, tau=5, hparams=())
+    expected = norm.cdf(0.5) - norm.cdf(-0.5)
+    assert loss.prob_beats(0.02, mode="min", bounds=(0, math.inf)) == pytest.approx(expected)
+    assert loss.prob_beats(0.0, mode="min", bounds=(0, math.inf)) == 0.0
 
 
 def test_cross_run_rule_on_scripted_curves():
