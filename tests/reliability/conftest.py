@@ -51,3 +51,20 @@ def same_decisions(a: list[dict], b: list[dict], rel: float = 1e-6) -> tuple[boo
             elif v != w:
                 return False, f"evidence {k}: {v!r} vs {w!r}"
     return True, ""
+
+
+def same_histories(a: dict, b: dict, rel: float = 1e-6) -> tuple[bool, str]:
+    """Equal measurement histories (lists of records per callback) within a tolerance."""
+    if a.keys() != b.keys():
+        return False, f"callbacks {sorted(a)} vs {sorted(b)}"
+    for name in a:
+        if len(a[name]) != len(b[name]):
+            return False, f"{name}: {len(a[name])} vs {len(b[name])} records"
+        for x, y in zip(a[name], b[name]):
+            if x.keys() != y.keys():
+                return False, f"{name}: keys {sorted(x)} vs {sorted(y)}"
+            for k, v in x.items():
+                w = y[k]
+                if abs(v - w) > rel * max(1.0, abs(v), abs(w)):
+                    return False, f"{name} {k} at step {x.get('step')}: {v} vs {w}"
+    return True, ""

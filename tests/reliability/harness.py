@@ -80,8 +80,11 @@ class SkewValidationOnRank1(Callback):
 
 
 class WriteDecisionsPerRank(Callback):
-    def __init__(self, root: str) -> None:
+    """Writes each rank's decisions (and, for measuring callbacks, their histories)."""
+
+    def __init__(self, root: str, histories: bool = False) -> None:
         self.root = root
+        self.histories = histories
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = [
@@ -89,8 +92,15 @@ class WriteDecisionsPerRank(Callback):
             for cb in control_callbacks(trainer)
             for d in cb.decisions
         ]
+        histories = {
+            type(cb).__name__: cb.history
+            for cb in control_callbacks(trainer)
+            if self.histories and isinstance(getattr(cb, "history", None), list)
+        }
         Path(self.root, f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"decisions": rows, "global_step": trainer.global_step})
+            json.dumps(
+                {"decisions": rows, "global_step": trainer.global_step, "histories": histories}
+            )
         )
 
 
@@ -117,7 +127,9 @@ def main() -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     model, callbacks, trainer_kwargs, data = build(args.spec)
-    extra: list[Callback] = [Reseed(), WriteDecisionsPerRank(args.root)]
+    from tests.reliability.specs import SPECS
+
+    extra: list[Callback] = [Reseed(), WriteDecisionsPerRank(args.root, SPECS[args.spec].history)]
     if args.kill_at is not None:
         extra.append(KillAt(args.kill_at))
     if args.skew:

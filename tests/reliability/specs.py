@@ -33,6 +33,7 @@ class Spec:
     stops: bool = False
     ddp_suffix: str = ""  # e.g. "_find_unused_parameters_true" for callbacks that freeze weights
     data: Callable[[], pl.LightningDataModule] | None = None  # default: digits in fixed order
+    history: bool = False  # a callback that measures but never decides: compare its history
 
 
 def _cnn() -> pl.LightningModule:
@@ -45,6 +46,12 @@ def _dropout() -> list[Callback]:
     from eecontrol import DropoutSchedule
 
     return [DropoutSchedule(p=0.2, mode="early", schedule="linear", cutoff=0.5)]
+
+
+def _gradient_diagnostics() -> list[Callback]:
+    from eecontrol import GradientDiagnostics
+
+    return [GradientDiagnostics(every_n_steps=2, num_batches=2, max_full_batches=4)]
 
 
 def _ces() -> list[Callback]:
@@ -142,6 +149,9 @@ SPECS: dict[str, Spec] = {
     ),
     "dropout_schedule": Spec(_cnn, _dropout, {"max_epochs": 4, "limit_train_batches": 5}),
     "conformal_early_stopping": Spec(_cnn, _ces, {"max_epochs": 4, "limit_train_batches": 5}),
+    "gradient_diagnostics": Spec(
+        _cnn, _gradient_diagnostics, {"max_epochs": 3, "limit_train_batches": 5}, history=True
+    ),
     "darts_plus": Spec(
         _darts_search,
         _darts_plus,
