@@ -728,7 +728,7 @@ class RuleResult:
         }
 
 
-def _check_prob(name: str, value: float) -> None:
+def check_probability(name: str, value: float) -> None:
     """Raises a ``ValueError`` naming ``name`` unless ``value`` is a number in (0, 1)."""
     ok = not isinstance(value, bool) and isinstance(value, int | float)
     if not (ok and math.isfinite(value) and 0.0 < value < 1.0):
@@ -773,8 +773,8 @@ def in_run_rule(
     Returns:
         A :class:`RuleResult` of rule ``in_run``.
     """
-    _check_prob("threshold", threshold)
-    _check_prob("band", band)
+    check_probability("threshold", threshold)
+    check_probability("band", band)
     if min_delta < 0 or not math.isfinite(min_delta):
         raise ValueError(f"`min_delta` must be a number in [0.0, inf), got {min_delta!r}.")
     if min_points < 3:
@@ -1072,7 +1072,7 @@ def cross_run_rule(
     Returns:
         A :class:`RuleResult` of rule ``cross_run``.
     """
-    _check_prob("delta", delta)
+    check_probability("delta", delta)
     check_bounds(bounds)
     if min_points < 1:
         raise ValueError(f"`min_points` must be an integer in [1, inf), got {min_points!r}.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,12 +10,13 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.core.curves import FinishedRun, check_bounds, cross_run_rule, in_run_rule
-
-
-def _check_prob(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 < value < 1.0):
-        raise ValueError(f"`{name}` must be a number in (0.0, 1.0), got {value!r}.")
+from eecontrol.core.curves import (
+    FinishedRun,
+    check_bounds,
+    check_probability,
+    cross_run_rule,
+    in_run_rule,
+)
 
 
 class LearningCurvePruner(BasePruner):
@@ -29,6 +29,13 @@ class LearningCurvePruner(BasePruner):
     ``horizon``; the cross-run rule (Baker et al. 2017) trains a nu-SVR on the curves of
     ``COMPLETE`` trials (index-aligned) and their numeric ``trial.params``, and compares
     with the best completed trial's value. A trial is pruned when either rule says stop.
+
+    An in-run stop means the trial has converged, not that it lost; Optuna still records
+    it as ``PRUNED`` (a pruner cannot complete a trial), so ``study.best_trial`` ignores
+    it. Read its best intermediate value (``max(trial.intermediate_values.values())``)
+    when picking the winner, or use ``in_run=False`` in Optuna and the in-run rule through
+    :class:`~eecontrol.callbacks.curve_stopping.LearningCurveStopping`, whose stopped runs
+    return their best value as a completed objective.
 
     Example::
 
@@ -73,8 +80,8 @@ class LearningCurvePruner(BasePruner):
             raise ValueError(f"`horizon` must be a number in (0, inf), got {horizon!r}.")
         if min_delta < 0:
             raise ValueError(f"`min_delta` cannot be negative but got {min_delta}.")
-        _check_prob("threshold", threshold)
-        _check_prob("delta", delta)
+        check_probability("threshold", threshold)
+        check_probability("delta", delta)
         if not isinstance(min_points, int) or min_points < 3:
             raise ValueError(f"`min_points` must be an integer in [3, inf), got {min_points!r}.")
         if not isinstance(min_finished, int) or min_finished < 2:
