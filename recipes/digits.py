@@ -8,17 +8,12 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from eecontrol.recipes.splits import TensorSplitsDataModule
+from eecontrol.recipes.splits import TensorSplitsDataModule, check_split_args
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
 
 
 class DigitsDataModule(TensorSplitsDataModule):
@@ -50,14 +45,7 @@ class DigitsDataModule(TensorSplitsDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size!r}.")
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                f"`val_fraction + test_fraction` must be < 1, got {val_fraction} + {test_fraction}."
-            )
+        check_split_args(batch_size, val_fraction, test_fraction)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.val_fraction = val_fraction

@@ -6,6 +6,23 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def check_split_args(batch_size: int, val_fraction: float, test_fraction: float) -> None:
+    """Validates a batch size and the validation / test shares of a random split.
+
+    Raises:
+        ValueError: naming the argument and its valid range.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer in [1, inf), got {batch_size!r}.")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"`{name}` must be a number in (0, 1), got {value!r}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"`val_fraction + test_fraction` must be < 1, got {val_fraction} + {test_fraction}."
+        )
+
+
 class TensorSplitsDataModule(pl.LightningDataModule):
     """Serves ``train_set`` (shuffled), ``val_set`` and ``test_set`` (in order) built by ``setup``.
 

@@ -23,9 +23,10 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from eecontrol.recipes.splits import TensorSplitsDataModule, check_split_args
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -91,7 +92,7 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     return AutoTokenizer.from_pretrained(str(path or minilm_path()), local_files_only=True)
 
 
-class BBCNewsDataModule(pl.LightningDataModule):
+class BBCNewsDataModule(TensorSplitsDataModule):
     """BBC News (2,225 real articles, 5 topics), tokenized for MiniLM, split by seed.
 
     Splits are stratified by topic and depend only on ``seed``; every article is cut to
@@ -120,17 +121,9 @@ class BBCNewsDataModule(pl.LightningDataModule):
         tokenizer_path: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer in [1, inf), got {batch_size!r}.")
+        check_split_args(batch_size, val_fraction, test_fraction)
         if not 8 <= max_length <= 512:
             raise ValueError(f"`max_length` must be an integer in [8, 512], got {max_length!r}.")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"`{name}` must be a number in (0, 1), got {value!r}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                f"`val_fraction + test_fraction` must be < 1, got {val_fraction} + {test_fraction}."
-            )
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.max_length = max_length
@@ -192,20 +185,10 @@ class BBCNewsDataModule(pl.LightningDataModule):
 
         self.train_set, self.val_set, self.test_set = make(train_idx), make(val_idx), make(test_idx)
 
-    def _loader(self, data: TensorDataset | None, shuffle: bool) -> DataLoader:
-        assert data is not None, "call setup() first"
-        return DataLoader(
-            data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    @property
+    def eval_batch_size(self) -> int:  # type: ignore[override]
+        """Evaluation batch size: the training batch size (results do not depend on it)."""
+        return self.batch_size
 
 
 class TextClassifier(pl.LightningModule):
