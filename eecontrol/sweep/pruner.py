@@ -10,6 +10,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from eecontrol.callbacks._control import check_range
 from eecontrol.core.curves import (
     FinishedRun,
     check_bounds,
@@ -76,22 +77,20 @@ class LearningCurvePruner(BasePruner):
         seed: int = 0,
         bounds: Sequence[float] | None = None,
     ) -> None:
-        if isinstance(horizon, bool) or not isinstance(horizon, int | float) or horizon <= 0:
-            raise ValueError(f"`horizon` must be a number in (0, inf), got {horizon!r}.")
-        if min_delta < 0:
-            raise ValueError(f"`min_delta` cannot be negative but got {min_delta}.")
+        # the same checks and messages as LearningCurveStopping's
+        check_range("horizon", horizon, low=0, low_inclusive=False)
+        check_range("min_delta", min_delta, low=0.0)
         check_probability("threshold", threshold)
         check_probability("delta", delta)
-        if not isinstance(min_points, int) or min_points < 3:
-            raise ValueError(f"`min_points` must be an integer in [3, inf), got {min_points!r}.")
-        if not isinstance(min_finished, int) or min_finished < 2:
-            raise ValueError(
-                f"`min_finished` must be an integer in [2, inf), got {min_finished!r}."
-            )
+        check_range("min_points", min_points, low=3, integer=True)
+        check_range("min_finished", min_finished, low=2, integer=True)
+        check_range("min_r2", min_r2, low=0.0, high=1.0)
+        check_range("n_bootstrap", n_bootstrap, low=1, integer=True)
+        check_range("seed", seed, low=0, integer=True)
         self.horizon = float(horizon)
         self.in_run, self.cross_run = bool(in_run), bool(cross_run)
         self.min_delta, self.threshold, self.delta = float(min_delta), threshold, delta
-        self.min_points, self.min_finished = min_points, min_finished
+        self.min_points, self.min_finished = int(min_points), int(min_finished)
         self.min_r2, self.n_bootstrap, self.seed = min_r2, n_bootstrap, seed
         self.bounds = check_bounds(bounds)
         self.last_reason: dict[int, str] = {}

@@ -71,7 +71,10 @@ def test_in_run_rule_prunes_a_flat_trial():
         ({"horizon": 10, "delta": 0.0}, "`delta` must be a number in (0.0, 1.0)"),
         ({"horizon": 10, "min_points": 2}, "`min_points` must be an integer in [3, inf)"),
         ({"horizon": 10, "min_finished": 1}, "`min_finished` must be an integer in [2, inf)"),
-        ({"horizon": 10, "min_delta": -1.0}, "`min_delta` cannot be negative"),
+        ({"horizon": 10, "min_delta": -0.1}, "`min_delta` must be a number in [0.0, inf)"),
+        ({"horizon": 10, "min_r2": 1.5}, "`min_r2` must be a number in [0.0, 1.0]"),
+        ({"horizon": 10, "n_bootstrap": 0}, "`n_bootstrap` must be an integer in [1, inf)"),
+        ({"horizon": 10, "bounds": [1, 1]}, "`bounds` must be [low, high] with low < high"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
