@@ -70,12 +70,15 @@ def evaluate(runs: list[dict[str, Any]], budget: int, level: float = 0.8) -> dic
                 failed += 1
                 preds["extrapolation"].append(float(y[-1]))
                 inside["extrapolation"].append(False)
-            others = [
-                FinishedRun(r["val_acc"][:budget], {k: r["config"][k] for k in HPARAMS}, None)
+            others = [  # leave-one-out: every other run, with its value at the last epoch
+                FinishedRun(
+                    r["val_acc"][:budget],
+                    {k: r["config"][k] for k in HPARAMS},
+                    float(r["val_acc"][budget - 1]),
+                )
                 for j, r in enumerate(runs)
                 if j != i
             ]
-            others = [FinishedRun(o.values, o.hparams, float(o.values[budget - 1])) for o in others]
             pred = CrossRunPredictor(n, mode="max").fit(others)
             c = pred.predict(list(y), {k: run["config"][k] for k in HPARAMS})
             preds["cross_run"].append(c.mean)
