@@ -130,7 +130,7 @@ def replay_early_stopping(
     return rows
 
 
-def score(rows: list[dict[str, Any]], truth: np.ndarray, budget: int) -> dict[str, float]:
+def score(rows: list[dict[str, Any]], truth: np.ndarray) -> dict[str, float]:
     """Epochs used and regret (points) of the configuration each picking rule chooses."""
     best = float(truth.max())
     out = {"epochs": float(sum(r["epochs"] for r in rows))}
@@ -192,7 +192,7 @@ def main() -> None:
                 rows = replay_early_stopping(runs, order, budget)
             else:
                 rows = replay_optuna(runs, order, budget, factory())
-            scores.append(score(rows, truth, budget))
+            scores.append(score(rows, truth))
         agg = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         agg["regret_complete_max"] = float(np.max([s["regret_complete"] for s in scores]))
         agg["regret_any_max"] = float(np.max([s["regret_any"] for s in scores]))
