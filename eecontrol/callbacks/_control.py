@@ -23,6 +23,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from eecontrol.core.checks import check_choice, check_range  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 DECISIONS_FILE = "decisions.jsonl"
@@ -361,50 +363,3 @@ class ControlCallback(Callback):
         self.stopped_step = state_dict.get("stopped_step")
         self.stop_reason = state_dict.get("stop_reason")
         self._load_progress_state(dict(state_dict.get("progress") or {}))
-
-
-def check_range(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-    integer: bool = False,
-) -> None:
-    """Raises a ``ValueError`` naming ``name``, its value and the valid range.
-
-    Args:
-        name: the argument's name as the user writes it.
-        value: the value given.
-        low: the lower bound, or None.
-        high: the upper bound, or None.
-        low_inclusive: whether ``low`` itself is valid.
-        high_inclusive: whether ``high`` itself is valid.
-        integer: whether the value must be an integer.
-    """
-    lo = "-inf" if low is None else f"{low}"
-    hi = "inf" if high is None else f"{high}"
-    rng = f"{'[' if low_inclusive and low is not None else '('}{lo}, {hi}{']' if high_inclusive and high is not None else ')'}"
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
-    if integer and not float(value).is_integer():
-        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
-    if not math.isfinite(float(value)):
-        raise ValueError(
-            f"`{name}` must be a finite {kind[2:] if integer else 'number'} in {rng}, got {value!r}."
-        )
-    bad = (low is not None and (value < low or (value == low and not low_inclusive))) or (
-        high is not None and (value > high or (value == high and not high_inclusive))
-    )
-    if bad:
-        raise ValueError(f"`{name}` must be {kind} in {rng}, got {value!r}.")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """Raises a ``ValueError`` naming ``name`` and the valid choices; returns the value."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
-    return value

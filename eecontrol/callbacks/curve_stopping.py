@@ -14,12 +14,12 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.callbacks._control import ControlCallback, run_dir
+from eecontrol.core.checks import check_bounds, check_choice, check_range
 from eecontrol.core.curves import (
     MODES,
     CurveFit,
     RuleResult,
-    check_bounds,
     cross_run_rule,
     fit_curve,
     in_run_rule,

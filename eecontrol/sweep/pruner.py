@@ -10,14 +10,8 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.callbacks._control import check_range
-from eecontrol.core.curves import (
-    FinishedRun,
-    check_bounds,
-    check_probability,
-    cross_run_rule,
-    in_run_rule,
-)
+from eecontrol.core.checks import check_bounds, check_probability, check_range
+from eecontrol.core.curves import FinishedRun, cross_run_rule, in_run_rule
 
 
 class LearningCurvePruner(BasePruner):
