@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from eecontrol.callbacks._distributed import release_process_group_at_worker_exit
 from eecontrol.core.checks import check_choice, check_range  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -311,6 +312,12 @@ class ControlCallback(Callback):
                 f"{self.stopped_epoch} ({self.stop_reason}); not training again after resume."
             )
             trainer.should_stop = True
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning calls this only when a stage ends normally: a ddp_spawn/ddp_fork worker
+        # then ends with a barrier and destroy_process_group() instead of aborting at exit.
+        release_process_group_at_worker_exit(trainer)
 
     # --- state ----------------------------------------------------------------------
 
