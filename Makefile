@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# torch first, so that nothing pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# Hydra's plugin scanner cannot walk setuptools' editable finder: link the sweeper plugin
+	# into site-packages/hydra_plugins (a wheel install needs no link)
+	$(BIN)/python -c "import os, sysconfig; d = os.path.join(sysconfig.get_paths()['purelib'], 'hydra_plugins'); os.makedirs(d, exist_ok=True); l = os.path.join(d, 'eecontrol_optuna_sweeper'); os.path.lexists(l) or os.symlink(os.path.abspath('hydra_plugins/eecontrol_optuna_sweeper'), l)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,12 +4,15 @@ Examples:
     eecontrol-train                                  # the default digits recipe
     eecontrol-train experiment=early_dropout trainer.max_epochs=20
     eecontrol-train -m trainer.max_epochs=1,2 hydra/launcher=joblib
+    eecontrol-train resume=logs/train/runs/<run>     # continue a killed run in its directory
+    eecontrol-train resume=last                      # ... the newest run with a last.ckpt
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,15 @@ from eecontrol.callbacks._control import DECISIONS_FILE, all_decisions, control_
 from eecontrol.report.console import print_decisions, print_run_paths
 from eecontrol.report.runreport import report_run, run_summary, write_summary
 from eecontrol.report.wandb import publish_to_wandb
+from eecontrol.resume import (
+    CHECKPOINT_DIR,
+    LAST,
+    ResumableCSVLogger,
+    checkpoint_step,
+    redact_secrets,
+    rewrite_argv,
+)
+from eecontrol.sweep.trial import pruning_callbacks, record_objective
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +55,36 @@ def _instantiate_group(cfg: DictConfig | None, what: str, base: type) -> list[An
                 )
             items.append(obj)
     return items
+
+
+class _OptimizedMetricCheck(Callback):
+    """Fails at the first validation (or the second epoch) if ``optimized_metric`` is not logged.
+
+    Without it, a misspelt ``optimized_metric`` fails only after the whole training. Test
+    metrics (``test/...``) can only be checked after testing.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.epochs_seen = 0
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self.name.startswith("test/") or self.name in trainer.callback_metrics:
+            return
+        raise ValueError(
+            f"`optimized_metric={self.name}` is not logged by the model; logged so far: "
+            f"{sorted(k for k in trainer.callback_metrics if not k.startswith('eecontrol/'))}. "
+            f"Set `optimized_metric` to one of them (or null)."
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self.name.startswith("val"):
+            self._check(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs_seen += 1
+        if self.epochs_seen > 1:  # every epoch-level metric of the first epoch is logged now
+            self._check(trainer)
 
 
 def finish_wandb() -> None:
@@ -71,16 +113,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks: list[Callback] = _instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
+    callbacks += pruning_callbacks(cfg, callbacks)  # a job of an eecontrol_optuna sweep
     loggers: list[Logger] = _instantiate_group(cfg.get("logger"), "logger", Logger)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
+    if cfg.get("train", True) and cfg.get("optimized_metric"):
+        trainer.callbacks.append(_OptimizedMetricCheck(str(cfg.optimized_metric)))
+    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))  # no URL passwords
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        lg.log_hyperparams(hparams)  # type: ignore[arg-type]
 
     try:
         if cfg.get("train", True):
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            ckpt_path = _checkpoint_path(cfg.get("ckpt_path"), Path(trainer.default_root_dir))
+            if ckpt_path is not None and "://" not in ckpt_path:
+                step = checkpoint_step(ckpt_path)  # rows logged after it are logged again
+                for lg in loggers:
+                    if isinstance(lg, ResumableCSVLogger):
+                        lg.truncate(step)
+            # weights_only=True: a checkpoint (local or a URL) can never run code when loaded
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         train_metrics = dict(trainer.callback_metrics)
         if cfg.get("test", False):
             trainer.test(model=model, datamodule=datamodule, verbose=False)
@@ -90,6 +143,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     finally:
         finish_wandb()
     return metrics, trainer
+
+
+def _checkpoint_path(value: Any, run_dir: Path) -> str | None:
+    """Resolves ``ckpt_path``: None, a file, or ``last`` (this run directory's last.ckpt).
+
+    Raises:
+        FileNotFoundError: naming ``ckpt_path`` when the file (or this run's last.ckpt) is
+            missing, instead of Lightning's warning and a silent fresh start.
+    """
+    if value is None:
+        return None
+    value = str(value)
+    if value == "last":
+        last = run_dir / CHECKPOINT_DIR / LAST
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"`ckpt_path=last`: this run directory has no {CHECKPOINT_DIR}/{LAST} ({last}). "
+                f"To continue an earlier run in its own directory use `resume=<run dir>` or "
+                f"`resume=last`."
+            )
+        return str(last)
+    if "://" not in value and not Path(value).is_file():
+        raise FileNotFoundError(f"`ckpt_path={value}`: no such checkpoint file.")
+    return value
 
 
 def finalize_run(
@@ -121,8 +198,24 @@ def _report(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Trainer) -> 
     )
 
 
+def main() -> float | None:
+    """The ``eecontrol-train`` console script: ``resume=<run dir>`` is expanded, then Hydra runs.
+
+    ``resume=<run dir>`` (or ``resume=last``) becomes the run's own overrides plus
+    ``hydra.run.dir=<run dir>`` and ``ckpt_path=<run dir>/checkpoints/last.ckpt``, so the
+    run continues in its directory with the config it started with.
+    """
+    root = Path(os.environ.get("EECONTROL_ROOT", ".")) / "logs" / "train" / "runs"
+    try:
+        sys.argv = [sys.argv[0], *rewrite_argv(sys.argv[1:], root)]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"eecontrol-train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://eecontrol.conf", config_name="train.yaml")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Runs ``train`` for one Hydra job and returns the optimised metric to the sweeper."""
     metrics, trainer = train(cfg)
     if trainer.is_global_zero:
@@ -134,11 +227,14 @@ def main(cfg: DictConfig) -> float | None:
         raise KeyError(
             f"`optimized_metric={name}` was not logged; available metrics: {sorted(metrics)}."
         )
+    value = metrics[name]
     for cb in control_callbacks(trainer):  # a run stopped early: its best value so far
         best = getattr(cb, "best_so_far", None)
         if cb.stop_reason is not None and getattr(cb, "monitor", None) == name and best is not None:
-            return float(best)
-    return metrics[name]
+            value = float(best)
+            break
+    record_objective(cfg, value)  # a sweep job: the result survives a lost launcher return
+    return value
 
 
 if __name__ == "__main__":

@@ -1,0 +1,448 @@
+"""The core of the ``eecontrol_optuna`` Hydra sweeper: Optuna ask/tell through any launcher.
+
+Loop: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
+identity (``optuna_trial.*``; the storage URL goes through ``$EECONTROL_OPTUNA_STORAGE``),
+launch the batch with the configured launcher (basic, joblib, submitit, ...), and tell the
+study each result. A job's pruning callback reports to its trial and marks it when pruned.
+
+Faults never end the sweep: a job that raised becomes a ``FAIL`` trial; a batch the
+launcher could not finish (a killed joblib worker raises ``TerminatedWorkerError`` for the
+whole batch, a killed submitit job fails ``results()``) is read back from the storage: a
+job that finished keeps its result (it stored its objective), the others become ``FAIL``
+and, up to ``max_retries`` times, are asked again with the same parameters. Rerunning the
+same command loads the study and runs only what is missing: ``n_trials`` counts finished
+(``COMPLETE`` or ``PRUNED``) trials, and failed grid points or failed trials' parameters
+are asked again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.samplers import BaseSampler, GridSampler, TPESampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from eecontrol.sweep.liveness import FAIL_REASON_ATTR, OWNER_ATTR, fail_dead_trials, owner_id
+from eecontrol.sweep.space import (
+    SearchSpace,
+    format_value,
+    params_to_arguments,
+    parse_search_space,
+    same_params,
+    trial_overrides,
+)
+from eecontrol.sweep.trial import (
+    OBJECTIVE_ATTR,
+    PRUNED_ATTR,
+    REPORT_STEPS,
+    STORAGE_ENV,
+    TRIAL_KEY,
+    build_pruner,
+    open_storage,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = {
+    "maximize": "maximize",
+    "max": "maximize",
+    "minimize": "minimize",
+    "min": "minimize",
+}
+RETRY_ATTR = "eecontrol:retry_of"
+DEFAULT_DB = "optuna.db"
+RESULTS_FILE = "optimization_results.yaml"
+
+
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (resolved)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def config_text(value: Any) -> str:
+    """A value (dicts and lists included) as Hydra override text."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{config_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(config_text(v) for v in value) + "]"
+    return format_value(value)
+
+
+class SweeperCore:
+    """Optuna ask/tell over a Hydra launcher (the ``eecontrol_optuna`` sweeper's work).
+
+    Args:
+        sampler: a sampler config with ``_target_`` (default: ``TPESampler``); a
+            ``GridSampler`` gets the grid from the search space and runs it in order.
+        pruner: a pruner config with ``_target_``, or None (no pruning).
+        direction: ``maximize``/``minimize`` (or ``max``/``min``).
+        storage: a database URL; None: SQLite ``optuna.db`` in the sweep directory.
+        study_name: the study; None: the sweep directory's name.
+        n_trials: finished trials the study should hold (resumed studies count theirs), >= 1;
+            None with a grid sampler: every grid point.
+        n_jobs: trials per batch (run in parallel by a parallel launcher), >= 1.
+        timeout: seconds after which no new batch starts, or None.
+        max_retries: times a lost job (killed, its batch broken) is asked again with the same
+            parameters within one sweep, >= 0. A job that raised is not retried.
+        fail_on_error: exit non-zero at the end if any trial of this sweep failed.
+        monitor: the metric jobs report; None: the app config's ``optimized_metric``.
+        report_step: ``check`` (validation index) or ``step`` (global step).
+        params: the search space in Hydra's override grammar.
+    """
+
+    def __init__(
+        self,
+        sampler: Any = None,
+        pruner: Any = None,
+        direction: str = "maximize",
+        storage: str | None = None,
+        study_name: str | None = None,
+        n_trials: int | None = 20,
+        n_jobs: int = 2,
+        timeout: float | None = None,
+        max_retries: int = 1,
+        fail_on_error: bool = False,
+        monitor: str | None = None,
+        report_step: str = "check",
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        if str(direction) not in DIRECTIONS:
+            raise ValueError(
+                f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)}, got {direction!r}."
+            )
+        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if name == "n_trials" and value is None:
+                continue  # a grid: every point
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"hydra.sweeper.{name} must be an integer >= 1, got {value!r}.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(
+                f"hydra.sweeper.max_retries must be an integer >= 0, got {max_retries!r}."
+            )
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"hydra.sweeper.timeout must be seconds > 0 or null, got {timeout!r}.")
+        if report_step not in REPORT_STEPS:
+            raise ValueError(
+                f"hydra.sweeper.report_step must be one of {list(REPORT_STEPS)}, got {report_step!r}."
+            )
+        self.sampler_cfg = _plain(sampler)
+        self.pruner_cfg = _plain(pruner)
+        self.direction = DIRECTIONS[str(direction)]
+        self.storage = storage
+        self.study_name = study_name
+        self.n_trials = None if n_trials is None else int(n_trials)
+        self.n_jobs = int(n_jobs)
+        self.timeout = None if timeout is None else float(timeout)
+        self.max_retries, self.fail_on_error = int(max_retries), bool(fail_on_error)
+        self.monitor, self.report_step = monitor, report_step
+        self.params = _plain(params) or {}
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.sweep_dir: Path | None = None
+        self.failures: list[str] = []
+
+    # --- set-up -----------------------------------------------------------------------
+
+    def setup(self, config: DictConfig, launcher: Any) -> None:
+        """Keeps the composed config and the instantiated launcher."""
+        self.config, self.launcher = config, launcher
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def _storage_url(self) -> str:
+        assert self.sweep_dir is not None
+        if self.storage:
+            return str(self.storage)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.sweep_dir / DEFAULT_DB).resolve()}"
+
+    def _monitor(self) -> str:
+        assert self.config is not None
+        monitor = self.monitor or self.config.get("optimized_metric")
+        if not monitor:
+            raise ValueError(
+                "eecontrol_optuna: set `optimized_metric` in the app's config or "
+                "hydra.sweeper.monitor: the metric the jobs report and return."
+            )
+        return str(monitor)
+
+    def _sampler(self, space: SearchSpace) -> BaseSampler:
+        cfg = self.sampler_cfg
+        if not cfg:
+            return TPESampler()
+        import hydra.utils
+
+        cfg = dict(cfg)
+        if str(cfg.get("_target_", "")).endswith("GridSampler"):
+            cfg["search_space"] = space.grid()
+        sampler = hydra.utils.instantiate(cfg, _convert_="all")
+        if not isinstance(sampler, BaseSampler):
+            raise ValueError(
+                f"hydra.sweeper.sampler must make an optuna sampler, got {type(sampler).__name__}."
+            )
+        return sampler
+
+    # --- the sweep --------------------------------------------------------------------
+
+    def sweep(self, arguments: Sequence[str]) -> None:
+        """Runs the sweep: resumes the study, then asks, launches and tells batches."""
+        assert self.config is not None and self.launcher is not None
+        space = parse_search_space(params_to_arguments(self.params) + list(arguments))
+        if not space.distributions:
+            raise ValueError(
+                "eecontrol_optuna: the search space is empty: give hydra.sweeper.params (e.g. "
+                "model.optimizer.lr: tag(log, interval(1e-4, 1e-2))) or sweep overrides."
+            )
+        sampler = self._sampler(space)
+        pruner = build_pruner(self.pruner_cfg)
+        url = self._storage_url()
+        name = self.study_name or Path(str(self.sweep_dir)).name
+        study = optuna.create_study(
+            storage=open_storage(url),
+            study_name=name,
+            sampler=sampler,
+            pruner=pruner,
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        if study.direction != StudyDirection[self.direction.upper()]:
+            raise ValueError(
+                f"study {name!r} in {redact(url)} is set to {study.direction.name.lower()}, "
+                f"but hydra.sweeper.direction={self.direction}; use another study_name."
+            )
+        os.environ[STORAGE_ENV] = url  # the jobs' storage (never written into their configs)
+        log.info(
+            "eecontrol_optuna: study %r in %s, sampler %s, pruner %s, %s %s",
+            name,
+            redact(url),
+            type(sampler).__name__,
+            type(pruner).__name__,
+            self.direction,
+            self._monitor(),
+        )
+        self._recover(study)
+        names = list(space.distributions)
+        if isinstance(sampler, GridSampler):
+            points = space.grid_points()
+            if self.n_trials is not None and self.n_trials < len(points):
+                log.info(
+                    "eecontrol_optuna: the first %d of %d grid points", self.n_trials, len(points)
+                )
+                points = points[: self.n_trials]
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            budget = sum(not any(same_params(_params(t), p, names) for t in done) for p in points)
+            self._enqueue_grid(study, points, names)
+        else:
+            if self.n_trials is None:
+                raise ValueError(
+                    "hydra.sweeper.n_trials=null needs the grid sampler; give a number."
+                )
+            budget = max(0, self.n_trials - self._finished(study))
+            self._enqueue_failed(study, names)
+        log.info("eecontrol_optuna: %d trial(s) to run", budget)
+        started = time.monotonic()
+        self._retries: dict[int, int] = {}
+        self._extra = 0  # lost jobs asked again: run on top of the budget
+        asked = 0
+        while asked < budget + self._extra:
+            if self.timeout is not None and time.monotonic() - started > self.timeout:
+                log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
+                break
+            n = min(self.n_jobs, budget + self._extra - asked)
+            batch = [study.ask(space.distributions) for _ in range(n)]
+            asked += n
+            self._run_batch(study, batch, space)
+        self._write_results(study, url)
+        if self.failures and self.fail_on_error:
+            raise RuntimeError(
+                f"eecontrol_optuna: {len(self.failures)} trial(s) failed (fail_on_error=true): "
+                + "; ".join(self.failures[:5])
+            )
+
+    @staticmethod
+    def _finished(study: optuna.Study) -> int:
+        return len(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        )
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Fails trials left running by dead processes (a killed earlier sweep or its jobs)."""
+        storage = study._storage
+        failed = fail_dead_trials(storage, study._study_id)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in failed:
+                continue
+            owner = t.system_attrs.get(OWNER_ATTR)
+            log.warning(
+                "eecontrol_optuna: trial %d is still RUNNING (owner %s); left alone",
+                t.number,
+                owner or "unknown",
+            )
+
+    def _enqueue_grid(
+        self, study: optuna.Study, points: list[dict[str, Any]], names: list[str]
+    ) -> None:
+        """Queues, in order, the grid points that have no finished or waiting trial."""
+        have = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+        )
+        for p in points:
+            if not any(same_params(_params(t), p, names) for t in have):
+                study.enqueue_trial(p)
+
+    def _enqueue_failed(self, study: optuna.Study, names: list[str]) -> None:
+        """On a rerun, asks again the parameters of failed trials that no trial finished."""
+        trials = study.get_trials(deepcopy=False)
+        done = [
+            t
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+        ]
+        queued: list[dict[str, Any]] = []
+        for t in trials:
+            if t.state != TrialState.FAIL or not t.params:
+                continue
+            p = {k: t.params[k] for k in names if k in t.params}
+            if len(p) != len(names) or any(same_params(_params(d), p, names) for d in done):
+                continue
+            if any(same_params(q, p, names) for q in queued):
+                continue
+            log.info("eecontrol_optuna: asking again the parameters of failed trial %d", t.number)
+            study.enqueue_trial(p, user_attrs={RETRY_ATTR: t.number})
+            queued.append(p)
+
+    def _job_overrides(self, trial: optuna.Trial, space: SearchSpace) -> list[str]:
+        ident = {
+            "study": trial.study.study_name,
+            "number": trial.number,
+            "monitor": self._monitor(),
+            "report_step": self.report_step,
+            "pruner": self.pruner_cfg,
+        }
+        return [*trial_overrides(trial.params, space), f"+{TRIAL_KEY}={config_text(ident)}"]
+
+    def _run_batch(
+        self,
+        study: optuna.Study,
+        batch: list[optuna.Trial],
+        space: SearchSpace,
+    ) -> None:
+        storage = study._storage
+        for t in batch:
+            storage.set_trial_system_attr(t._trial_id, OWNER_ATTR, owner_id())
+        overrides = [self._job_overrides(t, space) for t in batch]
+        numbers = [t.number for t in batch]
+        returns: Sequence[JobReturn | None]
+        try:
+            if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+                raise RuntimeError(f"trial numbers of one batch are not consecutive: {numbers}")
+            returns = self.launcher.launch(overrides, initial_job_idx=numbers[0])
+        except Exception as err:  # one job's fault must not end the sweep
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            log.warning(
+                "eecontrol_optuna: the launcher failed for trials %s (%s: %s); reading their "
+                "results from the study",
+                numbers,
+                type(err).__name__,
+                first[:300],
+            )
+            returns = [None] * len(batch)
+        for trial, ret in zip(batch, returns):
+            lost = self._tell(study, trial, ret)
+            if lost:
+                origin = int(trial.user_attrs.get(RETRY_ATTR, trial.number))
+                retries = self._retries
+                if retries.get(origin, 0) < self.max_retries:
+                    retries[origin] = retries.get(origin, 0) + 1
+                    self._extra += 1
+                    log.info(
+                        "eecontrol_optuna: trial %d was lost; asking its parameters again "
+                        "(retry %d of %d)",
+                        trial.number,
+                        retries[origin],
+                        self.max_retries,
+                    )
+                    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: origin})
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn | None) -> bool:
+        """Tells the study one job's result; returns whether the job was lost (no result)."""
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            return False  # finished by the job or a recovery: never told twice
+        pruned = PRUNED_ATTR in frozen.system_attrs
+        value: float | None = None
+        error: str | None = None
+        if ret is not None and ret.status == JobStatus.COMPLETED:
+            try:
+                value = float(ret.return_value)
+            except (TypeError, ValueError):
+                error = f"the job returned {ret.return_value!r}, not a number"
+        elif ret is not None:
+            err = ret._return_value
+            error = f"the job raised {type(err).__name__}: {err}"
+        elif OBJECTIVE_ATTR in frozen.system_attrs:
+            value = float(frozen.system_attrs[OBJECTIVE_ATTR])
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return False
+        if value is not None and math.isfinite(value):
+            try:
+                study.tell(trial, value)
+            except RuntimeError as err:  # GridSampler's study.stop() outside optimize
+                if "Study.stop" not in str(err):
+                    raise
+            return False
+        lost = ret is None
+        if error is None:
+            error = "its job was lost (killed, or its batch failed)" if lost else f"value {value}"
+        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, error[:500])
+        study.tell(trial, state=TrialState.FAIL)
+        self.failures.append(f"trial {trial.number}: {error[:200]}")
+        log.warning("eecontrol_optuna: trial %d FAIL: %s", trial.number, error[:300])
+        return lost
+
+    # --- results ------------------------------------------------------------------------
+
+    def _write_results(self, study: optuna.Study, url: str) -> None:
+        """Writes ``optimization_results.yaml`` (best parameters and value, trial counts)."""
+        assert self.sweep_dir is not None
+        trials = study.get_trials(deepcopy=False)
+        counts = {
+            s.name.lower(): sum(t.state == s for t in trials)
+            for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        }
+        results: dict[str, Any] = {"name": "eecontrol_optuna"}
+        try:
+            best = study.best_trial
+            results["best_params"] = dict(best.params)
+            results["best_value"] = float(best.value)  # type: ignore[arg-type]
+            results["best_trial"] = best.number
+            log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
+        except ValueError:
+            log.warning("eecontrol_optuna: no trial completed; no best parameters")
+        results.update(
+            study_name=study.study_name,
+            storage=redact(url),
+            direction=self.direction,
+            metric=self._monitor(),
+            trials=counts,
+        )
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+def _params(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters, or the ones it was enqueued with (waiting trials)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})

@@ -1,0 +1,282 @@
+"""The job side of an ``eecontrol_optuna`` sweep: the trial's identity and the pruning callback.
+
+The sweeper passes each job its trial as config (``optuna_trial.study``,
+``optuna_trial.number``, ``optuna_trial.monitor``, ...) and the storage URL through the
+environment variable ``EECONTROL_OPTUNA_STORAGE`` (so a password never lands in a job's
+config files, hyperparameter logs or W&B config). :class:`OptunaPruning` reports the
+monitored value of every validation to the trial and stops the run when the study's pruner
+prunes it; the stop is a decision like every other (``decisions.jsonl``, loggers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+from optuna.pruners import BasePruner, NopPruner
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from typing_extensions import override
+
+from eecontrol.callbacks._control import ControlCallback
+from eecontrol.sweep.liveness import mark_owner
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "EECONTROL_OPTUNA_STORAGE"
+TRIAL_KEY = "optuna_trial"
+PRUNED_ATTR = "eecontrol:pruned_at"
+OBJECTIVE_ATTR = "eecontrol:objective"
+REPORT_STEPS = ("check", "step")
+
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]*:)(?P<pw>[^@/]*)(?P<at>@)")
+
+
+def redact(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (for logs and files)."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url))
+
+
+def open_storage(url: str, timeout: float = 60.0) -> RDBStorage:
+    """An Optuna RDB storage for ``url``; SQLite writers wait ``timeout`` s for a lock."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": timeout}
+    return RDBStorage(url, engine_kwargs=kwargs)
+
+
+def storage_from_env(storage: str | None = None) -> str:
+    """The storage URL: ``storage`` if given, else ``$EECONTROL_OPTUNA_STORAGE``.
+
+    Raises:
+        ValueError: when neither is set.
+    """
+    url = storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        raise ValueError(
+            f"OptunaPruning: no study storage: pass `storage` or set {STORAGE_ENV} (the "
+            f"eecontrol_optuna sweeper sets it for its jobs)."
+        )
+    return url
+
+
+def build_pruner(pruner: Mapping[str, Any] | BasePruner | None) -> BasePruner:
+    """A pruner from a config with ``_target_`` (or a pruner, or None: no pruning).
+
+    Raises:
+        ValueError: when the config does not make an Optuna pruner.
+    """
+    if pruner is None:
+        return NopPruner()
+    if isinstance(pruner, BasePruner):
+        return pruner
+    import hydra.utils
+
+    obj = hydra.utils.instantiate(pruner)
+    if obj is None:
+        return NopPruner()
+    if not isinstance(obj, BasePruner):
+        raise ValueError(
+            f"`pruner` must make an optuna.pruners.BasePruner, got {type(obj).__name__} "
+            f"from {dict(pruner)!r}."
+        )
+    return obj
+
+
+class OptunaPruning(ControlCallback):
+    """Reports every validation to an Optuna trial and stops the run when it is pruned.
+
+    Rank zero reports ``monitor`` after every validation (sanity checks excluded) at step
+    ``report_step`` (``check``: the validation index 0, 1, 2, ...; ``step``: the trainer's
+    global step) and asks ``trial.should_prune()``; the answer goes to every rank through
+    ``reduce_boolean_decision``. A pruned run is recorded on the trial
+    (``eecontrol:pruned_at``); the sweeper then tells the study ``PRUNED``.
+
+    Example::
+
+        OptunaPruning(monitor="val/acc", study="digits", trial_number=3)
+
+    Args:
+        monitor: the metric to report, logged at validation.
+        study: the study's name.
+        trial_number: the trial's number in the study, >= 0.
+        storage: the storage URL; None: ``$EECONTROL_OPTUNA_STORAGE``.
+        report_step: ``check`` (validation index) or ``step`` (global step).
+        pruner: the study's pruner: a config with ``_target_`` (as the sweeper passes it),
+            a pruner, or None (no pruning, reports only). A pruner is not stored in the
+            study, so every job builds the sweep's pruner itself.
+        strict: a missing monitor is an error (False: a warning, the validation skipped).
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        study: str,
+        trial_number: int,
+        storage: str | None = None,
+        report_step: str = "check",
+        pruner: Mapping[str, Any] | BasePruner | None = None,
+        strict: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a metric name, got {monitor!r}.")
+        if not isinstance(study, str) or not study:
+            raise ValueError(f"`study` must be a study name, got {study!r}.")
+        if isinstance(trial_number, bool) or not isinstance(trial_number, int) or trial_number < 0:
+            raise ValueError(f"`trial_number` must be an integer >= 0, got {trial_number!r}.")
+        if report_step not in REPORT_STEPS:
+            raise ValueError(
+                f"`report_step` must be one of {list(REPORT_STEPS)}, got {report_step!r}."
+            )
+        self.monitor, self.study_name, self.trial_number = monitor, study, int(trial_number)
+        self.report_step, self.strict = report_step, bool(strict)
+        self.pruner = build_pruner(pruner)
+        self.pruner_name = type(self.pruner).__name__
+        self._maximize = True
+        self._storage_arg = storage
+        self._trial: optuna.Trial | None = None
+        self._checks = 0
+        self._reported: list[float] = []
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "study": self.study_name,
+            "trial_number": self.trial_number,
+            "report_step": self.report_step,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_trial"] = None  # a database connection does not pickle; reopened at fit start
+        return state
+
+    @property
+    def best_so_far(self) -> float | None:
+        """The best reported value (in the study's direction), or None before any report."""
+        if not self._reported:
+            return None
+        return max(self._reported) if self._maximize else min(self._reported)
+
+    def _open(self) -> None:
+        url = storage_from_env(self._storage_arg)
+        storage = open_storage(url)
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
+        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, self.trial_number
+            )
+        except KeyError as err:
+            raise ValueError(
+                f"OptunaPruning: study {self.study_name!r} in {redact(url)} has no trial "
+                f"{self.trial_number}."
+            ) from err
+        state = storage.get_trial(trial_id).state
+        if state != TrialState.RUNNING:
+            raise ValueError(
+                f"OptunaPruning: trial {self.trial_number} of study {self.study_name!r} is "
+                f"{state.name}, not RUNNING: it was finished by an earlier job; start a new trial "
+                f"through the sweeper."
+            )
+        mark_owner(storage, trial_id)
+        self._trial = optuna.Trial(study, trial_id)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if trainer.is_global_zero:
+            self._open()
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.stopped_epoch is not None:
+            return
+        index = self._checks
+        self._checks += 1
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            msg = (
+                f"OptunaPruning: monitor {self.monitor!r} was not logged at validation {index}; "
+                f"available: {sorted(trainer.callback_metrics)}."
+            )
+            if self.strict:
+                raise KeyError(msg)
+            log.warning(msg)
+            return
+        value = float(value)
+        step = index if self.report_step == "check" else int(trainer.global_step)
+        prune = False
+        if trainer.is_global_zero and self._trial is not None:
+            if math.isfinite(value):
+                self._reported.append(value)
+                self._trial.report(value, step)
+                prune = bool(self._trial.should_prune())
+            else:
+                prune = True  # NaN/inf never passes silently: the trial cannot win
+            if prune:
+                self._trial.storage.set_trial_system_attr(self._trial._trial_id, PRUNED_ATTR, step)
+        reason = (
+            f"the study's {self.pruner_name} pruned trial {self.trial_number} at "
+            f"{self.report_step} {step}"
+        )
+        self._stop(
+            trainer,
+            prune,
+            reason,
+            {"monitor": self.monitor, "value": value, "report_step": step},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["OptunaPruning/trial"] = self.trial_number
+        out["OptunaPruning/reports"] = len(self._reported)
+        return out
+
+    def _progress_state(self) -> dict[str, Any]:
+        return {"checks": self._checks, "reported": list(self._reported)}
+
+    def _load_progress_state(self, state: dict[str, Any]) -> None:
+        self._checks = int(state.get("checks", 0))
+        self._reported = [float(v) for v in state.get("reported", [])]
+
+
+def trial_config(cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The job's trial identity (``cfg.optuna_trial``) or None outside a sweep."""
+    value = cfg.get(TRIAL_KEY) if hasattr(cfg, "get") else None
+    return value or None
+
+
+def pruning_callbacks(cfg: Mapping[str, Any], existing: list[Any]) -> list[OptunaPruning]:
+    """``[OptunaPruning]`` for a job of an ``eecontrol_optuna`` sweep, unless one is there."""
+    ident = trial_config(cfg)
+    if ident is None or any(isinstance(cb, OptunaPruning) for cb in existing):
+        return []
+    return [
+        OptunaPruning(
+            monitor=str(ident["monitor"]),
+            study=str(ident["study"]),
+            trial_number=int(ident["number"]),
+            report_step=str(ident.get("report_step", "check")),
+            pruner=ident.get("pruner"),
+        )
+    ]
+
+
+def record_objective(cfg: Mapping[str, Any], value: float | None) -> None:
+    """Stores the job's objective on its trial, so a sweep whose launcher lost the job's
+    return value (a batch error) still gets it. A no-op outside a sweep."""
+    ident = trial_config(cfg)
+    if ident is None or value is None:
+        return
+    storage = open_storage(storage_from_env(None))
+    study_id = storage.get_study_id_from_name(str(ident["study"]))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(ident["number"]))
+    storage.set_trial_system_attr(trial_id, OBJECTIVE_ATTR, float(value))

@@ -1,0 +1,118 @@
+"""The ``eecontrol_optuna`` Hydra sweeper plugin and its configs (a thin adapter).
+
+Select it with ``hydra/sweeper=eecontrol_optuna``; samplers and pruners by name with
+``hydra/sweeper/eecontrol_sampler=random`` and ``hydra/sweeper/eecontrol_pruner=median``
+(or any ``_target_`` under ``hydra.sweeper.sampler`` / ``hydra.sweeper.pruner``). The work
+is done by :class:`eecontrol.sweep.sweeper.SweeperCore`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+TARGET = "hydra_plugins.eecontrol_optuna_sweeper.eecontrol_optuna_sweeper.EecontrolOptunaSweeper"
+
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": None},
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None},
+}
+PRUNERS: dict[str, dict[str, Any] | None] = {
+    "none": {"_target_": "optuna.pruners.NopPruner"},
+    "median": {
+        "_target_": "optuna.pruners.MedianPruner",
+        "n_startup_trials": 5,
+        "n_warmup_steps": 0,
+    },
+    "successive_halving": {
+        "_target_": "optuna.pruners.SuccessiveHalvingPruner",
+        "min_resource": "auto",
+        "reduction_factor": 4,
+    },
+    "hyperband": {
+        "_target_": "optuna.pruners.HyperbandPruner",
+        "min_resource": 1,
+        "max_resource": "auto",
+        "reduction_factor": 3,
+    },
+    "learning_curve": {
+        "_target_": "eecontrol.sweep.pruner.LearningCurvePruner",
+        "horizon": "${trainer.max_epochs}",
+        "min_points": 3,
+        "min_finished": 3,
+    },
+}
+
+
+class EecontrolOptunaSweeper(Sweeper):
+    """A Hydra sweeper that runs an Optuna study (ask/tell in batches) with pruning jobs.
+
+    Args: see :class:`eecontrol.sweep.sweeper.SweeperCore` (the same names).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        from eecontrol.sweep.sweeper import SweeperCore
+
+        self.core = SweeperCore(**kwargs)
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        """Instantiates the configured launcher."""
+        from hydra.core.plugins import Plugins
+
+        launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.core.setup(config, launcher)
+
+    def sweep(self, arguments: list[str]) -> None:
+        """Runs the study; ``arguments`` are the command line's overrides."""
+        self.core.sweep(arguments)
+
+
+cs = ConfigStore.instance()
+cs.store(
+    group="hydra/sweeper",
+    name="eecontrol_optuna",
+    provider="eecontrol",
+    node={
+        "defaults": [{"eecontrol_sampler": "tpe"}, {"eecontrol_pruner": "none"}, "_self_"],
+        "_target_": TARGET,
+        "_recursive_": False,
+        "direction": "maximize",
+        "storage": None,
+        "study_name": None,
+        "n_trials": 20,
+        "n_jobs": 2,
+        "timeout": None,
+        "max_retries": 1,
+        "fail_on_error": False,
+        "monitor": None,
+        "report_step": "check",
+        "params": None,
+    },
+)
+for _name, _node in SAMPLERS.items():
+    cs.store(
+        group="hydra/sweeper/eecontrol_sampler",
+        name=_name,
+        node=_node,
+        package="hydra.sweeper.sampler",
+        provider="eecontrol",
+    )
+for _name, _node in PRUNERS.items():
+    cs.store(
+        group="hydra/sweeper/eecontrol_pruner",
+        name=_name,
+        node=_node,
+        package="hydra.sweeper.pruner",
+        provider="eecontrol",
+    )
