@@ -16,20 +16,26 @@ from typing_extensions import override
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
 from eecontrol.core.gradstats import (
     AUTO,
-    DEFAULT_PATTERNS,
+    NO_GRADIENT,
     NORMALIZE,
+    NOT_FINITE,
     STATISTICS,
     Component,
+    Coverage,
     FreezeRule,
     GradStatistic,
     check_tau,
     compile_patterns,
+    coverage,
     find_components,
     freeze_parameters,
     resolve_taus,
 )
 
 TIMELINE_FILE = "grades_timeline.json"
+
+#: Below this fraction of the blocks' weight matrices watched, the set-up report warns.
+MIN_COVERAGE = 0.9
 
 
 def _strategy_problem(strategy: Any) -> str | None:
@@ -98,10 +104,14 @@ class GradES(ControlCallback):
         rel_tau: the fraction of the reference used by ``tau="auto"``, in (0, 1].
         smoothing: EMA factor in [0, 1) applied to readings before the comparison; None:
             0 (the raw reading) for numeric thresholds, 0.9 for ``"auto"``.
-        patterns: component name patterns: dotted suffixes (``attention.self.query``),
-            globs (``*.mlp.fc?``) or regexes (``re:...``); default: Llama/Qwen, BERT,
-            GPT-2, ViT and ``nn.MultiheadAttention`` names. LoRA A/B pairs are one
-            component.
+        patterns: None (default): every weight matrix inside the model's repeated blocks,
+            found by structure (attention and MLP matrices under any name, packed MoE
+            experts and MHA projections; never embeddings, norms or task heads). Or name
+            patterns selecting the components: dotted suffixes (``attention.self.query``),
+            globs (``*.mlp.fc?``) or regexes (``re:...``). LoRA A/B pairs are one
+            component. The set-up report (console, ``decisions.jsonl``, loggers) says what
+            is watched and left out; under 90% of the blocks' weight matrices is a
+            warning, none of them an error.
         log_components: send each component's statistic to the loggers at every reading
             that falls on ``trainer.log_every_n_steps`` (to W&B also a histogram of all
             components' ``log10`` statistic, ``grades/<statistic>/log10_histogram``).
@@ -118,7 +128,7 @@ class GradES(ControlCallback):
         max_frozen_ratio: float = 1.0,
         rel_tau: float = 0.3,
         smoothing: float | None = None,
-        patterns: Sequence[str] = DEFAULT_PATTERNS,
+        patterns: Sequence[str] | None = None,
         log_components: bool = True,
         prog_bar: bool = True,
     ) -> None:
@@ -139,13 +149,14 @@ class GradES(ControlCallback):
                 "`grace` must be in (0.0, 1.0) with tau='auto' (the reference is measured "
                 f"during the grace period), got {grace!r}."
             )
-        compile_patterns(patterns)
+        if patterns is not None:
+            compile_patterns(patterns)
         self.interval = int(interval)
         self.grace = float(grace)
         self.max_frozen_ratio = float(max_frozen_ratio)
         self.rel_tau = float(rel_tau)
         self.smoothing = float(smoothing)
-        self.patterns = list(patterns)
+        self.patterns = None if patterns is None else list(patterns)
         self.log_components = bool(log_components)
         self.prog_bar = bool(prog_bar)
         self._uses_auto = uses_auto
@@ -165,7 +176,8 @@ class GradES(ControlCallback):
         self._last_values: dict[str, float | None] = {}
         self._last_step = -1
         self._stop_due = False
-        self._warned_missing = False
+        self._warned: set[str] = set()
+        self._coverage: Coverage | None = None
 
     # --- identity -------------------------------------------------------------------
 
@@ -180,7 +192,7 @@ class GradES(ControlCallback):
             "max_frozen_ratio": self.max_frozen_ratio,
             "rel_tau": self.rel_tau,
             "smoothing": self.smoothing,
-            "patterns": list(self.patterns),
+            "patterns": None if self.patterns is None else list(self.patterns),
         }
 
     @override
@@ -242,19 +254,82 @@ class GradES(ControlCallback):
         problem = _strategy_problem(trainer.strategy)
         if problem is not None:
             raise ValueError(problem)
-        frozen_params = {n for info in self._frozen.values() for n in info["params"]}
-        self._components = find_components(pl_module, self.patterns)
+        # Components are found in on_fit_start, after a checkpoint's frozen set is restored.
+
+    def _discover(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Finds the components (the restored frozen set included) and reports coverage."""
+        frozen_params = [n for info in self._frozen.values() for n in info["params"]]
+        self._components = find_components(pl_module, self.patterns, keep=frozen_params)
         self._names = [c.name for c in self._components]
         taus = resolve_taus(self.tau, self._components)
         self._stats = GradStatistic(self._components, self.statistic, self.normalize)
         self._rule = FreezeRule(taus, self.rel_tau, self.smoothing)
         self._total_params = sum(p.numel() for p in pl_module.parameters())
+        kept = set(frozen_params)
         self._trainable_at_start = sum(
-            p.numel() for n, p in pl_module.named_parameters() if p.requires_grad
-        ) + sum(
-            p.numel()
-            for n, p in pl_module.named_parameters()
-            if not p.requires_grad and n in frozen_params
+            p.numel() for n, p in pl_module.named_parameters() if p.requires_grad or n in kept
+        )
+        self._coverage = coverage(pl_module, self._components, keep=frozen_params)
+        self._report_setup(trainer)
+
+    def _report_setup(self, trainer: pl.Trainer) -> None:
+        """The set-up report: console, ``decisions.jsonl`` and loggers (once per run)."""
+        cov = self._coverage
+        assert cov is not None
+        watched = sum(c.numel for c in self._components)
+        matrices = cov.left_out_matrices()
+        left = "; ".join(f"{n} ({k:,}, {why})" for n, k, why in matrices[:20])
+        if len(matrices) > 20:
+            left += f"; ... and {len(matrices) - 20} more"
+        frac = cov.matrix_fraction
+        lists = ", ".join(f"{n or '<model>'} ({k} blocks)" for n, k in cov.block_lists)
+        where = (
+            f"{frac:.1%} of the weight matrices of {lists}"
+            if frac is not None
+            else "no repeated blocks found, so coverage cannot be measured"
+        )
+        reason = (
+            f"watching {len(self._components)} components ({watched:,} weights): {where}; "
+            f"left out: {left or 'no weight matrix'}"
+            + (f"; outside the blocks: {cov.outside[:10]}" if cov.outside else "")
+            + (
+                f"; {cov.frozen_before:,} block weights were frozen before fit"
+                if cov.frozen_before
+                else ""
+            )
+        )
+        if frac is not None and cov.matrix_covered == 0:
+            raise ValueError(
+                f"GradES watches none of the weight matrices of the model's repeated blocks "
+                f"({lists}); `patterns` {self.patterns} select only {cov.outside[:10]}. Leave "
+                f"`patterns` unset to watch every block matrix."
+            )
+        if frac is not None and frac < MIN_COVERAGE:
+            rank_zero_warn(
+                f"GradES watches only {frac:.1%} of the weight matrices of the repeated blocks "
+                f"(< {MIN_COVERAGE:.0%}); the rest keeps training after the run reports all "
+                f"components frozen. Left out: {left}."
+            )
+        if any(d.action == "setup" for d in self._decisions):
+            return  # a resumed run keeps its original report
+        self._decide(
+            trainer,
+            "setup",
+            reason,
+            {
+                "components": len(self._components),
+                "watched_params": watched,
+                "block_lists": lists,
+                "blocks": sum(k for _, k in cov.block_lists),
+                "matrix_coverage": frac,
+                "block_param_coverage": cov.block_fraction,
+                "left_out_matrices": len(matrices),
+                "left_out_params": sum(k for _, k, _ in cov.left_out),
+                "left_out": left,
+                "outside_blocks": ", ".join(cov.outside),
+                "frozen_before_fit": cov.frozen_before,
+                "discovery": "structure" if self.patterns is None else "patterns",
+            },
         )
 
     def _apply_restored(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -286,6 +361,7 @@ class GradES(ControlCallback):
                 f"`max_epochs` or `max_steps` on the Trainer (estimated optimizer steps: {total})."
             )
         self._total_steps = int(total)
+        self._discover(trainer, pl_module)
         self._grace_step = int(self.grace * self._total_steps)
         self._start_step = (
             0
@@ -357,14 +433,8 @@ class GradES(ControlCallback):
                 threshold = self._rule.threshold(idx)
                 assert smoothed is not None and threshold is not None
                 to_freeze.append((idx, smoothed, threshold))
-        if missing and not self._warned_missing and self.statistic == "grad_l1":
-            self._warned_missing = True
-            rank_zero_warn(
-                f"GradES: no gradient for {len(missing)} component(s) at step {step} (e.g. "
-                f"{missing[:5]}): they are not used in the forward pass or are frozen by "
-                f"someone else; they are never frozen by GradES and keep the frozen fraction "
-                f"below max_frozen_ratio."
-            )
+        if missing:
+            self._warn_failures(step)
         if self.log_components and step % max(trainer.log_every_n_steps, 1) == 0:
             metrics = {
                 f"grades/{self.statistic}/{name}": v
@@ -406,6 +476,29 @@ class GradES(ControlCallback):
             self._write_timeline(trainer)
             if self.frozen_fraction >= self.max_frozen_ratio:
                 self._stop_due = True
+
+    def _warn_failures(self, step: int) -> None:
+        """Warns once per cause about components that could not be read after the grace."""
+        assert self._stats is not None
+        by_reason: dict[str, list[str]] = {}
+        for idx, why in self._stats.failures.items():
+            by_reason.setdefault(why, []).append(self._names[idx])
+        advice = {
+            NO_GRADIENT: "they are not used in the forward pass or are frozen by someone else; "
+            "GradES never freezes them, so they keep the frozen fraction below "
+            "max_frozen_ratio",
+            NOT_FINITE: "their gradient holds NaN or inf at this step (with fp16 mixed "
+            "precision, a step the GradScaler skips); no decision is made for them at such "
+            "steps",
+        }
+        for why, names in by_reason.items():
+            if why not in advice or why in self._warned:
+                continue
+            self._warned.add(why)
+            rank_zero_warn(
+                f"GradES: {why} for {len(names)} component(s) at step {step} (e.g. "
+                f"{names[:5]}): {advice[why]}."
+            )
 
     def _log_histogram(self, trainer: pl.Trainer, step: int) -> None:
         """Logs the spread of all components' latest statistic as a W&B histogram.

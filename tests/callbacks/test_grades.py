@@ -168,7 +168,7 @@ def test_freezes_all_then_stops_and_frozen_weights_never_change(tmp_path):
     assert [e["component"] for e in timeline["events"]] == attention
     assert timeline["grace_step"] == grace_step and len(timeline["components"]) == N_COMPONENTS
     journal = [json.loads(x) for x in (tmp_path / DECISIONS_FILE).read_text().splitlines()]
-    assert [x["action"] for x in journal] == ["freeze"] * 8
+    assert [x["action"] for x in journal] == ["setup"] + ["freeze"] * 8
     header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "grades/frozen_fraction" in header and "grades/trainable_fraction" in header
     assert "grades/grad_l1/encoder.encoder.layer.0.intermediate.dense" in header

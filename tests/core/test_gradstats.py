@@ -10,6 +10,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 from eecontrol.core.gradstats import (
+    DEFAULT_PATTERNS,
     FreezeRule,
     GradStatistic,
     _fused_l1,
@@ -94,30 +95,56 @@ def test_gpt2_names():
     assert names == [f"h.{i}.{s}" for i in range(2) for s in per_layer]
 
 
-def test_torch_transformer_layer_packed_in_proj():
+def test_torch_transformer_packed_in_proj():
     layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32)
-    comps = {c.name: c for c in find_components(layer)}
-    assert list(comps) == ["self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2"]
-    assert comps["self_attn.in_proj"].param_names == (
-        "self_attn.in_proj_weight",
-        "self_attn.in_proj_bias",
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    comps = {c.name: c for c in find_components(encoder)}
+    per_layer = ["self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2"]
+    assert list(comps) == [f"layers.{i}.{s}" for i in range(2) for s in per_layer]
+    assert comps["layers.0.self_attn.in_proj"].param_names == (
+        "layers.0.self_attn.in_proj_weight",
+        "layers.0.self_attn.in_proj_bias",
     )
-    assert comps["self_attn.in_proj"].params[0].shape == (48, 16)  # Q, K, V packed
+    assert comps["layers.0.self_attn.in_proj"].params[0].shape == (48, 16)  # Q, K, V packed
+    # the name preset still finds them on a single layer
+    names = [c.name for c in find_components(layer, DEFAULT_PATTERNS)]
+    assert names == ["self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2"]
 
 
-def test_multihead_attention_with_separate_kv_sizes():
+def test_multihead_attention_with_separate_kv_sizes_freezes_its_shared_bias():
+    torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 2, kdim=8, vdim=8)
-    names = [c.name for c in find_components(nn.Sequential(mha))]
-    assert names == ["0.q_proj", "0.k_proj", "0.v_proj", "0.out_proj"]
+    comps = find_components(nn.Sequential(mha), DEFAULT_PATTERNS)
+    assert [c.name for c in comps] == ["0.in_proj", "0.out_proj"]
+    # Q, K and V weights share one packed bias, so they are one component with it
+    assert comps[0].param_names == (
+        "0.q_proj_weight",
+        "0.k_proj_weight",
+        "0.v_proj_weight",
+        "0.in_proj_bias",
+    )
+    opt = torch.optim.AdamW(mha.parameters(), lr=0.1, weight_decay=0.1)
+    q, kv = torch.randn(3, 2, 16), torch.randn(4, 2, 8)
+    freeze_parameters(comps[0].params, [opt])
+    before = [p.detach().clone() for p in comps[0].params]
+    for _ in range(2):
+        opt.zero_grad()
+        mha(q, kv, kv)[0].square().mean().backward()
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(comps[0].params, before))
 
 
 def test_lora_pair_is_one_component_and_base_is_never_one():
-    comps = find_components(LoraAttention())
-    assert [c.name for c in comps] == ["q_proj", "v_proj"]
-    assert comps[0].param_names == ("q_proj.lora_A.default.weight", "q_proj.lora_B.default.weight")
+    comps = find_components(nn.ModuleList([LoraAttention(), LoraAttention()]))
+    assert [c.name for c in comps] == ["0.q_proj", "0.v_proj", "1.q_proj", "1.v_proj"]
+    assert comps[0].param_names == (
+        "0.q_proj.lora_A.default.weight",
+        "0.q_proj.lora_B.default.weight",
+    )
     # a pattern that names the adapters themselves still gives the pair as one component
     comps = find_components(LoraAttention(), patterns=["*.lora_A.*", "*.lora_B.*"])
     assert [c.name for c in comps] == ["q_proj", "v_proj"]
+    assert comps[0].param_names == ("q_proj.lora_A.default.weight", "q_proj.lora_B.default.weight")
 
 
 @pytest.mark.parametrize(
@@ -240,6 +267,69 @@ def test_snapshot_state_roundtrip():
     with torch.no_grad():
         comps[0].params[0].add_(1.0)
     assert other.read([0, 1, 2]) == stat.read([0, 1, 2])
+
+
+def test_l1_is_exact_on_a_45m_entry_matrix_and_fp16_does_not_overflow():
+    """The issue's case: fused fp32 drifts on 45M entries, fp16 overflows to inf."""
+    torch.manual_seed(0)
+    big = torch.empty(45_000_000).uniform_(-1e-3, 1e-3)
+    exact = math.fsum(big.double().abs().view(1000, -1).sum(1).tolist())
+    fused = torch._foreach_norm([big], 1)[0].item()
+    assert abs(fused - exact) / exact > 1e-4  # the fused fp32 reduction drifts here
+    (value,) = _fused_l1([big])
+    assert abs(value - exact) / exact < 1e-7
+    half = (torch.randn(1024, 1024) * 3).half()
+    assert torch._foreach_norm([half], 1)[0].item() == math.inf  # fp16 accumulation overflows
+    (value,) = _fused_l1([half])
+    exact = half.double().abs().sum().item()
+    assert abs(value - exact) / exact < 1e-7
+
+
+def test_failure_reasons_say_why_there_is_no_reading():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    stat = GradStatistic(comps, "grad_l1")
+    assert stat.read([0]) == [None] and stat.failures == {0: "no gradient"}
+    _backward(model, 0)
+    comps[1].params[0].grad[0, 0] = float("inf")
+    assert stat.read([0, 1])[1] is None and stat.failures == {1: "non-finite value"}
+
+
+def test_grad_delta_snapshot_survives_in_place_gradient_reuse():
+    """With zero_grad(set_to_none=False) a kept gradient reference would be overwritten."""
+    model = tiny_bert(1)
+    comps = find_components(model)
+    active = list(range(len(comps)))
+    stat = GradStatistic(comps, "grad_delta_l1")
+    for seed in range(4):
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()  # in place, as zero_grad(set_to_none=False)
+        model(
+            input_ids=torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(seed))
+        )[0].square().mean().backward()
+        if seed == 0:
+            stat.snapshot(active)
+            previous = [[p.grad.clone() for p in c.params] for c in comps]
+            continue
+        values = stat.read(active)
+        if seed == 1:  # the kept reference was reused in place: no reading, copies from now on
+            assert values == [None] * len(comps) and stat._copy_grads
+        else:
+            for comp, prev, value in zip(comps, previous, values):
+                ref = sum((p.grad - q).abs().sum().item() for p, q in zip(comp.params, prev))
+                assert value == pytest.approx(ref, rel=1e-6)
+        stat.snapshot(active)
+        previous = [[p.grad.clone() for p in c.params] for c in comps]
+
+
+def test_keep_includes_a_restored_frozen_set():
+    model = tiny_bert(2)
+    comps = find_components(model)
+    frozen = [n for c in comps[:3] for n in c.param_names]
+    freeze_parameters(p for c in comps[:3] for p in c.params)
+    assert len(find_components(model)) == len(comps) - 3
+    assert [c.name for c in find_components(model, keep=frozen)] == [c.name for c in comps]
 
 
 # --- thresholds -----------------------------------------------------------------------
