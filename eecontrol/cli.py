@@ -1,4 +1,4 @@
-"""The ``eecontrol`` command: ``eecontrol report RUN_DIR|SWEEP_DIR``."""
+"""The ``eecontrol`` command: ``eecontrol report RUN_DIR|SWEEP_DIR``, ``eecontrol replay SWEEP``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from rich.console import Console
 from eecontrol.report.artifacts import is_run_dir
 from eecontrol.report.console import print_decisions
 from eecontrol.report.runreport import report_run, report_sweep
+from eecontrol.sweep.replay import add_arguments as replay_add_arguments
+from eecontrol.sweep.replay import command as replay_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--metric", default=None, help="sweep: the metric to draw (default: the objective)"
     )
+    replay = sub.add_parser(
+        "replay",
+        help="replay a finished sweep under every stopping policy: epochs used and regret",
+    )
+    replay_add_arguments(replay)
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        return replay_command(args)
     console = Console()
     path: Path = args.path
     if not path.is_dir():
