@@ -13,6 +13,7 @@ from eecontrol.report.console import print_decisions
 from eecontrol.report.runreport import report_run, report_sweep
 from eecontrol.sweep.replay import add_arguments as replay_add_arguments
 from eecontrol.sweep.replay import command as replay_command
+from eecontrol.sweep.results import print_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold]{art.name}[/bold]: {art.summary.get('stop_reason', '')}")
         print_decisions(art.decisions, console)
     console.print(f"{len(runs)} runs; the page: {page}")
+    print_study(path, console)  # an eecontrol_optuna sweep: complete vs pruned vs failed trials
     return 0
 
 

@@ -26,6 +26,8 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from eecontrol.sweep.liveness import fail_dead_trials, mark_owner
+
 if TYPE_CHECKING:
     from eecontrol.core.curves import FinishedRun
 
@@ -128,6 +130,8 @@ class CurveStore:
         else:
             raise RuntimeError(f"could not open the curve store {self.url}: {last}") from last
         self.study_id = study._study_id
+        # runs left RUNNING by a killed worker (SIGKILL) on this host become FAIL
+        fail_dead_trials(self.storage, self.study_id)
         stored = study.direction.name.lower()[:3]
         if stored != mode:
             raise ValueError(
@@ -149,6 +153,7 @@ class CurveStore:
             if not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
         }
         self.storage.set_trial_user_attr(trial_id, "hparams", clean)
+        mark_owner(self.storage, trial_id)
         return int(trial_id)
 
     def is_running(self, run_id: int) -> bool:

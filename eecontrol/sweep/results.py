@@ -1,0 +1,117 @@
+"""Reading an ``eecontrol_optuna`` sweep back: its trials, states and best result."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from eecontrol.sweep.liveness import FAIL_REASON_ATTR
+from eecontrol.sweep.sweeper import DEFAULT_DB, RESULTS_FILE
+from eecontrol.sweep.trial import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
+
+
+@dataclass
+class TrialRow:
+    """One trial of a sweep's study.
+
+    Args:
+        number: the trial's number (= its job directory's name).
+        state: ``complete``, ``pruned``, ``fail``, ``running`` or ``waiting``.
+        value: the objective (complete trials) or the last reported value (pruned ones).
+        reports: how many validations the job reported.
+        params: the sampled parameters.
+        note: why it was pruned or failed.
+    """
+
+    number: int
+    state: str
+    value: float | None
+    reports: int
+    params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def read_study(sweep_dir: str | Path) -> tuple[dict[str, Any], list[TrialRow]] | None:
+    """The results file and the trials of the sweep in ``sweep_dir`` (None if it is not one).
+
+    The trials come from ``optuna.db`` in the sweep directory, or from the server storage in
+    ``$EECONTROL_OPTUNA_STORAGE`` when the sweep used one (its URL is never stored).
+    """
+    sweep = Path(sweep_dir)
+    results_path = sweep / RESULTS_FILE
+    db = sweep / DEFAULT_DB
+    if not results_path.exists() and not db.exists():
+        return None
+    results: dict[str, Any] = {}
+    if results_path.exists():
+        results = OmegaConf.to_container(OmegaConf.load(results_path))  # type: ignore[assignment]
+    url = f"sqlite:///{db.resolve()}" if db.exists() else os.environ.get(STORAGE_ENV)
+    name = results.get("study_name") or sweep.name
+    if not url:
+        return results, []
+    if not db.exists() and redact(url) != results.get("storage"):
+        return results, []  # the environment names another storage
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        value = t.value if t.value is not None else (values[-1] if values else None)
+        note = ""
+        if PRUNED_ATTR in t.system_attrs:
+            note = f"pruned at report {t.system_attrs[PRUNED_ATTR]}"
+        elif FAIL_REASON_ATTR in t.system_attrs:
+            note = str(t.system_attrs[FAIL_REASON_ATTR])
+        rows.append(
+            TrialRow(t.number, t.state.name.lower(), value, len(values), dict(t.params), note)
+        )
+    return results, rows
+
+
+def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
+    """Prints the trials of an ``eecontrol_optuna`` sweep (complete vs pruned vs failed).
+
+    Returns:
+        Whether ``sweep_dir`` held such a sweep.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    found = read_study(sweep_dir)
+    if found is None:
+        return False
+    console = console or Console()
+    results, rows = found
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    if not rows:
+        counts = dict(results.get("trials") or {})
+    table = Table(title=f"study {results.get('study_name', '')}: {results.get('metric', '')}")
+    for col in ("trial", "state", "value", "reports", "params", "note"):
+        table.add_column(col)
+    for r in rows:
+        params = ", ".join(
+            f"{k.rsplit('.', 1)[-1]}={v:.3g}"
+            if isinstance(v, float)
+            else f"{k.rsplit('.', 1)[-1]}={v}"
+            for k, v in r.params.items()
+        )
+        value = "" if r.value is None else f"{r.value:.4f}"
+        table.add_row(str(r.number), r.state, value, str(r.reports), params, r.note[:80])
+    if rows:
+        console.print(table)
+    console.print(
+        "trials: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if n)
+    )
+    if "best_value" in results:
+        console.print(
+            f"best: trial {results.get('best_trial')} value {results['best_value']:.4f} "
+            f"params {results.get('best_params')}"
+        )
+    return True
