@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range
 from eecontrol.core.drop_targets import (
     DEFAULT_FLOAT_ATTRIBUTES,
     DropTargets,
+    RateReport,
     RateSetter,
     default_setters,
     find_drop_targets,
+    rate_report,
 )
 from eecontrol.core.schedules import CUTOFF_UNITS, MODES, SCHEDULES, DropSchedule, cutoff_to_step
 
 TARGETS = ("dropout", "drop_path", "both")
+
+#: Below this share of the model's dropout-like rates controlled, the set-up report warns.
+MIN_COVERAGE = 0.9
 PER_BLOCK = ("linear", "uniform")
 
 
@@ -46,9 +53,14 @@ class DropoutSchedule(ControlCallback):
             ``epochs`` (cutoff in [0, max_epochs]).
         target: ``dropout``, ``drop_path`` (stochastic depth) or ``both``.
         drop_path_rate: the stochastic-depth rate while on, in [0, 1) (default: ``p``).
-        drop_path_per_block: ``linear`` (block i of d gets ``linspace(0, rate, d)[i]``) or
-            ``uniform``.
-        float_attributes: names of float rate attributes to set (Hugging Face style).
+        drop_path_per_block: ``linear`` (block i of d gets ``linspace(0, rate, d)[i]``, the
+            blocks found by structure, ``nn.Identity`` blocks counted, as in the reference
+            code and timm) or ``uniform``.
+        float_attributes: names or globs of rate attributes to set (Hugging Face style;
+            default: every name that says dropout, ints such as ``attention_dropout=0``
+            included). The set-up report (console, ``decisions.jsonl``, loggers) lists
+            what is controlled and every rate-like attribute left out; under 90%
+            controlled is a warning.
         setters: the module families to recognise (default: every built-in family).
         prog_bar: show the current rate in the progress bar.
     """
@@ -105,6 +117,7 @@ class DropoutSchedule(ControlCallback):
         self._dropout_schedule: DropSchedule | None = None
         self._drop_path_schedule: DropSchedule | None = None
         self._rates: dict[str, float] = {}
+        self.report: RateReport | None = None
 
     @override
     def _config(self) -> dict[str, Any]:
@@ -182,22 +195,38 @@ class DropoutSchedule(ControlCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self._targets = find_drop_targets(pl_module, self.kinds, self.setters)
+        self.report = rate_report(pl_module, self._targets, self.kinds)
+        left = "; ".join(f"{n}.{a} ({why})" for n, a, why in self.report.left_out[:20])
+        if self.report.fraction < MIN_COVERAGE:
+            rank_zero_warn(
+                f"DropoutSchedule controls only {self.report.fraction:.0%} of the model's "
+                f"dropout-like rates; left out: {left}. Add their names to `float_attributes` "
+                f"or pass a RateSetter."
+            )
         total, steps_per_epoch, cutoff_step = self._build_schedules(trainer)
         step = int(trainer.global_step)
         rates = self._apply(step)
         if not self._decisions:
             self._phase = self._phase_of(rates)
+            counts = ", ".join(f"{v} {k}" for k, v in self._targets.summary().items())
+            depth = f" over {self._targets.depth} blocks" if self._targets.drop_path else ""
             self._decide(
                 trainer,
                 "schedule",
                 f"{self.mode} {self.schedule} schedule over {total} optimizer steps, phase "
-                f"changes at step {cutoff_step}; dropout {self._phase} at start",
+                f"changes at step {cutoff_step}; dropout {self._phase} at start; controls "
+                f"{counts}{depth}; left out: {left or 'nothing'}",
                 {
                     "total_steps": total,
                     "steps_per_epoch": steps_per_epoch,
                     "cutoff_step": cutoff_step,
                     **{f"{k}_targets": len(getattr(self._targets, k)) for k in self.kinds},
                     **{f"{k}_rate": v for k, v in rates.items()},
+                    "drop_path_blocks": self._targets.depth,
+                    "rate_coverage": self.report.fraction,
+                    "left_out": left,
+                    "left_out_count": len(self.report.left_out),
+                    "controlled_by_family": json.dumps(self._targets.summary(), sort_keys=True),
                 },
             )
 

@@ -4,17 +4,29 @@ A *setter* recognises one family of modules and knows which attribute holds its 
 
 - ``torch_dropout``: every ``nn.modules.dropout._DropoutNd`` (Dropout, Dropout1d/2d/3d,
   AlphaDropout, FeatureAlphaDropout): attribute ``p``.
-- ``float_attribute``: float attributes read at forward time, such as Hugging Face
-  ``attention_dropout`` / ``hidden_dropout_prob`` / ``attention_probs_dropout_prob`` or
-  ``nn.MultiheadAttention.dropout``.
-- ``drop_path``: stochastic-depth modules with a float ``drop_prob`` (timm ``DropPath``).
+- ``float_attribute``: rate attributes read at forward time whose name says dropout
+  (globs :data:`DEFAULT_FLOAT_ATTRIBUTES`: Hugging Face ``attention_dropout``,
+  ``hidden_dropout_prob``, ``dropout_prob`` (YOLOS, VideoMAE), ``attn_dropout``
+  (GPTBigCode), ``attn_drop`` (X-CLIP), GPT-2's ``attn_pdrop``, ``nn.MultiheadAttention``'s
+  ``dropout``), floats or ints (``attention_dropout=0``) in [0, 1].
+- ``drop_path``: stochastic-depth modules with a float ``drop_prob`` (timm ``DropPath``,
+  Hugging Face ``*DropPath``).
 - ``torchvision_stochastic_depth``: torchvision ``StochasticDepth`` (attribute ``p``).
 
-Add a family by passing another :class:`RateSetter`.
+Stochastic depth is set per *block*, as the paper's reference code and timm do:
+block ``i`` of ``depth`` gets ``torch.linspace(0, rate, depth)[i]``, where the blocks are
+found by structure (the repeated modules holding the drop-path modules, blocks built
+with ``nn.Identity`` in place of a zero-rate DropPath included) and every drop-path
+module of a block (timm ViT/Swin have two) shares its block's rate.
+
+Add a family by passing another :class:`RateSetter`. :func:`rate_report` lists every
+attribute that looks like a drop rate and says which are controlled.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,18 +36,18 @@ from torch.nn.modules.dropout import _DropoutNd
 from eecontrol.core.schedules import depth_rates
 
 KINDS = ("dropout", "drop_path")
+#: Globs of rate attribute names (``drop_prob`` itself is a drop-path module's rate).
 DEFAULT_FLOAT_ATTRIBUTES = (
-    "attention_dropout",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "hidden_dropout",
-    "activation_dropout",
-    "dropout",
-    "dropout_p",
-    "attn_pdrop",
-    "resid_pdrop",
-    "embd_pdrop",
+    "*dropout*",
+    "*_drop_prob*",
+    "*pdrop*",
+    "attn_drop",
+    "proj_drop",
+    "drop_rate",
 )
+
+#: Any attribute name that looks like a drop rate, for the report of what is left out.
+_LOOKS_LIKE_RATE = re.compile(r"drop", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,11 @@ def _is_rate(value: object) -> bool:
     return isinstance(value, float) and not isinstance(value, bool)
 
 
+def _is_rate_like(value: object) -> bool:
+    """A float or int (never a bool) in [0, 1]: ``attention_dropout=0`` counts."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 def _torch_dropout(module: nn.Module) -> list[str]:
     return ["p"] if isinstance(module, _DropoutNd) else []
 
@@ -72,11 +89,12 @@ def _torchvision_stochastic_depth(module: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class FloatAttributes:
-    """Finds float rate attributes read at forward time (Hugging Face style).
+    """Finds rate attributes read at forward time (Hugging Face style).
 
     Args:
-        names: attribute names to look for; only float values count (a ``dropout``
-            attribute holding an ``nn.Dropout`` module is found by ``torch_dropout``).
+        names: attribute names or globs (``*dropout*``); values that are floats or ints
+            in [0, 1] count (a ``dropout`` attribute holding an ``nn.Dropout`` module is
+            found by ``torch_dropout``; booleans such as ``use_dropout`` never count).
     """
 
     names: tuple[str, ...] = DEFAULT_FLOAT_ATTRIBUTES
@@ -84,7 +102,13 @@ class FloatAttributes:
     def __call__(self, module: nn.Module) -> list[str]:
         if isinstance(module, _DropoutNd):
             return []
-        return [n for n in self.names if _is_rate(module.__dict__.get(n))]
+        return [
+            key
+            for key, value in module.__dict__.items()
+            if not key.startswith("_")
+            and _is_rate_like(value)
+            and any(fnmatch.fnmatchcase(key, n) for n in self.names)
+        ]
 
 
 def float_attribute_setter(names: Sequence[str] = DEFAULT_FLOAT_ATTRIBUTES) -> RateSetter:
@@ -96,9 +120,9 @@ def default_setters(float_attributes: Sequence[str] = DEFAULT_FLOAT_ATTRIBUTES) 
     """The built-in setters, in the order they are tried."""
     return [
         RateSetter("torch_dropout", "dropout", _torch_dropout),
-        float_attribute_setter(float_attributes),
         RateSetter("drop_path", "drop_path", _drop_path),
         RateSetter("torchvision_stochastic_depth", "drop_path", _torchvision_stochastic_depth),
+        float_attribute_setter(float_attributes),
     ]
 
 
@@ -113,6 +137,9 @@ class DropTargets:
 
     dropout: list[tuple[str, nn.Module, str, str]] = field(default_factory=list)
     drop_path: list[tuple[str, nn.Module, str, str]] = field(default_factory=list)
+    drop_path_block: list[int] = field(default_factory=list)
+    depth: int = 0
+    block_names: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         """Counts of targets per setter family."""
@@ -126,14 +153,18 @@ class DropTargets:
         for _, module, attr, _ in self.dropout:
             setattr(module, attr, float(rate))
 
+    def drop_path_rates(self, rate: float, per_block: str = "linear") -> list[float]:
+        """The rate of every drop-path target: its block's ``linspace(0, rate, depth)``."""
+        if per_block != "linear":
+            return [float(rate)] * len(self.drop_path)
+        depth = self.depth or len(self.drop_path)
+        blocks = self.drop_path_block or list(range(len(self.drop_path)))
+        per_depth = depth_rates(rate, depth)
+        return [per_depth[b] for b in blocks]
+
     def set_drop_path(self, rate: float, per_block: str = "linear") -> None:
-        """Sets stochastic-depth rates: ``linspace(0, rate, depth)`` or ``rate`` everywhere."""
-        rates = (
-            depth_rates(rate, len(self.drop_path))
-            if per_block == "linear"
-            else [float(rate)] * len(self.drop_path)
-        )
-        for (_, module, attr, _), r in zip(self.drop_path, rates):
+        """Sets stochastic-depth rates: per block ``linspace(0, rate, depth)``, or uniform."""
+        for (_, module, attr, _), r in zip(self.drop_path, self.drop_path_rates(rate, per_block)):
             setattr(module, attr, float(r))
 
 
@@ -169,6 +200,8 @@ def find_drop_targets(
                 getattr(found, setter.kind).append((module_name, module, attr, setter.name))
             if attrs:
                 break
+    if found.drop_path:
+        assign_blocks(model, found)
     for kind in kinds:
         if getattr(found, kind):
             continue
@@ -189,3 +222,127 @@ def find_drop_targets(
             f"with setters {searched}). {hint}"
         )
     return found
+
+
+def assign_blocks(model: nn.Module, targets: DropTargets) -> None:
+    """Gives every drop-path target its block index and the model's depth.
+
+    A drop-path module's block is its nearest ancestor that sits, with at least one more
+    module of the same class, in an ``nn.ModuleList`` / ``nn.Sequential`` (timm and
+    the reference ``blocks``, ConvNeXt stages, Hugging Face ``layer`` lists). Every module
+    of those classes is a block, in module order, including blocks without a drop-path
+    module (built with ``nn.Identity`` for rate 0, such as block 0). A drop-path module
+    outside any block counts as a block of its own.
+
+    Args:
+        model: the model the targets were found in.
+        targets: the targets; ``drop_path_block``, ``depth`` and ``block_names`` are set.
+    """
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+
+    def parent(name: str) -> str | None:
+        return None if not name else (name.rsplit(".", 1)[0] if "." in name else "")
+
+    classes: set[type] = set()
+    for name, *_ in targets.drop_path:
+        node = name
+        while node:
+            up = parent(node)
+            container = modules.get(up) if up is not None else None
+            if isinstance(container, nn.ModuleList | nn.Sequential):
+                cls = type(modules[node])
+                if sum(type(c) is cls for c in container.children()) >= 2:
+                    classes.add(cls)
+                    break
+            node = up or ""
+    blocks = []
+    for name, module in modules.items():
+        if name and type(module) in classes and not any(name.startswith(b + ".") for b in blocks):
+            blocks.append(name)
+    standalone = []
+    for name, *_ in targets.drop_path:
+        if not any(name == b or name.startswith(b + ".") for b in blocks):
+            standalone.append(name)
+    ordered = sorted(set(blocks) | set(standalone), key=lambda n: order[n])
+    index = {n: i for i, n in enumerate(ordered)}
+    targets.block_names = ordered
+    targets.depth = len(ordered)
+    targets.drop_path_block = [
+        index[next((b for b in blocks if name == b or name.startswith(b + ".")), name)]
+        for name, *_ in targets.drop_path
+    ]
+
+
+@dataclass
+class RateReport:
+    """Every attribute of a model that looks like a drop rate, and what controls it.
+
+    Args:
+        controlled: ``(module, attribute, kind)`` of the targets set by the schedule.
+        left_out: ``(module, attribute, why)`` of rate-like attributes not set.
+        depth: blocks counted for stochastic depth (0 without drop-path targets).
+    """
+
+    controlled: list[tuple[str, str, str]]
+    left_out: list[tuple[str, str, str]]
+    depth: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Controlled share of the rate attributes of the scheduled kinds."""
+        counted = [x for x in self.left_out if x[2] == "name not matched"]
+        total = len(self.controlled) + len(counted)
+        return len(self.controlled) / total if total else 1.0
+
+
+def rate_report(model: nn.Module, targets: DropTargets, kinds: Iterable[str]) -> RateReport:
+    """Lists what the schedule controls and every other rate-like attribute it leaves.
+
+    Args:
+        model: the model.
+        targets: the targets the schedule sets.
+        kinds: the kinds the schedule controls.
+
+    Returns:
+        The report; ``left_out`` reasons: ``"layer drop (not a dropout rate)"``,
+        ``"kind not scheduled"`` (a drop path when only dropout is scheduled, or the
+        reverse) and ``"name not matched"`` (counted against the fraction).
+    """
+    kinds = set(kinds)
+    controlled = [(n, a, "dropout") for n, _, a, _ in targets.dropout] + [
+        (n, a, "drop_path") for n, _, a, _ in targets.drop_path
+    ]
+    seen = {(n, a) for n, a, _ in controlled}
+    others = find_drop_targets_quiet(model)
+    left: list[tuple[str, str, str]] = []
+    for kind, entries in others.items():
+        for name, attr in entries:
+            if (name, attr) in seen:
+                continue
+            seen.add((name, attr))
+            if kind not in kinds:
+                left.append((name, attr, "kind not scheduled"))
+    for name, module in model.named_modules():
+        if isinstance(module, _DropoutNd):
+            continue
+        for key, value in module.__dict__.items():
+            if key.startswith("_") or (name, key) in seen or not _is_rate_like(value):
+                continue
+            if not _LOOKS_LIKE_RATE.search(key):
+                continue
+            why = "layer drop (not a dropout rate)" if "layerdrop" in key else "name not matched"
+            left.append((name, key, why))
+    return RateReport(controlled, left, targets.depth)
+
+
+def find_drop_targets_quiet(model: nn.Module) -> dict[str, list[tuple[str, str]]]:
+    """Every built-in target of every kind, as ``(module, attribute)``; never raises."""
+    out: dict[str, list[tuple[str, str]]] = {k: [] for k in KINDS}
+    for module_name, module in model.named_modules():
+        for setter in default_setters():
+            attrs = setter.attributes(module)
+            out[setter.kind].extend((module_name, a) for a in attrs)
+            if attrs:
+                break
+    return out

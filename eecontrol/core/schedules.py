@@ -127,10 +127,15 @@ def cutoff_to_step(
 
 
 def depth_rates(p: float, depth: int) -> list[float]:
-    """Per-block stochastic-depth rates ``linspace(0, p, depth)`` (first block never dropped)."""
+    """Per-block stochastic-depth rates ``linspace(0, p, depth)`` (first block never dropped).
+
+    Computed as the paper's reference code and timm do,
+    ``[x.item() for x in torch.linspace(0, p, depth)]`` (float32 values), so the rates
+    are bit-identical to theirs.
+    """
     if depth < 1:
         return []
-    return [_linspace_at(0.0, p, depth, i) for i in range(depth)]
+    return [x.item() for x in torch.linspace(0, float(p), depth)]
 
 
 @dataclass(frozen=True)

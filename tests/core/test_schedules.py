@@ -115,8 +115,12 @@ def test_drop_rate_rejects_bad_input(args, message):
         drop_rate(**kwargs)
 
 
-def test_depth_rates_match_linspace():
-    np.testing.assert_array_equal(depth_rates(0.4, 12), np.linspace(0, 0.4, 12))
+def test_depth_rates_match_the_reference_construction():
+    import torch
+
+    # the reference and timm: [x.item() for x in torch.linspace(0, rate, depth)]
+    for rate, depth in [(0.4, 12), (0.1, 18), (0.2, 24), (0.5, 7)]:
+        assert depth_rates(rate, depth) == [x.item() for x in torch.linspace(0, rate, depth)]
     assert depth_rates(0.3, 1) == [0.0]
     assert depth_rates(0.3, 0) == []
 
