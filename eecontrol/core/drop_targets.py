@@ -200,6 +200,8 @@ def find_drop_targets(
                 getattr(found, setter.kind).append((module_name, module, attr, setter.name))
             if attrs:
                 break
+    if "dropout" in kinds:
+        _config_targets(model, setters, found)
     if found.drop_path:
         assign_blocks(model, found)
     for kind in kinds:
@@ -222,6 +224,29 @@ def find_drop_targets(
             f"with setters {searched}). {hint}"
         )
     return found
+
+
+def _config_targets(model: nn.Module, setters: Sequence[RateSetter], found: DropTargets) -> None:
+    """Adds the rates of model configs that modules read at forward time.
+
+    Some Hugging Face modules read a rate from their config in ``forward`` (Falcon:
+    ``self.config.hidden_dropout``), so the config object held by a module is a target
+    too (each config once), with the same attribute names as module attributes.
+    """
+    names = next((s for s in setters if s.name == "float_attribute"), None)
+    if names is None:
+        return
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        config = module.__dict__.get("config")
+        if config is None or isinstance(config, nn.Module) or id(config) in seen:
+            continue
+        if not hasattr(config, "__dict__") or isinstance(config, dict):
+            continue
+        seen.add(id(config))
+        holder = f"{module_name}.config" if module_name else "config"
+        for attr in names.attributes(config):  # type: ignore[arg-type]
+            found.dropout.append((holder, config, attr, "hf_config"))
 
 
 def assign_blocks(model: nn.Module, targets: DropTargets) -> None:

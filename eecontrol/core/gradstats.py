@@ -372,8 +372,8 @@ class Coverage:
         return self.block_covered / self.block_numel if self.block_numel else None
 
     def left_out_matrices(self) -> list[tuple[str, int, str]]:
-        """The weight matrices (not norms or biases) of the blocks that are not covered."""
-        return [x for x in self.left_out if x[2] != "norm or bias (1-D)"]
+        """The weight matrices of the blocks that are not covered (no norms, biases, tables)."""
+        return [x for x in self.left_out if x[2] == "weight matrix not selected"]
 
 
 def coverage(
