@@ -34,11 +34,16 @@ __all__ = [
     "benjamini_hochberg",
     "ces_classification_p_values",
     "ces_outlier_p_values",
+    "ces_quantile_intervals",
     "ces_regression_intervals",
+    "check_quantile_levels",
     "conformal_rank",
+    "naive_corrected_alpha",
+    "pinball_loss",
     "prediction_sets",
     "split_classification_p_values",
     "split_outlier_p_values",
+    "split_quantile_intervals",
     "split_regression_intervals",
 ]
 
@@ -363,19 +368,25 @@ class RegressionIntervals:
     Args:
         lower: (m,) lower end of the convex hull (``-inf`` for an unbounded set).
         upper: (m,) upper end of the convex hull.
-        union_lower: (m, T) lower ends of the exact set's pieces sorted by position (NaN
-            where a candidate contributes nothing); ``None`` unless asked for.
-        union_upper: (m, T) matching upper ends.
+        union_lower: (m, P) lower ends of the exact set's pieces sorted by position (NaN
+            where a piece contributes nothing; P = T for squared error, 4T for quantile
+            regression); ``None`` unless asked for.
+        union_upper: (m, P) matching upper ends.
+        fallback: (m,) bool, quantile regression only: the CES set was empty and the naive
+            interval was returned instead (still valid); ``None`` elsewhere. An empty set
+            without fallback has NaN ends.
     """
 
     lower: Tensor
     upper: Tensor
     union_lower: Tensor | None
     union_upper: Tensor | None
+    fallback: Tensor | None = None
 
     def width(self) -> Tensor:
-        """Hull widths (inf for unbounded sets)."""
-        return self.upper - self.lower
+        """Hull widths (inf for unbounded sets, 0 for an empty set)."""
+        w = self.upper - self.lower
+        return torch.where(torch.isnan(w), 0.0, w)
 
     def union(self, i: int) -> list[tuple[float, float]]:
         """The exact set of test point ``i`` as a list of disjoint closed intervals."""
@@ -401,47 +412,59 @@ def _quantiles(residuals: Tensor, alpha: float) -> Tensor:
     return torch.sort(residuals, dim=1).values[:, rank - 1]
 
 
-def _envelope_regions(mu: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Where each line ``c_t - 2 m_t y`` is the lowest, for many families at once.
+def _knots(m_a: Tensor, l_a: Tensor, m_b: Tensor, l_b: Tensor) -> Tensor:
+    """Where ``l_a + (y - m_a)^2 = l_b + (y - m_b)^2`` (``m_a != m_b``), without cancellation.
 
-    A monotone-stack lower envelope (lines sorted by slope), vectorised over the rows:
-    the loop runs over candidates, never over test points.
+    ``(m_a + m_b) / 2 + (l_b - l_a) / (2 (m_b - m_a))``: no ``m^2`` term, so nothing of the
+    outcome's offset is squared away (the intercept form ``l + m^2`` loses every digit of the
+    spread once the offset exceeds about 1e8 times it).
+    """
+    return 0.5 * (m_a + m_b) + (l_b - l_a) / (2.0 * (m_b - m_a))
+
+
+def _envelope_regions(mu: Tensor, loss: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each parabola ``loss_t + (y - m_t)^2`` is the lowest, for many families at once.
+
+    The parabolas differ by lines (``loss_t + m_t^2 - 2 m_t y``), so this is a monotone-stack
+    lower envelope of lines sorted by slope, vectorised over the rows: the loop runs over
+    candidates, never over test points. Every comparison is between knots computed by
+    :func:`_knots`, so the result is shift- and scale-equivariant up to rounding.
 
     Args:
-        mu: (mc, T) slopes / 2 (the candidates' predictions), one family per row.
-        c: (mc, T) intercepts.
+        mu: (mc, T) the candidates' predictions, one family per row.
+        loss: (T,) or (mc, T) hold-out losses.
 
     Returns:
         ``left``, ``right`` (the piece of y each candidate owns) and ``owns`` (whether it
         owns a piece of positive length), all (mc, T) in candidate order.
     """
     mc, t = mu.shape
+    lv = loss.expand(mc, t)
     rows = torch.arange(mc)
-    order = torch.argsort(c, dim=1, stable=True)
-    order = order.gather(
-        1, torch.argsort(mu.gather(1, order), dim=1, stable=True)
-    )  # by m, c, index
-    ms, cs = mu.gather(1, order), c.gather(1, order)
+    order = torch.argsort(lv, dim=1, stable=True)
+    order = order.gather(1, torch.argsort(mu.gather(1, order), dim=1, stable=True))  # m, L, index
+    ms, ls = mu.gather(1, order), lv.gather(1, order)
     stack = torch.zeros(mc, t, dtype=torch.long)  # positions in the sorted order
     h = torch.zeros(mc, dtype=torch.long)
     for i in range(t):
-        mb, cb = ms[:, i], cs[:, i]
+        mb, lb = ms[:, i], ls[:, i]
         top = stack[rows, (h - 1).clamp_min(0)]
         active = (h == 0) | (ms[rows, top] != mb)  # an equal slope never beats the lower line
         idx = rows[active & (h >= 2)]  # rows whose top line may be hidden by line i
         while idx.numel():
             hh = h[idx]
             a, z = stack[idx, hh - 1], stack[idx, hh - 2]
-            mz, cz = ms[idx, z], cs[idx, z]
-            pop = (cb[idx] - cz) * (ms[idx, a] - mz) <= (cs[idx, a] - cz) * (mb[idx] - mz)
+            mz, lz = ms[idx, z], ls[idx, z]
+            # the top a is hidden when the new line meets z no later than a does
+            pop = _knots(mz, lz, mb[idx], lb[idx]) <= _knots(mz, lz, ms[idx, a], ls[idx, a])
             idx = idx[pop]
             h[idx] -= 1
             idx = idx[h[idx] >= 2]
         stack[rows[active], h[active]] = i
         h = h + active.long()
     valid = torch.arange(t).unsqueeze(0) < h.unsqueeze(1)
-    hm, hc = ms.gather(1, stack), cs.gather(1, stack)
-    knots = (hc[:, 1:] - hc[:, :-1]) / (2.0 * (hm[:, 1:] - hm[:, :-1]))  # between hull neighbours
+    hm, hl = ms.gather(1, stack), ls.gather(1, stack)
+    knots = _knots(hm[:, :-1], hl[:, :-1], hm[:, 1:], hl[:, 1:])  # between hull neighbours
     inf = torch.full((mc, 1), math.inf, dtype=torch.float64)
     pieces_left = torch.cat([-inf, knots], dim=1)
     last = torch.arange(t).unsqueeze(0) == (h - 1).unsqueeze(1)
@@ -456,6 +479,17 @@ def _envelope_regions(mu: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     owned = torch.zeros(mc, t + 1, dtype=torch.bool).scatter(1, candidate, valid)
     left, right, owned = left[:, :t], right[:, :t], owned[:, :t]
     return left, right, owned & (left < right)
+
+
+def _centre(*tensors: Tensor) -> float:
+    """A shift for the data: the median of the first tensor (an element, so exact).
+
+    Working on ``x - centre`` keeps every computation at the scale of the spread: with
+    outcomes near 1e8 and unit spread, ``x - centre`` is exact (Sterbenz) and nothing
+    downstream cancels. The results are shifted back at the end.
+    """
+    first = tensors[0].reshape(-1)
+    return float(first.median()) if first.numel() else 0.0
 
 
 def ces_regression_intervals(
@@ -498,6 +532,8 @@ def ces_regression_intervals(
     for name, x in (("holdout_pred", hp), ("holdout_y", hy), ("test_pred", tp)):
         _check_finite(name, x)
     t, m = tp.shape
+    centre = _centre(hy)
+    hp, hy, tp = hp - centre, hy - centre, tp - centre
     residuals = (hy.unsqueeze(0) - hp).abs()
     loss = (residuals**2).sum(dim=1)  # (T,)
     q = _quantiles(residuals, alpha)  # (T,)
@@ -509,8 +545,7 @@ def ces_regression_intervals(
     for lo in range(0, m, step):
         hi = min(m, lo + step)
         mu = tp[:, lo:hi].T  # (mc, T)
-        c = loss.unsqueeze(0) + mu**2  # intercepts of the lines c_t - 2 m_t y
-        left, right, owns = _envelope_regions(mu, c)
+        left, right, owns = _envelope_regions(mu, loss)
         seg_lo = torch.maximum(left, mu - q)
         seg_hi = torch.minimum(right, mu + q)
         keep = owns & (seg_lo <= seg_hi)
@@ -523,7 +558,8 @@ def ces_regression_intervals(
             nan = torch.full_like(seg_lo, math.nan)
             u_lo[lo:hi] = torch.where(keep, seg_lo, nan).gather(1, order)
             u_hi[lo:hi] = torch.where(keep, seg_hi, nan).gather(1, order)
-    return RegressionIntervals(lower, upper, u_lo, u_hi)
+    shift = lambda x: None if x is None else x + centre  # noqa: E731
+    return RegressionIntervals(lower + centre, upper + centre, shift(u_lo), shift(u_hi))
 
 
 def split_regression_intervals(
@@ -533,3 +569,322 @@ def split_regression_intervals(
     hp, hy, tp = _f64(holdout_pred), _f64(holdout_y), _f64(test_pred)
     q = _quantiles((hy - hp).abs().unsqueeze(0), alpha)[0]
     return tp - q, tp + q
+
+
+# --- conformalized quantile regression (CQR) ---------------------------------------------
+
+
+def pinball_loss(pred: Tensor, y: Tensor, beta: float) -> Tensor:
+    """Elementwise pinball loss ``rho_beta(y - pred)``: ``beta u`` if ``u > 0``, else ``(beta - 1) u``.
+
+    Args:
+        pred: predicted ``beta``-quantiles.
+        y: outcomes (broadcast against ``pred``).
+        beta: the quantile level in (0, 1).
+
+    Returns:
+        Losses with the broadcast shape, float64.
+    """
+    u = _f64(y) - _f64(pred)
+    return torch.maximum(beta * u, (beta - 1.0) * u)
+
+
+def _first_argmin_scan(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Running minimum along dim 1 with the smallest ``index`` on ties.
+
+    Args:
+        values: (mc, T).
+        index: (mc, T) the original candidate index of each column.
+
+    Returns:
+        Inclusive running minima and their owners, both (mc, T).
+    """
+    mc, t = values.shape
+    best = torch.full((mc,), math.inf, dtype=torch.float64)
+    owner = torch.full((mc,), t, dtype=torch.long)
+    out_v = torch.empty_like(values)
+    out_i = torch.empty_like(index)
+    for k in range(t):
+        v, i = values[:, k], index[:, k]
+        better = (v < best) | ((v == best) & (i < owner))
+        best = torch.where(better, v, best)
+        owner = torch.where(better, i, owner)
+        out_v[:, k], out_i[:, k] = best, owner
+    return out_v, out_i
+
+
+def _pinball_envelope(q: Tensor, loss: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Lower envelope in y of ``loss_t + rho_beta(y - q_t)`` for many test points at once.
+
+    Every function is the same V (slope ``beta - 1`` left of ``q_t``, ``beta`` right of it),
+    shifted: ``max(A_t - (1 - beta) y, B_t + beta y)`` with ``A_t = loss_t + (1 - beta) q_t``
+    and ``B_t = loss_t - beta q_t``. Between two consecutive sorted predictions
+    ``q_(k-1) <= y <= q_(k)``, the candidates with ``q_t <= y`` are on their rising arm and
+    those with ``q_t >= y`` on their falling arm, so there the envelope is
+    ``min(P_k + beta y, S_k - (1 - beta) y)`` with ``P_k`` the prefix minimum of ``B`` and
+    ``S_k`` the suffix minimum of ``A`` (in the sorted order). The two lines meet at
+    ``y = S_k - P_k`` (their slopes differ by exactly 1): the rising line is lower to the
+    left of it, the falling one to the right, each clipped to the gap. Hence at most 2T
+    pieces, from one sort and two scans, with no division (inputs are centred by the
+    caller). Ties go to the smallest candidate index.
+
+    Args:
+        q: (mc, T) the candidates' predicted quantiles at the test points.
+        loss: (T,) hold-out pinball losses of the candidates at this level.
+        beta: the quantile level.
+
+    Returns:
+        ``left``, ``right`` and ``owner`` of the 2T pieces in increasing order of y, each
+        (mc, 2T); some pieces have zero length.
+    """
+    mc, t = q.shape
+    qs, order = torch.sort(q, dim=1, stable=True)
+    lv = loss.unsqueeze(0).expand(mc, t).gather(1, order)
+    a = lv + (1.0 - beta) * qs
+    b = lv - beta * qs
+    pre_v, pre_i = _first_argmin_scan(b, order)  # P over sorted positions <= k
+    suf_v, suf_i = _first_argmin_scan(a.flip(1), order.flip(1))
+    suf_v, suf_i = suf_v.flip(1), suf_i.flip(1)  # S over sorted positions >= k
+    lo, hi = qs[:, :-1], qs[:, 1:]  # the inner gaps
+    p_v, p_i = pre_v[:, :-1], pre_i[:, :-1]
+    s_v, s_i = suf_v[:, 1:], suf_i[:, 1:]
+    cross = torch.minimum(torch.maximum(s_v - p_v, lo), hi)
+    inf = torch.full((mc, 1), math.inf, dtype=torch.float64)
+    left = torch.cat([-inf, torch.stack([lo, cross], 2).reshape(mc, -1), qs[:, -1:]], 1)
+    right = torch.cat([qs[:, :1], torch.stack([cross, hi], 2).reshape(mc, -1), inf], 1)
+    owner = torch.cat([suf_i[:, :1], torch.stack([p_i, s_i], 2).reshape(mc, -1), pre_i[:, -1:]], 1)
+    return left, right, owner
+
+
+def _cqr_quantile_table(
+    holdout_lower: Tensor, holdout_upper: Tensor, holdout_y: Tensor, alpha: float
+) -> Tensor:
+    """``Q[a, b]``: the ``ceil((1 - alpha)(n + 1))``-th smallest CQR score of the pair (a, b).
+
+    The CQR score of hold-out point i is ``max(lo_a(X_i) - Y_i, Y_i - hi_b(X_i))``.
+    """
+    ta, n = holdout_lower.shape
+    tb = holdout_upper.shape[0]
+    rank = conformal_rank(n, alpha)
+    if rank > n:
+        return torch.full((ta, tb), math.inf, dtype=torch.float64)
+    table = torch.empty(ta, tb, dtype=torch.float64)
+    above = (holdout_y - holdout_upper).unsqueeze(0)  # (1, Tb, n)
+    step = max(1, _CHUNK_ELEMENTS // max(tb * n, 1))
+    for lo in range(0, ta, step):
+        below = (holdout_lower[lo : lo + step] - holdout_y).unsqueeze(1)  # (c, 1, n)
+        table[lo : lo + step] = torch.kthvalue(torch.maximum(below, above), rank, dim=2).values
+    return table
+
+
+def _check_quantile_inputs(
+    hl: Tensor, hu: Tensor, hy: Tensor, tl: Tensor, tu: Tensor, levels: tuple[float, ...]
+) -> None:
+    if (
+        hl.dim() != 2
+        or hl.shape != hu.shape
+        or tl.dim() != 2
+        or tl.shape != tu.shape
+        or tl.shape[0] != hl.shape[0]
+        or hy.shape != (hl.shape[1],)
+    ):
+        raise ValueError(
+            "shapes must be holdout_lower/holdout_upper (T, n), holdout_y (n,), "
+            f"test_lower/test_upper (T, m); got {tuple(hl.shape)}, {tuple(hu.shape)}, "
+            f"{tuple(hy.shape)}, {tuple(tl.shape)}, {tuple(tu.shape)}."
+        )
+    check_quantile_levels(levels)
+    for name, x in (
+        ("holdout_lower", hl),
+        ("holdout_upper", hu),
+        ("holdout_y", hy),
+        ("test_lower", tl),
+        ("test_upper", tu),
+    ):
+        _check_finite(name, x)
+
+
+def check_quantile_levels(levels: object) -> tuple[float, float]:
+    """Validates a (low, high) pair of quantile levels with ``0 < low < high < 1``.
+
+    Args:
+        levels: the pair.
+
+    Returns:
+        The pair as floats.
+    """
+    ok = isinstance(levels, list | tuple) and len(levels) == 2
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in levels)
+    if not ok or not 0.0 < levels[0] < levels[1] < 1.0:  # type: ignore[index]
+        raise ValueError(
+            f"`quantiles` must be two levels (low, high) with 0 < low < high < 1, got {levels!r}."
+        )
+    return float(levels[0]), float(levels[1])  # type: ignore[index]
+
+
+def ces_quantile_intervals(
+    holdout_lower: Tensor,
+    holdout_upper: Tensor,
+    holdout_y: Tensor,
+    test_lower: Tensor,
+    test_upper: Tensor,
+    alpha: float,
+    quantiles: tuple[float, float] = (0.05, 0.95),
+    union: bool = False,
+    fallback: bool = True,
+) -> RegressionIntervals:
+    """CES prediction intervals for conformalized quantile regression (CQR).
+
+    The paper's appendix "CES for Quantile Regression": for each level separately, the
+    candidate selected for a candidate outcome y minimises the hold-out pinball loss
+    augmented with the test point, ``L_t + rho_beta(y - q_t(x))``; y ranges over bins
+    where both selections are fixed (the common refinement of the two envelopes, at most
+    4T bins). In a bin with lower model a and upper model b, y is in the set when the CQR
+    score ``max(lo_a(x) - y, y - hi_b(x))`` is at most ``Q[a, b]``, the
+    ``ceil((1 - alpha)(n + 1))``-th smallest hold-out score of that pair, i.e. when
+    ``y in [lo_a(x) - Q, hi_b(x) + Q]``. The output is the convex hull of the union (the
+    paper's choice) and, on request, the union. Unlike the squared-error case the set can
+    be empty; then, with ``fallback`` (the paper's "avoiding empty predictions"), the naive
+    interval is returned: it contains the empty set, so the guarantee holds.
+
+    Args:
+        holdout_lower: (T, n) each candidate's lower-quantile predictions on the hold-out set.
+        holdout_upper: (T, n) upper-quantile predictions.
+        holdout_y: (n,) hold-out outcomes.
+        test_lower: (T, m) lower-quantile predictions on the test points.
+        test_upper: (T, m) upper-quantile predictions.
+        alpha: miscoverage level in (0, 1).
+        quantiles: the two levels the networks were trained for (the selection losses).
+        union: also return the exact union of intervals.
+        fallback: replace an empty set by the naive interval (marked in ``fallback``).
+
+    Returns:
+        The intervals, computed on centred data (shift- and scale-equivariant).
+    """
+    _check_alpha(alpha)
+    hl, hu, hy, tl, tu = (
+        _f64(x) for x in (holdout_lower, holdout_upper, holdout_y, test_lower, test_upper)
+    )
+    _check_quantile_inputs(hl, hu, hy, tl, tu, tuple(quantiles))
+    low, high = float(quantiles[0]), float(quantiles[1])
+    centre = _centre(hy)
+    hl, hu, hy, tl, tu = (x - centre for x in (hl, hu, hy, tl, tu))
+    t, m = tl.shape
+    loss_lo = pinball_loss(hl, hy.unsqueeze(0), low).sum(dim=1)
+    loss_hi = pinball_loss(hu, hy.unsqueeze(0), high).sum(dim=1)
+    table = _cqr_quantile_table(hl, hu, hy, alpha)  # (T, T)
+    best_lo, best_hi = int(torch.argmin(loss_lo)), int(torch.argmin(loss_hi))
+    lower = torch.empty(m, dtype=torch.float64)
+    upper = torch.empty(m, dtype=torch.float64)
+    u_lo = torch.full((m, 4 * t), math.nan, dtype=torch.float64) if union else None
+    u_hi = torch.full((m, 4 * t), math.nan, dtype=torch.float64) if union else None
+    step = max(1, _CHUNK_ELEMENTS // max(16 * t, 1))
+    for lo in range(0, m, step):
+        hi = min(m, lo + step)
+        ql, qu = tl[:, lo:hi].T, tu[:, lo:hi].T  # (mc, T)
+        mc = hi - lo
+        l_left, _, l_owner = _pinball_envelope(ql, loss_lo, low)
+        h_left, _, h_owner = _pinball_envelope(qu, loss_hi, high)
+        # bins: the common refinement of both envelopes' pieces, in increasing order
+        b_left = torch.sort(torch.cat([l_left, h_left], 1), dim=1).values  # (mc, 4T)
+        b_right = torch.cat([b_left[:, 1:], torch.full((mc, 1), math.inf)], 1)
+        # the piece holding a bin is the last one that starts at or before the bin's start
+        # (zero-length pieces start where their successor does, so they are never chosen)
+        a = l_owner.gather(1, torch.searchsorted(l_left, b_left, right=True) - 1)
+        b = h_owner.gather(1, torch.searchsorted(h_left, b_left, right=True) - 1)
+        q = table[a, b]
+        seg_lo = torch.maximum(b_left, ql.gather(1, a) - q)
+        seg_hi = torch.minimum(b_right, qu.gather(1, b) + q)
+        keep = (b_left < b_right) & (seg_lo <= seg_hi)
+        inf = torch.full_like(seg_lo, math.inf)
+        lower[lo:hi] = torch.where(keep, seg_lo, inf).amin(dim=1)
+        upper[lo:hi] = torch.where(keep, seg_hi, -inf).amax(dim=1)
+        if union:
+            assert u_lo is not None and u_hi is not None
+            nan = torch.full_like(seg_lo, math.nan)
+            u_lo[lo:hi] = torch.where(keep, seg_lo, nan)
+            u_hi[lo:hi] = torch.where(keep, seg_hi, nan)
+    empty = lower > upper
+    if fallback:
+        naive_q = table[best_lo, best_hi]
+        lower = torch.where(empty, tl[best_lo] - naive_q, lower)
+        upper = torch.where(empty, tu[best_hi] + naive_q, upper)
+        if union:
+            assert u_lo is not None and u_hi is not None
+            u_lo[empty, 0], u_hi[empty, 0] = lower[empty], upper[empty]
+    else:
+        lower = torch.where(empty, math.nan, lower)
+        upper = torch.where(empty, math.nan, upper)
+    return RegressionIntervals(
+        lower + centre,
+        upper + centre,
+        None if u_lo is None else u_lo + centre,
+        None if u_hi is None else u_hi + centre,
+        empty if fallback else None,
+    )
+
+
+def split_quantile_intervals(
+    holdout_lower: Tensor,
+    holdout_upper: Tensor,
+    holdout_y: Tensor,
+    test_lower: Tensor,
+    test_upper: Tensor,
+    alpha: float,
+) -> tuple[Tensor, Tensor]:
+    """Split CQR (Romano, Patterson, Candes 2019) with one fixed pair of quantile models.
+
+    Args:
+        holdout_lower: (n,) lower-quantile predictions on the calibration set.
+        holdout_upper: (n,) upper-quantile predictions.
+        holdout_y: (n,) outcomes.
+        test_lower: (m,) lower-quantile predictions on the test points.
+        test_upper: (m,) upper-quantile predictions.
+        alpha: miscoverage level in (0, 1).
+
+    Returns:
+        ``(lo - Q, hi + Q)`` per test point (empty, lower > upper, when the quantiles cross
+        by more than ``-2 Q``).
+    """
+    _check_alpha(alpha)
+    hl, hu, hy = _f64(holdout_lower), _f64(holdout_upper), _f64(holdout_y)
+    q = _cqr_quantile_table(hl.unsqueeze(0), hu.unsqueeze(0), hy, alpha)[0, 0]
+    return _f64(test_lower) - q, _f64(test_upper) + q
+
+
+def naive_corrected_alpha(n_candidates: int, n: int, alpha: float, b: float = 100.0) -> float:
+    """The "naive + theory" level: the largest alpha' whose naive coverage bound is >= 1 - alpha.
+
+    The paper's appendix "Theoretical Analysis of the Naive Benchmark": calibrating the
+    best of T candidates on the same n hold-out points at level alpha' covers with
+    probability at least the hybrid bound ``max(Markov, DKW)``. Markov:
+    ``(1 - 1/b) BetaInv(1 / (b T); n + 1 - l, l)`` with ``l = floor(alpha' (n + 1))``;
+    DKW (Yang and Kuchibhotla): ``(1 + 1/n)(1 - alpha') - (sqrt(log(2T) / 2) + c(T)) / sqrt(n)``
+    with ``c(T) = 1 / (sqrt 2 (sqrt(log 2T) + sqrt(log 2T + 4 / pi)))``. The naive method
+    run at the returned level is valid (conservatively).
+
+    Args:
+        n_candidates: T, the number of candidates the naive method chose from.
+        n: hold-out points.
+        alpha: the target miscoverage level in (0, 1).
+        b: the Markov bound's free constant (the paper uses 100), > 1.
+
+    Returns:
+        The corrected level in [0, alpha]; 0 means no finite interval is valid (the whole
+        line), where the authors' code clips to 1/n instead.
+    """
+    from scipy.stats import beta as beta_dist
+
+    _check_alpha(alpha)
+    if n_candidates < 1 or n < 1 or not b > 1:
+        raise ValueError(f"need n_candidates >= 1, n >= 1 and b > 1; got {n_candidates}, {n}, {b}.")
+    log2t = math.log(2 * n_candidates)
+    err = math.sqrt(log2t / 2) + 1.0 / (
+        math.sqrt(2.0) * (math.sqrt(log2t) + math.sqrt(log2t + 4 / math.pi))
+    )
+    dkw = 1.0 - (1.0 - alpha + err / math.sqrt(n)) / (1.0 + 1.0 / n)
+    ls = torch.arange(1, n + 1, dtype=torch.float64).numpy()
+    markov = (1 - 1 / b) * beta_dist.ppf(1 / (b * n_candidates), n + 1 - ls, ls)
+    valid = ls[markov >= 1 - alpha]
+    markov_alpha = float(valid.max()) / (n + 1) if valid.size else 0.0
+    return float(min(alpha, max(0.0, dkw, markov_alpha)))

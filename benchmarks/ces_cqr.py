@@ -1,0 +1,301 @@
+"""CES for conformalized quantile regression (CQR) against its baselines, many splits (JSON out).
+
+Liang, Zhou, Sesia (ICML 2023), appendix "CES for Quantile Regression". One network with
+two outputs (the 5% and 95% conditional quantiles, alpha = 0.1), the authors' CQR network
+Linear(p,128)-ReLU-Linear(128,128)-ReLU-Linear(128,2) with orthogonal weights and zero
+biases, trained on the summed pinball loss with Adam (lr 1e-3, batch 25); a candidate every
+``--every`` epochs. The R networks of a setting train side by side as one batched network
+(``torch.baddbmm`` over stacked weights, one Adam over the stack: Adam is elementwise and
+the loss is a sum of per-split losses, so these are exactly R independent trainings).
+Candidate outputs on the hold-out, early-stopping, calibration and test points are
+recorded during training, so no checkpoint is reloaded.
+
+Methods, as in the paper's CQR tables:
+
+- ``ces``: 75% train, 25% hold-out; per test point the lower and upper models are
+  selected by the pinball loss on the hold-out set augmented with the test point
+  (``eecontrol.core.conformal.ces_quantile_intervals``, empty sets fall back to ``naive``).
+- ``naive``: same run; the lower and upper models with the smallest hold-out pinball loss,
+  split CQR on the same hold-out set (not valid in theory).
+- ``naive_theory``: ``naive`` at the paper's corrected level (hybrid bound, b = 100).
+- ``data_splitting``: a second run trained on 50%, early stopping on 25% (pinball loss),
+  split CQR on the other 25%.
+- ``full``: the last candidate of the CES run, split CQR on the hold-out set.
+
+Widths are reported in the scaled outcome (y divided by the mean absolute training
+outcome), the unit of the paper's CQR tables.
+
+    python benchmarks/ces_cqr.py --reps 100 --epochs 300 --every 3 --data concrete bio
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ces import BatchedMLP, regression_splits
+
+from eecontrol.core import conformal as core
+
+ALPHA = 0.1
+LEVELS = (ALPHA / 2, 1 - ALPHA / 2)
+METHODS = ("ces", "naive", "naive_theory", "data_splitting", "full")
+# The paper's CQR results on bio (appendix table, 2000 epochs, 25 repetitions, 1000 test
+# points): width (scaled outcome) / marginal coverage per method.
+PAPER_BIO = {
+    200: {
+        "ces": (2.732, 0.926),
+        "naive": (2.018, 0.876),
+        "naive_theory": (3.392, 0.971),
+        "data_splitting": (2.334, 0.902),
+        "full": (2.848, 0.899),
+    },
+    500: {
+        "ces": (2.154, 0.921),
+        "naive": (1.900, 0.892),
+        "naive_theory": (3.893, 0.995),
+        "data_splitting": (2.015, 0.903),
+        "full": (2.579, 0.890),
+    },
+    1000: {
+        "ces": (1.997, 0.918),
+        "naive": (1.871, 0.894),
+        "naive_theory": (2.318, 0.969),
+        "data_splitting": (1.895, 0.898),
+        "full": (2.381, 0.877),
+    },
+    2000: {
+        "ces": (1.869, 0.906),
+        "naive": (1.763, 0.890),
+        "naive_theory": (1.998, 0.948),
+        "data_splitting": (1.830, 0.898),
+        "full": (2.219, 0.874),
+    },
+}
+
+
+def _pinball_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample pinball loss summed over the two levels: out (R, b, 2), y (R, b)."""
+    u = y.unsqueeze(-1) - out
+    levels = torch.tensor(LEVELS, dtype=out.dtype)
+    return torch.maximum(levels * u, (levels - 1) * u).sum(-1)
+
+
+def train_quantile(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    evals: dict[str, torch.Tensor],
+    epochs: int,
+    every: int,
+    seed: int,
+    batch_size: int = 25,
+    lr: float = 1e-3,
+) -> dict[str, torch.Tensor]:
+    """Trains R quantile networks side by side; outputs (T, R, n, 2) on each eval set."""
+    g = torch.Generator().manual_seed(seed)
+    reps, n, p = x_train.shape
+    net = BatchedMLP(reps, [p, 128, 128, 2], {0, 1}, g)
+    with torch.no_grad():  # the authors' initialisation: orthogonal weights, zero biases
+        for w, b in zip(net.weights, net.biases):
+            for r in range(reps):
+                w[r].copy_(torch.nn.init.orthogonal_(torch.empty(w.shape[2], w.shape[1])).T)
+            b.zero_()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+    history: dict[str, list[torch.Tensor]] = {k: [] for k in evals}
+    rows = torch.arange(reps).unsqueeze(1)
+    for epoch in range(epochs):
+        perm = torch.argsort(torch.rand(reps, n, generator=g), dim=1)
+        for lo in range(0, n, batch_size):
+            idx = perm[:, lo : lo + batch_size]
+            xb, yb = x_train[rows, idx], y_train[rows, idx]
+            loss = _pinball_sum(net(xb), yb).mean(dim=1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if (epoch + 1) % every == 0:
+            with torch.no_grad():
+                for name, x in evals.items():
+                    history[name].append(net(x).to(torch.float64))
+    return {k: torch.stack(v) for k, v in history.items()}
+
+
+def _pinball_losses(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold-out pinball losses of each candidate (T, n, 2) at each level: (T,), (T,)."""
+    lo = core.pinball_loss(out[..., 0], y, LEVELS[0]).sum(-1)
+    hi = core.pinball_loss(out[..., 1], y, LEVELS[1]).sum(-1)
+    return lo, hi
+
+
+def evaluate_split(
+    run: dict[str, torch.Tensor],
+    ds_run: dict[str, torch.Tensor],
+    r: int,
+    y_hold: torch.Tensor,
+    y_es: torch.Tensor,
+    y_cal: torch.Tensor,
+    y_test: torch.Tensor,
+) -> dict[str, dict[str, float]]:
+    """Coverage, width (scaled outcome) and empty-set rate of every method on split r."""
+    hold, test = run["hold"][:, r], run["test"][:, r]  # (T, n, 2), (T, m, 2)
+    yh, yt = y_hold.double(), y_test.double()
+    t = hold.shape[0]
+    lo_loss, hi_loss = _pinball_losses(hold, yh)
+    a, b = int(lo_loss.argmin()), int(hi_loss.argmin())
+    ces = core.ces_quantile_intervals(
+        hold[..., 0], hold[..., 1], yh, test[..., 0], test[..., 1], ALPHA, LEVELS
+    )
+    theory_alpha = core.naive_corrected_alpha(t, len(yh), ALPHA)
+    es_lo, es_hi = _pinball_losses(ds_run["es"][:, r], y_es.double())
+    da, db = int(es_lo.argmin()), int(es_hi.argmin())
+    cal, ds_test = ds_run["cal"][:, r], ds_run["test"][:, r]
+
+    def split(h: torch.Tensor, hb: torch.Tensor, y: torch.Tensor, tl, tu, level):
+        if level <= 0:  # no finite level is valid: the whole line
+            return torch.full_like(tl, -math.inf), torch.full_like(tu, math.inf)
+        return core.split_quantile_intervals(h, hb, y, tl, tu, level)
+
+    intervals = {
+        "ces": (ces.lower, ces.upper),
+        "naive": split(hold[a, :, 0], hold[b, :, 1], yh, test[a, :, 0], test[b, :, 1], ALPHA),
+        "naive_theory": split(
+            hold[a, :, 0], hold[b, :, 1], yh, test[a, :, 0], test[b, :, 1], theory_alpha
+        ),
+        "data_splitting": split(
+            cal[da, :, 0],
+            cal[db, :, 1],
+            y_cal.double(),
+            ds_test[da, :, 0],
+            ds_test[db, :, 1],
+            ALPHA,
+        ),
+        "full": split(hold[-1, :, 0], hold[-1, :, 1], yh, test[-1, :, 0], test[-1, :, 1], ALPHA),
+    }
+    res: dict[str, dict[str, float]] = {}
+    for name, (lo, hi) in intervals.items():
+        res[name] = {
+            "coverage": float(((lo <= yt) & (yt <= hi)).double().mean()),
+            "width": float((hi - lo).clamp_min(0).mean()),
+        }
+    assert ces.fallback is not None
+    res["ces"]["empty"] = float(ces.fallback.double().mean())
+    res["naive_theory"]["alpha"] = theory_alpha
+    return res
+
+
+def run_setting(
+    data: str, n: int, reps: int, epochs: int, every: int, n_test: int, seed: int
+) -> dict[str, Any]:
+    """Trains the CES run and the data-splitting run for R splits; evaluates every method."""
+    start = time.perf_counter()
+    rows = {"concrete": 1030, "bio": 45730}[data]
+    n_test = min(n_test, rows - n)
+    d = regression_splits(data, n, reps, n_test, seed, 0.25)
+    x, y = d["x"][:, : d["n"]], d["y"][:, : d["n"]]
+    xt, yt = d["x"][:, d["n"] :], d["y"][:, d["n"] :]
+    n_hold, n_train = d["n_hold"], d["n_train"]
+    run = train_quantile(
+        x[:, :n_train], y[:, :n_train], {"hold": x[:, n_train:], "test": xt}, epochs, every, seed
+    )
+    n_tr2 = n - 2 * n_hold
+    ds_run = train_quantile(
+        x[:, :n_tr2],
+        y[:, :n_tr2],
+        {"es": x[:, n_tr2 : n_tr2 + n_hold], "cal": x[:, n_tr2 + n_hold :], "test": xt},
+        epochs,
+        every,
+        seed + 1,
+    )
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    per_rep = [
+        evaluate_split(
+            run,
+            ds_run,
+            r,
+            y[r, n_train:],
+            y[r, n_tr2 : n_tr2 + n_hold],
+            y[r, n_tr2 + n_hold :],
+            yt[r],
+        )
+        for r in range(reps)
+    ]
+    summary: dict[str, Any] = {}
+    for method in per_rep[0]:
+        summary[method] = {}
+        for metric in per_rep[0][method]:
+            vals = [p[method][metric] for p in per_rep]
+            summary[method][metric] = statistics.fmean(vals)
+            summary[method][metric + "_se"] = (
+                statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+            )
+    return {
+        "task": "quantile",
+        "data": data,
+        "n": n,
+        "n_hold": n_hold,
+        "n_test": n_test,
+        "reps": reps,
+        "epochs": epochs,
+        "every": every,
+        "candidates": epochs // every,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
+        "summary": summary,
+        "paper": PAPER_BIO.get(n) if data == "bio" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--every", type=int, default=3, help="epochs between candidates")
+    parser.add_argument("--data", nargs="+", default=["concrete", "bio"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[500])
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ces_cqr.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/ces_cqr.py "
+        + " ".join(
+            [
+                f"--reps {args.reps}",
+                f"--epochs {args.epochs}",
+                f"--every {args.every}",
+                "--data",
+                *args.data,
+                "--sizes",
+                *map(str, args.sizes),
+                f"--n-test {args.n_test}",
+                f"--seed {args.seed}",
+            ]
+        ),
+        "settings": [],
+    }
+    for data in args.data:
+        for n in args.sizes:
+            res = run_setting(data, n, args.reps, args.epochs, args.every, args.n_test, args.seed)
+            result["settings"].append(res)
+            print(json.dumps(res), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
