@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, TensorDataset
 
+from eecontrol.resume import EpochSeededSampler
+
 
 def check_split_args(batch_size: int, val_fraction: float, test_fraction: float) -> None:
     """Validates a batch size and the validation / test shares of a random split.
@@ -27,7 +29,9 @@ class TensorSplitsDataModule(pl.LightningDataModule):
     """Serves ``train_set`` (shuffled), ``val_set`` and ``test_set`` (in order) built by ``setup``.
 
     Subclasses set ``batch_size`` and build the three ``TensorDataset`` splits in ``setup``.
-    Evaluation uses ``eval_batch_size`` (results do not depend on it).
+    Evaluation uses ``eval_batch_size`` (results do not depend on it). The training order of
+    epoch ``e`` is a permutation seeded by ``seed + e`` (:class:`EpochSeededSampler`), so a
+    run resumed at an epoch boundary sees the same batches as the uninterrupted run.
     """
 
     batch_size: int = 64
@@ -42,8 +46,12 @@ class TensorSplitsDataModule(pl.LightningDataModule):
             raise RuntimeError(
                 f"{type(self).__name__}: call setup() before asking for a dataloader."
             )
-        size = self.batch_size if shuffle else self.eval_batch_size
-        return DataLoader(data, batch_size=size, shuffle=shuffle, num_workers=self.num_workers)
+        if not shuffle:
+            return DataLoader(data, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        sampler = EpochSeededSampler(data, seed=int(getattr(self, "seed", 0) or 0))
+        return DataLoader(
+            data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from eecontrol.callbacks._distributed import release_process_group_at_worker_exit
 from eecontrol.core.checks import check_choice, check_range  # noqa: F401  (re-exported)
+from eecontrol.resume import append_line, safe_file
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +138,47 @@ def all_decisions(trainer: pl.Trainer) -> list[Decision]:
     return [d for *_, d in sorted(decisions, key=lambda x: x[:3])]
 
 
+def _journal_loses(path: Path, decisions: list[Decision], trainer: pl.Trainer) -> bool:
+    """Whether rewriting ``path`` from ``decisions`` drops a decision made before the checkpoint."""
+    loaded = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+    step = loaded.get("global_step")
+    kept = {json.dumps(d.to_dict()) for d in decisions}
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip() or line in kept:
+            continue
+        try:
+            made_at = int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError, TypeError):
+            return True  # an unreadable line: keep the file
+        if step is None or made_at < int(step):
+            return True
+    return False
+
+
 def _write_journal(trainer: pl.Trainer) -> None:
     """Rewrites ``decisions.jsonl`` from the callbacks' state (rank zero, once per fit).
 
     The file is a view of the callbacks' state: after a resume it holds exactly the
     decisions made up to the checkpoint (decisions written after it by a killed process
     are dropped, since the resumed run makes them again). A file left by another fit in
-    the same directory is kept as ``decisions.jsonl.N`` rather than overwritten.
+    the same directory is kept as ``decisions.jsonl.N`` rather than overwritten, and so is
+    a journal whose decisions up to the checkpoint are not in the restored state (e.g. a
+    callback whose identity changed between the runs). A symlink there is replaced, never
+    followed.
     """
     if not trainer.is_global_zero:
         return
-    path = run_dir(trainer) / DECISIONS_FILE
+    path = safe_file(run_dir(trainer) / DECISIONS_FILE)
     decisions = all_decisions(trainer)
     resuming = trainer.ckpt_path is not None
-    if path.exists() and path.stat().st_size > 0 and not resuming and not decisions:
+    if (
+        path.exists()
+        and path.stat().st_size > 0
+        and (
+            (not resuming and not decisions)
+            or (resuming and _journal_loses(path, decisions, trainer))
+        )
+    ):
         n = 1
         while path.with_name(f"{DECISIONS_FILE}.{n}").exists():
             n += 1
@@ -158,7 +186,7 @@ def _write_journal(trainer: pl.Trainer) -> None:
         path.rename(backup)
         rank_zero_info(f"eecontrol: kept the previous fit's decisions as {backup}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = safe_file(path.with_name(path.name + ".tmp"))
     with tmp.open("w") as f:
         for d in decisions:
             f.write(json.dumps(d.to_dict()) + "\n")
@@ -237,8 +265,7 @@ class ControlCallback(Callback):
         if trainer.is_global_zero:
             path = run_dir(trainer) / DECISIONS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(json.dumps(decision.to_dict()) + "\n")
+            append_line(path, json.dumps(decision.to_dict()))  # never through a symlink
             rank_zero_info(
                 f"eecontrol [{type(self).__name__}] step {decision.step} epoch {decision.epoch}: "
                 f"{action}: {reason}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from eecontrol.report.artifacts import RunArtifacts
 from eecontrol.report.plots import Plot
+from eecontrol.resume import safe_file
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -69,7 +70,7 @@ def write_run_page(art: RunArtifacts, plots: list[Plot], out: Path) -> Path:
         "<h2>Plots</h2>",
         _figures(plots),
     ]
-    path = out / "report.html"
+    path = safe_file(out / "report.html")  # a symlink there is replaced, never followed
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>eecontrol report</title>"
         f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
@@ -98,7 +99,7 @@ def write_sweep_page(sweep: Path, runs: list[RunArtifacts], plots: list[Plot], o
         "<h2>Decisions</h2>",
         "".join(f"<h3>{html.escape(a.name)}</h3>{decisions_html(a)}" for a in runs),
     ]
-    path = out / "report.html"
+    path = safe_file(out / "report.html")  # a symlink there is replaced, never followed
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>eecontrol sweep report</title>"
         f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"

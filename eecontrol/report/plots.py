@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from eecontrol.report.artifacts import RunArtifacts
+from eecontrol.resume import safe_dir
 
 
 @dataclass(frozen=True)
@@ -336,13 +337,13 @@ PLOTTERS: list[Callable[[RunArtifacts, Path], Plot | None]] = [
 
 def make_plots(art: RunArtifacts, out: Path) -> list[Plot]:
     """Writes every plot that applies to this run into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    safe_dir(out)  # symlinks in report/ are removed, never written through
     return [p for p in (plotter(art, out) for plotter in PLOTTERS) if p is not None]
 
 
 def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
     """Every run's ``metric`` by optimizer step, with a cross where a callback stopped it."""
-    out.mkdir(parents=True, exist_ok=True)
+    safe_dir(out)
     fig, ax = plt.subplots(figsize=(7.5, 4))
     drawn = 0
     for art in runs:

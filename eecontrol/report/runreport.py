@@ -13,6 +13,7 @@ from eecontrol.callbacks._control import control_callbacks
 from eecontrol.report.artifacts import SUMMARY_FILE, RunArtifacts, find_runs, load_run, read_metrics
 from eecontrol.report.html import write_run_page, write_sweep_page
 from eecontrol.report.plots import Plot, make_plots, plot_sweep
+from eecontrol.resume import safe_file
 
 
 def _best(values: list[float], maximise: bool) -> float | None:
@@ -57,7 +58,7 @@ def run_summary(
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     """Writes ``summary.json`` into the run directory."""
-    path = run_dir / SUMMARY_FILE
+    path = safe_file(run_dir / SUMMARY_FILE)
     path.write_text(json.dumps(summary, indent=1, default=str))
     return path
 
