@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,45 @@ def _clean_evidence(evidence: Mapping[str, Any] | None) -> Evidence:
         else:
             out[str(key)] = str(value)
     return out
+
+
+_LOWER_IS_BETTER = ("loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl")
+_HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "auroc", "precision", "recall", "r2", "iou")
+
+
+def lower_is_better(metric: str) -> bool | None:
+    """What a metric's name says about its direction: True (a loss), False (an accuracy), None.
+
+    The name is split on ``/``, ``_``, ``-`` and ``.``; ``val/loss``, ``val_loss`` and
+    ``train/mse`` are losses, ``val/acc`` and ``test_f1`` are scores.
+    """
+    words = [w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w]
+    if any(w in _LOWER_IS_BETTER for w in words):
+        return True
+    if any(w in _HIGHER_IS_BETTER for w in words):
+        return False
+    return None
+
+
+def check_monitor_mode(owner: str, monitor: str, mode: str) -> None:
+    """Warns when ``mode`` contradicts what ``monitor``'s name says (max of a loss, min of an accuracy).
+
+    Args:
+        owner: the callback's name, for the message.
+        monitor: the monitored metric's name.
+        mode: ``"min"`` or ``"max"``.
+    """
+    lower = lower_is_better(monitor)
+    if lower is True and mode == "max":
+        rank_zero_warn(
+            f"{owner}: mode='max' maximises `{monitor}`, whose name says it is a loss/error "
+            f"(lower is better). Set mode='min' unless higher really is better."
+        )
+    elif lower is False and mode == "min":
+        rank_zero_warn(
+            f"{owner}: mode='min' minimises `{monitor}`, whose name says it is a score "
+            f"(higher is better). Set mode='max' unless lower really is better."
+        )
 
 
 def reduce_stop(trainer: pl.Trainer, should_stop: bool) -> bool:

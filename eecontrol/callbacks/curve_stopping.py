@@ -14,7 +14,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, run_dir
+from eecontrol.callbacks._control import ControlCallback, check_monitor_mode, run_dir
 from eecontrol.core.checks import check_bounds, check_choice, check_range
 from eecontrol.core.curves import (
     MODES,
@@ -131,6 +131,7 @@ class LearningCurveStopping(ControlCallback):
             raise ValueError(f"`monitor` must be a non-empty metric name, got {monitor!r}.")
         self.monitor = monitor
         self.mode = check_choice("mode", mode, MODES)
+        check_monitor_mode("LearningCurveStopping", monitor, self.mode)
         self.x_axis = check_choice("x_axis", x_axis, X_AXES)
         check_range("min_delta", min_delta, low=0.0)
         check_range(
