@@ -363,11 +363,21 @@ def default_policies(
 ) -> dict[str, Policy]:
     """Every policy the replay compares, by name.
 
+    Ours: :class:`~eecontrol.sweep.pruner.LearningCurvePruner` with its in-run rule
+    alone (``ours_in_run``), Domhan et al.'s sweep rule alone (``ours_sweep_rule``, where
+    the pruner has ``rule=``), the cross-run rule alone (``ours_cross_run``), its default
+    combination (``ours_both``), and
+    :class:`~eecontrol.sweep.halving.PredictiveHalvingPruner`
+    (``ours_predictive_halving``).
+
     Args:
         budget: validations of a full run (the pruners' horizon).
-        bounds: the metric's range for this project's pruner (None: unbounded).
+        bounds: the metric's range for this project's pruners (None: unbounded).
         patience: the EarlyStopping patience.
     """
+    import inspect
+
+    from eecontrol.sweep.halving import PredictiveHalvingPruner
     from eecontrol.sweep.pruner import LearningCurvePruner
 
     b = tuple(bounds) if bounds is not None else None
@@ -375,7 +385,7 @@ def default_policies(
     def ours(**kwargs: Any) -> Callable[[], optuna.pruners.BasePruner]:
         return lambda: LearningCurvePruner(horizon=budget, bounds=b, **kwargs)
 
-    return {
+    out = {
         "none": Policy(optuna.pruners.NopPruner),
         f"early_stopping_p{patience}": Policy(None, patience),
         "median": Policy(optuna.pruners.MedianPruner),
@@ -384,9 +394,16 @@ def default_policies(
             lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=budget)
         ),
         "ours_in_run": Policy(ours(cross_run=False)),
-        "ours_cross_run": Policy(ours(in_run=False)),
-        "ours_both": Policy(ours()),
     }
+    if "rule" in inspect.signature(LearningCurvePruner).parameters:
+        out["ours_sweep_rule"] = Policy(ours(cross_run=False, rule="sweep"))
+    out["ours_cross_run"] = Policy(ours(in_run=False))
+    out["ours_both"] = Policy(ours())
+    if budget >= 2:
+        out["ours_predictive_halving"] = Policy(
+            lambda: PredictiveHalvingPruner(horizon=budget, bounds=b)
+        )
+    return out
 
 
 def _distributions(runs: Sequence[SweepRun]) -> dict[str, BaseDistribution]:

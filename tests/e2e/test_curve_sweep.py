@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from eecontrol.sweep.store import CurveStore
-from tests.e2e.test_train_cli import _run
+from tests.e2e.test_train_cli import TRAIN, _run
+
+EECONTROL = str(Path(TRAIN).parent / "eecontrol")
 
 pytestmark = pytest.mark.e2e
 
@@ -47,3 +51,17 @@ def test_joblib_sweep_shares_the_store_and_stops_a_loser(tmp_path):
     assert stop["evidence"]["cross_run_probability"] < 0.05
     summary = json.loads((sweep / "3" / "summary.json").read_text())
     assert summary["best_so_far"] == pytest.approx(max(loser.values), abs=1e-6)
+    # `eecontrol replay` on this finished sweep, from its job directories and from its store:
+    # the runs that trained all 6 epochs are replayed, the stopped one is left out
+    full = sum(len(r.values) == 6 for r in store.runs())
+    cheap = ["--orders", "1", "--policies", "none", "median", "successive_halving"]
+    for source, left_out in (
+        ([str(sweep)], "3: 3 of 6 validations (stopped early)"),
+        ([f"sqlite:///{sweep / 'curves.db'}", "--study", "eecontrol-curves"], ": PRUNED"),
+    ):
+        out = subprocess.run(
+            [EECONTROL, "replay", *source, *cheap], capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"{full} runs x 6 validations" in out.stdout
+        assert "successive_halving" in out.stdout and left_out in out.stdout

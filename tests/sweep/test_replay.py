@@ -129,15 +129,23 @@ def test_min_mode_regret_and_pruning(concrete):
 
 
 def _study_from(sweep: Sweep, url: str, name: str, n: int) -> None:
+    """A real study in SQLite: ``n`` COMPLETE trials of the sweep, a PRUNED and a RUNNING one."""
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)}
     for run in sweep.runs[:n]:
-        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)})
-        for step, v in enumerate(run.values):
-            trial.report(v, step)
-        study.tell(trial, max(run.values))
-    pruned = study.ask()
-    pruned.report(0.5, 0)
-    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+        study.add_trial(  # one transaction per trial (a report per commit is slow on SQLite)
+            optuna.trial.create_trial(
+                params={"lr": float(run.hparams["lr"])},
+                distributions=dist,
+                value=max(run.values),
+                intermediate_values=dict(enumerate(run.values)),
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.5}, value=None
+        )
+    )
     study.ask()  # a running trial
 
 
