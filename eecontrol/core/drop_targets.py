@@ -269,18 +269,31 @@ def assign_blocks(model: nn.Module, targets: DropTargets) -> None:
     def parent(name: str) -> str | None:
         return None if not name else (name.rsplit(".", 1)[0] if "." in name else "")
 
-    classes: set[type] = set()
-    for name, *_ in targets.drop_path:
-        node = name
+    def ancestors(name: str) -> list[str]:
+        out, node = [], name
         while node:
-            up = parent(node)
-            container = modules.get(up) if up is not None else None
+            out.append(node)
+            node = parent(node) or ""
+        return out
+
+    # each module's nearest ancestor repeated in a ModuleList / Sequential gives a class;
+    # a module whose ancestors include a class found for another module uses that one
+    # (a one-block ConvNeXt stage: its block, not the stage)
+    candidates: set[type] = set()
+    for name, *_ in targets.drop_path:
+        for node in ancestors(name):
+            container = modules.get(parent(node) or "")
             if isinstance(container, nn.ModuleList | nn.Sequential):
                 cls = type(modules[node])
                 if sum(type(c) is cls for c in container.children()) >= 2:
-                    classes.add(cls)
+                    candidates.add(cls)
                     break
-            node = up or ""
+    classes: set[type] = set()
+    for name, *_ in targets.drop_path:
+        for node in ancestors(name):
+            if type(modules[node]) in candidates:
+                classes.add(type(modules[node]))
+                break
     blocks = []
     for name, module in modules.items():
         if name and type(module) in classes and not any(name.startswith(b + ".") for b in blocks):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from eecontrol.core.drop_targets import RateSetter, find_drop_targets
+from eecontrol.core.drop_targets import RateSetter, find_drop_targets, rate_report
 
 
 class DropPath(nn.Module):
@@ -148,3 +148,163 @@ def _my_rate_attrs(module):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="target kind"):
         find_drop_targets(nn.Dropout(), ["dropblock"])
+
+
+# --- stochastic depth per block, as the reference code and timm assign it -------------
+
+
+def reference_rates(rate: float, depth: int) -> list[float]:
+    """The reference's and timm's rule: [x.item() for x in torch.linspace(0, rate, depth)]."""
+    return [x.item() for x in torch.linspace(0, rate, depth)]
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """timm and the reference build nn.Identity where the rate is 0 (block 0)."""
+    return DropPath(rate) if rate > 0.0 else nn.Identity()
+
+
+class RefViTBlock(nn.Module):
+    """The reference ViT block's layout: one drop_path used twice."""
+
+    def __init__(self, dim: int, rate: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop_path = _drop_path(rate)
+
+
+class RefViT(nn.Module):
+    """The reference ViT's layout: ``blocks`` is an nn.ModuleList, a Linear head."""
+
+    def __init__(self, depth: int, drop_path_rate: float) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, 4, 4)
+        self.blocks = nn.ModuleList(
+            [RefViTBlock(8, r) for r in reference_rates(drop_path_rate, depth)]
+        )
+        self.head = nn.Linear(8, 3)
+
+
+class RefConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, rate: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.pwconv1, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.drop_path = _drop_path(rate)
+
+
+class RefConvNeXt(nn.Module):
+    """The reference ConvNeXt's layout: stages (ModuleList of Sequential) and downsamplers."""
+
+    def __init__(self, depths: list[int], drop_path_rate: float) -> None:
+        super().__init__()
+        rates = reference_rates(drop_path_rate, sum(depths))
+        self.downsample_layers = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(3 if i == 0 else 8, 8, 2, 2)) for i in range(len(depths))]
+        )
+        self.stages = nn.ModuleList()
+        cur = 0
+        for depth in depths:
+            self.stages.append(
+                nn.Sequential(*[RefConvNeXtBlock(8, rates[cur + j]) for j in range(depth)])
+            )
+            cur += depth
+        self.head = nn.Linear(8, 3)
+
+
+class TimmBlock(nn.Module):
+    """timm's ViT/Swin block layout: two drop-path modules per block."""
+
+    def __init__(self, dim: int, rate: float) -> None:
+        super().__init__()
+        self.attn, self.mlp = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.drop_path1, self.drop_path2 = _drop_path(rate), _drop_path(rate)
+
+
+class TimmSwin(nn.Module):
+    """timm Swin's layout: ``layers`` (Sequential of stages), each with ``blocks``."""
+
+    def __init__(self, depths: list[int], drop_path_rate: float) -> None:
+        super().__init__()
+        rates = reference_rates(drop_path_rate, sum(depths))
+        stages, cur = [], 0
+        for depth in depths:
+            stage = nn.Module()
+            stage.downsample = nn.Linear(8, 8)
+            stage.blocks = nn.Sequential(*[TimmBlock(8, rates[cur + j]) for j in range(depth)])
+            stages.append(stage)
+            cur += depth
+        self.layers = nn.Sequential(*stages)
+
+
+def _rates_by_block(blocks: list[nn.Module]) -> list[list[float]]:
+    return [[m.drop_prob for m in b.modules() if isinstance(m, DropPath)] for b in blocks]
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25, 0.5])
+def test_reference_vit_rates_per_block(rate):
+    model = RefViT(depth=12, drop_path_rate=0.1)
+    targets = find_drop_targets(model, ["drop_path"])
+    assert isinstance(model.blocks[0].drop_path, nn.Identity) and len(targets.drop_path) == 11
+    targets.set_drop_path(rate)
+    expected = reference_rates(rate, 12)  # the reference's update_drop_path(rate)
+    assert targets.depth == 12
+    assert _rates_by_block(list(model.blocks)) == [[]] + [[r] for r in expected[1:]]
+
+
+@pytest.mark.parametrize("depths", [[3, 3, 9, 3], [2, 2, 6, 2], [1, 2, 3, 1]])
+def test_reference_convnext_rates_per_block(depths):
+    model = RefConvNeXt(depths, drop_path_rate=0.2)
+    targets = find_drop_targets(model, ["drop_path"])
+    targets.set_drop_path(0.4)
+    expected = reference_rates(0.4, sum(depths))
+    blocks = [b for stage in model.stages for b in stage]
+    assert targets.depth == sum(depths)
+    got = _rates_by_block(blocks)
+    assert got == [[] if i == 0 else [r] for i, r in enumerate(expected)]
+
+
+def test_timm_style_blocks_two_drop_paths_share_the_block_rate():
+    model = nn.Module()
+    model.blocks = nn.Sequential(*[TimmBlock(8, r) for r in reference_rates(0.1, 6)])
+    targets = find_drop_targets(model, ["drop_path"])
+    assert len(targets.drop_path) == 10  # block 0: two nn.Identity
+    targets.set_drop_path(0.3)
+    expected = reference_rates(0.3, 6)
+    assert _rates_by_block(list(model.blocks)) == [[]] + [[r, r] for r in expected[1:]]
+    swin = TimmSwin([2, 2, 6, 2], drop_path_rate=0.2)
+    targets = find_drop_targets(swin, ["drop_path"])
+    targets.set_drop_path(0.5)
+    blocks = [b for stage in swin.layers for b in stage.blocks]
+    expected = reference_rates(0.5, 12)
+    assert _rates_by_block(blocks) == [[]] + [[r, r] for r in expected[1:]]
+
+
+def test_int_rates_and_every_dropout_name_are_found():
+    class HFLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_dropout = 0  # an int, as LlamaConfig(attention_dropout=0) leaves it
+            self.dropout_prob = 0.5  # YOLOS / VideoMAE
+            self.attn_dropout = 0.5  # GPTBigCode
+            self.attn_drop = 0.5  # X-CLIP
+            self.use_dropout = True  # a bool is never a rate
+            self.layerdrop = 0.1  # not a dropout rate: reported, not set
+            self.num_heads = 2
+
+    model = HFLike()
+    targets = find_drop_targets(model, ["dropout"])
+    assert sorted(a for _, _, a, _ in targets.dropout) == [
+        "attention_dropout",
+        "attn_drop",
+        "attn_dropout",
+        "dropout_prob",
+    ]
+    targets.set_dropout(0.2)
+    assert model.attention_dropout == 0.2 and isinstance(model.attention_dropout, float)
+    assert model.use_dropout is True and model.layerdrop == 0.1
+    report = rate_report(model, targets, ["dropout"])
+    assert report.left_out == [("", "layerdrop", "layer drop (not a dropout rate)")]
+    assert report.fraction == 1.0
