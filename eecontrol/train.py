@@ -175,11 +175,30 @@ def finalize_run(
     """Writes summary.json and the report (plots + HTML), then publishes them to W&B."""
     out = Path(trainer.default_root_dir)
     summary = run_summary(trainer, metrics, optimized_metric)
+    if optimized_metric:  # `objective` is what the sweeper receives (see hydra_main)
+        summary["last_value"] = metrics.get(optimized_metric)
+        summary["objective"] = sweeper_value(trainer, metrics, optimized_metric)
     write_summary(out, summary)
     for lg in trainer.loggers:  # flush the CSV so the report sees every row
         lg.save()
-    _, plots, _ = report_run(out)
+    try:
+        _, plots, _ = report_run(out)
+    except Exception as err:  # the run's results are on disk: a report error only warns
+        log.warning("eecontrol: the report of %s failed (%s: %s)", out, type(err).__name__, err)
+        plots = []
     publish_to_wandb(trainer, all_decisions(trainer), summary, plots)
+
+
+def sweeper_value(trainer: pl.Trainer, metrics: dict[str, float], name: str) -> float | None:
+    """The value a sweeper receives for ``name``: the last one, or a stopping callback's best.
+
+    A run that a callback monitoring ``name`` stopped early returns its best value so far.
+    """
+    for cb in control_callbacks(trainer):
+        best = getattr(cb, "best_so_far", None)
+        if cb.stop_reason is not None and getattr(cb, "monitor", None) == name and best is not None:
+            return float(best)
+    return metrics.get(name)
 
 
 def _report(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Trainer) -> None:
@@ -227,12 +246,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise KeyError(
             f"`optimized_metric={name}` was not logged; available metrics: {sorted(metrics)}."
         )
-    value = metrics[name]
-    for cb in control_callbacks(trainer):  # a run stopped early: its best value so far
-        best = getattr(cb, "best_so_far", None)
-        if cb.stop_reason is not None and getattr(cb, "monitor", None) == name and best is not None:
-            value = float(best)
-            break
+    value = sweeper_value(trainer, metrics, name)  # summary.json's `objective` too
     record_objective(cfg, value)  # a sweep job: the result survives a lost launcher return
     return value
 

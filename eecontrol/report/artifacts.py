@@ -33,11 +33,18 @@ class RunArtifacts:
     summary: dict[str, Any] = field(default_factory=dict)
     ces_candidates: list[dict[str, Any]] = field(default_factory=list)
     extra_json: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    label: str | None = None
 
     @property
     def name(self) -> str:
         """A short name: the run directory's name (the job number in a sweep)."""
         return self.path.name
+
+    @property
+    def display_name(self) -> str:
+        """What tables and legends call the run: its distinguishing overrides, else its name."""
+        return self.label or self.name
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -88,6 +95,7 @@ def load_run(run: str | Path) -> RunArtifacts:
     )
     if (path / SUMMARY_FILE).exists():
         art.summary = json.loads((path / SUMMARY_FILE).read_text())
+    art.overrides = read_overrides(path)
     ces = path / "ces" / "candidates.json"
     if ces.exists():
         art.ces_candidates = json.loads(ces.read_text())
@@ -102,6 +110,56 @@ def load_run(run: str | Path) -> RunArtifacts:
         except json.JSONDecodeError:
             continue
     return art
+
+
+def read_overrides(run: Path) -> list[str]:
+    """The command-line overrides of a Hydra job (``.hydra/overrides.yaml``), if any."""
+    file = run / ".hydra" / "overrides.yaml"
+    if not file.exists():
+        return []
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text()) or []
+    except yaml.YAMLError:
+        return []
+    return [str(o) for o in data if isinstance(o, str)]
+
+
+def label_runs(runs: list[RunArtifacts]) -> None:
+    """Names each run by the overrides that tell it apart from the others (in place).
+
+    Overrides shared by every run and Hydra's own (``hydra/launcher=...``) are left out;
+    a run whose overrides say nothing distinct keeps its directory name.
+    """
+
+    def own(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+    shared = set.intersection(*(set(own(a.overrides)) for a in runs)) if runs else set()
+    for art in runs:
+        distinct = [o.lstrip("+") for o in own(art.overrides) if o not in shared]
+        art.label = " ".join(distinct) if distinct else None
+    seen: dict[str, int] = {}
+    for art in runs:
+        seen[art.display_name] = seen.get(art.display_name, 0) + 1
+    for art in runs:
+        if art.label and seen[art.label] > 1:
+            art.label = f"{art.label} [{art.name}]"
+
+
+def sort_by_objective(runs: list[RunArtifacts]) -> list[RunArtifacts]:
+    """Runs best first by ``summary.json``'s objective (runs without one last)."""
+    from eecontrol.callbacks._control import lower_is_better
+
+    def key(art: RunArtifacts) -> tuple[int, float]:
+        value = art.summary.get("objective")
+        if not isinstance(value, int | float) or math.isnan(value):
+            return (1, 0.0)
+        minimise = lower_is_better(str(art.summary.get("optimized_metric", ""))) is True
+        return (0, value if minimise else -value)
+
+    return sorted(runs, key=key)
 
 
 def is_run_dir(path: Path) -> bool:

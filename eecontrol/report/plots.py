@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from eecontrol.callbacks._control import Decision
 from eecontrol.report.artifacts import RunArtifacts
 from eecontrol.resume import safe_dir
 
@@ -35,6 +38,27 @@ def _short(callback: str) -> str:
     return callback.split("{")[0]
 
 
+def _tex_safe(text: str) -> str:
+    """Escapes ``$`` so that matplotlib never reads a metric name as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+_SPLITS = ("train", "val", "valid", "validation", "test")
+
+
+def _split_metric(key: str) -> bool:
+    """Whether a CSV column is a train/val/test metric (``val/loss``, ``val_loss``, ``test/acc``)."""
+    head = key.replace("/", "_").split("_", 1)
+    return len(head) == 2 and head[0] in _SPLITS and bool(head[1]) and not key.endswith("_step")
+
+
+def _is_loss(key: str) -> bool:
+    """Whether a metric's name says lower is better (loss, error, mse, ...)."""
+    from eecontrol.callbacks._control import lower_is_better
+
+    return lower_is_better(key) is True
+
+
 def _series(art: RunArtifacts, key: str) -> tuple[list[float], list[float]]:
     """Non-NaN (step, value) pairs of a metrics column."""
     steps, values = art.metrics.get("step", []), art.metrics.get(key, [])
@@ -42,62 +66,70 @@ def _series(art: RunArtifacts, key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _grouped(art: RunArtifacts) -> dict[tuple[str, int], list[str]]:
-    """Actions per (callback, step), so that labels at one step are joined, not overlaid."""
-    groups: dict[tuple[str, int], list[str]] = {}
-    for d in art.decisions:
-        groups.setdefault((_short(d.callback), d.step), []).append(d.action)
-    return groups
+def _decision_lines(ax: plt.Axes, art: RunArtifacts, max_lines: int = 3) -> None:
+    """Marks decisions on a step axis, labelled in the legend (never as overlapping text).
 
-
-def _decision_lines(ax: plt.Axes, art: RunArtifacts) -> None:
-    colours: dict[str, str] = {}
+    Stops are solid lines; an action taken at most ``max_lines`` times is a dashed line;
+    a frequent one (GradES freezing 40 matrices) is a row of ticks at the bottom.
+    """
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (name, step), actions in _grouped(art).items():
-        shown = [a for a in actions if a not in ("plan", "schedule")]
-        if not shown:
+    groups: dict[tuple[str, str], list[int]] = {}
+    for d in art.decisions:
+        if d.action in ("plan", "schedule"):
             continue
-        colour = colours.setdefault(name, palette[(len(colours) + 3) % len(palette)])
-        ax.axvline(step, color=colour, linestyle="--", linewidth=1, alpha=0.8)
-        ax.annotate(
-            ", ".join(shown),
-            (step, 1.0),
-            xycoords=("data", "axes fraction"),
-            rotation=90,
-            fontsize=7,
-            va="top",
-            ha="right",
-            color=colour,
-        )
+        groups.setdefault((_short(d.callback), d.action), []).append(d.step)
+    for i, ((name, action), steps) in enumerate(groups.items()):
+        colour = "red" if action == "stop" else palette[(i + 3) % len(palette)]
+        label = _tex_safe(f"{name}: {action}" + (f" x{len(steps)}" if len(steps) > 1 else ""))
+        if action == "stop" or len(steps) <= max_lines:
+            for j, step in enumerate(steps):
+                ax.axvline(
+                    step,
+                    color=colour,
+                    linestyle="-" if action == "stop" else "--",
+                    linewidth=1.2 if action == "stop" else 0.9,
+                    alpha=0.8,
+                    label=label if j == 0 else None,
+                )
+        else:
+            ax.plot(
+                steps,
+                [0.02] * len(steps),
+                "|",
+                color=colour,
+                markersize=10,
+                transform=ax.get_xaxis_transform(),
+                label=label,
+            )
 
 
 def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
-    """Loss and accuracy curves by optimizer step, with a dashed line at every decision."""
-    keys = [
-        k
-        for k in art.metrics
-        if k.startswith(("val/", "train/loss", "test/")) and not k.endswith("_step")
-    ]
-    keys = [k for k in keys if _series(art, k)[0]]
+    """Loss and other metric curves by optimizer step, with the decisions marked.
+
+    Any train/val/test column is drawn, whatever its separator (``val/loss``,
+    ``val_loss``); losses (and errors) on the left, other metrics on the right.
+    """
+    keys = [k for k in art.metrics if _split_metric(k) and _series(art, k)[0]]
     if not keys:
         return None
-    losses = [k for k in keys if "loss" in k]
-    others = [k for k in keys if "loss" not in k]
-    fig, axes = plt.subplots(
-        1, 2 if others else 1, figsize=(11 if others else 6, 3.6), squeeze=False
-    )
-    for ax, group, label in (
-        (axes[0][0], losses, "loss"),
-        *((axes[0][1], others, "metric"),) * bool(others),
-    ):
+    groups = [
+        (g, label)
+        for g, label in (
+            ([k for k in keys if _is_loss(k)], "loss / error"),
+            ([k for k in keys if not _is_loss(k)], "metric"),
+        )
+        if g
+    ]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.8 * len(groups), 3.8), squeeze=False)
+    for ax, (group, label) in zip(axes[0], groups):
         for key in group:
             x, y = _series(art, key)
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=key)
+            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=_tex_safe(key))
         _decision_lines(ax, art)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{art.name}: metrics and decisions", fontsize=10)
+    fig.suptitle(f"{_tex_safe(art.name)}: metrics and decisions", fontsize=10)
     fig.tight_layout()
     path = out / "metrics.png"
     fig.savefig(path, dpi=110)
@@ -105,26 +137,37 @@ def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
     return Plot(
         "Metrics",
         path,
-        "Training and validation curves by optimizer step; dashed lines mark decisions.",
+        "Training and validation curves by optimizer step; solid red: a stop, dashed: other "
+        "decisions, ticks at the bottom: frequent decisions (see the legend).",
     )
 
 
 def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
-    """A timeline: one row per callback, one marker per decision."""
+    """A timeline: one row per callback, one marker per decision, actions in the legend."""
     if not art.decisions:
         return None
     names = sorted({_short(d.callback) for d in art.decisions})
-    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.5 * len(names)))
-    for (name, step), actions in _grouped(art).items():
-        y = names.index(name)
-        ax.scatter([step], [y], s=40, zorder=3)
-        ax.annotate(
-            ", ".join(actions), (step, y), textcoords="offset points", xytext=(3, 6), fontsize=7
+    actions = list(dict.fromkeys(d.action for d in art.decisions))
+    markers = "os^vDP*X<>"
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(names)))
+    for i, action in enumerate(actions):
+        points = [
+            (d.step, names.index(_short(d.callback))) for d in art.decisions if d.action == action
+        ]
+        ax.scatter(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            s=45,
+            marker=markers[i % len(markers)],
+            color="red" if action == "stop" else f"C{i % 10}",
+            zorder=3,
+            label=_tex_safe(f"{action} ({len(points)})"),
         )
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), [_tex_safe(n) for n in names])
     ax.set_xlabel("optimizer step")
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="action")
     fig.tight_layout()
     path = out / "decisions.png"
     fig.savefig(path, dpi=110)
@@ -132,7 +175,7 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
     return Plot(
         "Decisions",
         path,
-        "When each callback acted (hover the HTML table for reasons and evidence).",
+        "When each callback acted; one marker per action (the HTML table gives reasons and evidence).",
     )
 
 
@@ -155,6 +198,17 @@ def plot_rates(art: RunArtifacts, out: Path) -> Plot | None:
     return Plot(
         "Drop rates", path, "DropoutSchedule: the rate set in the model at every optimizer step."
     )
+
+
+def _ces_alpha(evaluate: Decision) -> float | None:
+    """The level of CES's test-split evaluation (evidence ``alpha``, else the reason text)."""
+    if isinstance(evaluate.evidence.get("alpha"), int | float):
+        return float(evaluate.evidence["alpha"])
+    found = re.search(r"alpha=([0-9.eE-]+)", evaluate.reason)
+    try:
+        return float(found.group(1).rstrip(".")) if found else None
+    except ValueError:
+        return None
 
 
 def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
@@ -196,6 +250,17 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
                 twin.bar([x + 0.2 for x in xs], size, width=0.4, color="C1"), fmt="%.3g", fontsize=7
             )
             twin.set_ylabel(f"{size_key} (orange)")
+        alpha = _ces_alpha(evaluate)
+        if alpha is not None:
+            target = 1 - alpha if cov_key == "coverage" else alpha
+            ax2.axhline(
+                target,
+                color="k",
+                linestyle=":",
+                linewidth=1,
+                label=f"target {'1 - alpha' if cov_key == 'coverage' else 'alpha'} = {target:.2f}",
+            )
+            ax2.legend(fontsize=7, loc="lower left")
         ax2.set_xticks(list(xs), methods)
         ax2.set_ylabel(f"{cov_key} (blue)")
         ax2.set_title("test split", fontsize=9)
@@ -207,7 +272,8 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
         "Conformalized early stopping",
         path,
         "Left: hold-out loss of each stored candidate (red: what plain early stopping would pick). "
-        "Right: coverage (or type-I error) and set size / width on the test split.",
+        "Right: coverage (or type-I error) and set size / width on the test split; dotted: "
+        "the target level.",
     )
 
 
@@ -224,10 +290,13 @@ def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
         ax.plot(pred["x"], pred["mean"], label="predicted (ensemble mean)")
         band = round(100 * pred["band"])
         ax.fill_between(pred["x"], pred["lower"], pred["upper"], alpha=0.25, label=f"{band}% band")
-    if any(d.action == "stop" for d in art.decisions) and obs["x"]:
+    own_stop = any(
+        d.action == "stop" and _short(d.callback) == "LearningCurveStopping" for d in art.decisions
+    )
+    if own_stop and obs["x"]:
         ax.axvline(obs["x"][-1], color="red", linestyle="--", linewidth=1, label="stop")
     ax.set_xlabel(record.get("x_axis", "x"))
-    ax.set_ylabel(record.get("monitor", "metric"))
+    ax.set_ylabel(_tex_safe(record.get("monitor", "metric")))
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "learning_curve.png"
@@ -240,6 +309,21 @@ def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
     )
 
 
+def _common_prefix(names: list[str]) -> str:
+    """The dotted prefix all names share (``model.encoder.``), never a whole name."""
+    if len(names) < 2:
+        return ""
+    parts = [n.split(".") for n in names]
+    common: list[str] = []
+    for segment in zip(*parts):
+        if len(set(segment)) != 1:
+            break
+        common.append(segment[0])
+    if common and any(len(p) == len(common) for p in parts):
+        common = common[:-1]
+    return ".".join(common) + "." if common else ""
+
+
 def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
     """GradES: one bar per matrix from the start to its freeze step; the grace period shaded."""
     record = art.extra_json.get("grades_timeline.json")
@@ -247,7 +331,12 @@ def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
         return None
     comps = record["components"]
     end = record.get("stopped_step") or record.get("total_steps") or 1
-    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.22 * len(comps)))
+    names = [str(c["name"]) for c in comps]
+    prefix = _common_prefix(names)
+    shown = [_tex_safe(n[len(prefix) :]) for n in names]
+    longest = max(len(n) for n in shown)
+    # the figure grows with the longest name, so that no name is cut
+    fig, ax = plt.subplots(figsize=(6 + 0.065 * longest, 1.2 + 0.22 * len(comps)))
     for i, c in enumerate(comps):
         frozen = c.get("frozen_step")
         ax.barh(
@@ -260,9 +349,10 @@ def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
             ax.plot([frozen], [i], "k|", markersize=8)
     if record.get("grace_step"):
         ax.axvspan(0, record["grace_step"], color="grey", alpha=0.15)
-    ax.set_yticks(range(len(comps)), [c["name"] for c in comps], fontsize=6)
+    ax.set_yticks(range(len(comps)), shown, fontsize=6)
     ax.set_xlabel("optimizer step (green: trained until frozen; blue: never frozen)")
-    ax.set_title(f"frozen fraction {record.get('frozen_fraction', 0):.2f}", fontsize=9)
+    title = f"frozen fraction {record.get('frozen_fraction', 0):.2f}"
+    ax.set_title(title + (f"; names after '{_tex_safe(prefix)}'" if prefix else ""), fontsize=9)
     fig.tight_layout()
     path = out / "grades_timeline.png"
     fig.savefig(path, dpi=110)
@@ -324,6 +414,31 @@ def plot_darts(art: RunArtifacts, out: Path) -> Plot | None:
     )
 
 
+def plot_gradient_diagnostics(art: RunArtifacts, out: Path) -> Plot | None:
+    """GradientDiagnostics: mini-batch direction variance and error by optimizer step."""
+    keys = [k for k in art.metrics if k.startswith("grad_diag/") and _series(art, k)[0]]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        x, y = _series(art, key)
+        ax.plot(x, y, marker="o", markersize=3, label=_tex_safe(key))
+        _decision_lines(ax, art)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(_tex_safe(key.split("/", 1)[1].replace("_", " ")))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "gradient_diagnostics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Plot(
+        "Gradient diagnostics",
+        path,
+        "GradientDiagnostics: how much mini-batch gradient directions vary (variance) and how "
+        "far they are from the whole-data gradient (error), at each measurement.",
+    )
+
+
 PLOTTERS: list[Callable[[RunArtifacts, Path], Plot | None]] = [
     plot_metrics,
     plot_decisions,
@@ -332,36 +447,68 @@ PLOTTERS: list[Callable[[RunArtifacts, Path], Plot | None]] = [
     plot_curve_prediction,
     plot_grades,
     plot_darts,
+    plot_gradient_diagnostics,
 ]
 
 
 def make_plots(art: RunArtifacts, out: Path) -> list[Plot]:
     """Writes every plot that applies to this run into ``out``."""
     safe_dir(out)  # symlinks in report/ are removed, never written through
-    return [p for p in (plotter(art, out) for plotter in PLOTTERS) if p is not None]
+    plots = []
+    for plotter in PLOTTERS:
+        try:
+            plot = plotter(art, out)
+        except Exception as err:  # a plot never fails a run: its results are already on disk
+            plt.close("all")
+            warnings.warn(
+                f"eecontrol report: {plotter.__name__} failed for {art.path}: "
+                f"{type(err).__name__}: {err}; the other plots and the page are still written.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        if plot is not None:
+            plots.append(plot)
+    return plots
 
 
 def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
-    """Every run's ``metric`` by optimizer step, with a cross where a callback stopped it."""
+    """Every run's ``metric`` by optimizer step, labelled by its overrides, stops crossed.
+
+    Runs are drawn in the order given (``report_sweep`` sorts them by objective); a run with
+    one or few points gets markers, so a 1-epoch run is visible too.
+    """
     safe_dir(out)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(11, 4.4))
     drawn = 0
     for art in runs:
         x, y = _series(art, metric)
         if not x:
             continue
-        (line,) = ax.plot(x, y, label=art.name, linewidth=1.2)
+        (line,) = ax.plot(
+            x,
+            y,
+            label=_tex_safe(art.display_name),
+            linewidth=1.2,
+            marker="o" if len(x) < 30 else None,
+            markersize=4,
+        )
         drawn += 1
-        for d in art.decisions:
-            if d.action == "stop":
-                ax.scatter([x[-1]], [y[-1]], marker="x", s=60, color=line.get_color(), zorder=3)
+        if any(d.action == "stop" for d in art.decisions):
+            ax.scatter([x[-1]], [y[-1]], marker="x", s=70, color=line.get_color(), zorder=3)
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{len(runs)} runs; x = stopped by a callback", fontsize=9)
+    ax.set_ylabel(_tex_safe(metric))
+    ax.legend(
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="run (best first)",
+        title_fontsize=7,
+    )
+    ax.set_title(f"{drawn} of {len(runs)} runs; x = stopped by a callback", fontsize=9)
     fig.tight_layout()
     path = out / "sweep.png"
     fig.savefig(path, dpi=110)
@@ -369,5 +516,6 @@ def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
     return Plot(
         "Sweep",
         path,
-        f"{metric} of every run by optimizer step; crosses mark runs a callback stopped.",
+        f"{metric} of every run by optimizer step, runs named by their overrides (best first); "
+        "crosses mark runs a callback stopped.",
     )

@@ -10,7 +10,15 @@ from typing import Any
 import lightning.pytorch as pl
 
 from eecontrol.callbacks._control import control_callbacks
-from eecontrol.report.artifacts import SUMMARY_FILE, RunArtifacts, find_runs, load_run, read_metrics
+from eecontrol.report.artifacts import (
+    SUMMARY_FILE,
+    RunArtifacts,
+    find_runs,
+    label_runs,
+    load_run,
+    read_metrics,
+    sort_by_objective,
+)
 from eecontrol.report.html import write_run_page, write_sweep_page
 from eecontrol.report.plots import Plot, make_plots, plot_sweep
 from eecontrol.resume import safe_file
@@ -84,6 +92,8 @@ def report_sweep(
         raise FileNotFoundError(
             f"no run directories under {sweep} (looked for decisions.jsonl, summary.json, csv/)."
         )
+    label_runs(runs)  # named by the overrides that tell them apart
+    runs = sort_by_objective(runs)  # best first
     out_dir = Path(out) if out else sweep / "report"
     for art in runs:
         make_plots(art, art.path / "report")
