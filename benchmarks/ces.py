@@ -16,6 +16,8 @@ Methods (alpha = 0.1), as in the paper:
 - ``data_splitting``: a second run trained on 50%, early stopping on 25%, calibration on the
   other 25% (the paper's benchmark).
 - ``full``: the last epoch of the CES run, calibrated on the hold-out set.
+- ``naive_theory`` (regression): ``naive`` at the paper's corrected level (appendix, hybrid
+  bound with b = 100; ``eecontrol.core.conformal.naive_corrected_alpha``).
 
 Tasks: regression on UCI concrete and bio (absolute-residual intervals, the paper's
 regression network), classification on digits (APS sets, marginal and label-conditional),
@@ -237,6 +239,12 @@ def evaluate_split(
             ),
             "full": core.split_regression_intervals(hold[last], yh, test[last], ALPHA),
         }
+        theory = core.naive_corrected_alpha(hold.shape[0], len(yh), ALPHA)
+        intervals["naive_theory"] = (
+            core.split_regression_intervals(hold[best], yh, test[best], theory)
+            if theory > 0
+            else (torch.full_like(yt, -math.inf), torch.full_like(yt, math.inf))
+        )
         for name, (lo, hi) in intervals.items():
             res[name] = {
                 "coverage": float(((lo <= yt) & (yt <= hi)).double().mean()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +32,11 @@ def test_conformance(tmp_path):
         ConformalEarlyStopping,
         valid=[{"task": "classification"}, {"task": "regression"}, {"task": "outlier"}],
         invalid=[
-            ({"task": "ranking"}, "`task`", "['classification', 'regression', 'outlier']"),
+            (
+                {"task": "ranking"},
+                "`task`",
+                "['classification', 'regression', 'quantile', 'outlier']",
+            ),
             ({"storage_period": 0}, "`storage_period`", "[1, inf)"),
             ({"storage_period": 1.5}, "`storage_period`", "integer"),
             ({"alpha": 0.0}, "`alpha`", "(0.0, 1.0)"),
@@ -53,8 +58,10 @@ def test_candidates_are_stored_and_reproducible(tmp_path):
     record = ces.record()
     assert record["outputs"].shape == (2, len(y_hold), 10)
     assert torch.equal(record["targets"], y_hold)
+    assert record["root"] == str((tmp_path / "ces").resolve())
     for path in record["paths"]:
-        blob = torch.load(path, weights_only=True)
+        assert not Path(path).is_absolute()  # relative to the candidates dir (a run dir can move)
+        blob = torch.load(tmp_path / "ces" / path, weights_only=True)
         assert set(blob) == {"state_dict", "epoch", "step"}
     # the vmap-batched forward of the stored checkpoints reproduces the stored outputs
     pred = ces.predictor(digits_model())
@@ -172,7 +179,7 @@ def test_resume_keeps_all_saved_candidates(tmp_path):
     assert torch.equal(torch.stack(resumed.outputs[:3]), before)
     assert [d.action for d in resumed.decisions] == ["plan", "candidates"]
     assert all(
-        torch.load(p, weights_only=True)["epoch"] == e
+        torch.load(tmp_path / "ces" / p, weights_only=True)["epoch"] == e
         for p, e in zip(resumed.paths, resumed.epochs)
     )
 
