@@ -178,6 +178,7 @@ class GradES(ControlCallback):
         self._stop_due = False
         self._warned: set[str] = set()
         self._coverage: Coverage | None = None
+        self._setup_module: pl.LightningModule | None = None
 
     # --- identity -------------------------------------------------------------------
 
@@ -255,6 +256,7 @@ class GradES(ControlCallback):
         if problem is not None:
             raise ValueError(problem)
         # Components are found in on_fit_start, after a checkpoint's frozen set is restored.
+        self._setup_module = pl_module
 
     def _discover(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Finds the components (the restored frozen set included) and reports coverage."""
@@ -625,7 +627,7 @@ class GradES(ControlCallback):
         state = self.__dict__.copy()
         progress = self._progress_state()
         state["_pending_state"] = {k: v for k, v in progress.items() if k != "frozen"}
-        state.update(_components=[], _stats=None, _rule=None)
+        state.update(_components=[], _stats=None, _rule=None, _setup_module=None)
         # Lightning attaches the module's bound log/log_dict to callbacks during fit.
         state.pop("log", None)
         state.pop("log_dict", None)
@@ -635,3 +637,16 @@ class GradES(ControlCallback):
     def _load_progress_state(self, state: dict[str, Any]) -> None:
         self._frozen = {str(k): dict(v) for k, v in (state.get("frozen") or {}).items()}
         self._pending_state = {k: v for k, v in state.items() if k != "frozen"}
+        # Resuming into the same model object: its frozen parameters are already
+        # requires_grad=False. Lightning restores callbacks before it builds the optimizers,
+        # so make them trainable again for now: a configure_optimizers that keeps only
+        # trainable parameters then builds the optimizer the checkpoint was written with.
+        # They are frozen again (state dropped) before the first step.
+        module = self._setup_module
+        if module is not None:
+            params = dict(module.named_parameters())
+            for info in self._frozen.values():
+                for name in info["params"]:
+                    param = params.get(name)
+                    if param is not None and not param.requires_grad:
+                        param.requires_grad_(True)

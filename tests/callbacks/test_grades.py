@@ -352,3 +352,69 @@ def test_minilm_real_fine_tune_freezes_and_keeps_accuracy(tmp_path):
     assert len(cb.components) == 36 and cb.frozen
     acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
     assert acc > 0.85
+
+
+def test_resume_into_the_same_model_object_continues_with_the_restored_frozen_set(tmp_path):
+    """A notebook after a crash: the same model object (frozen params already
+    requires_grad=False) resumed with Trainer().fit(model, ckpt_path=...)."""
+    tau = {"*.layer.1.*": 1e9, "default": 0.0}
+    model = tiny_model()
+    cb = GradES(tau=tau, grace=0.25)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=4,
+        enable_checkpointing=True,
+        callbacks=[cb, ModelCheckpoint(dirpath=tmp_path / "c", save_last=True), CrashAtEpoch(2)],
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(model, datamodule=bbc())
+    frozen_names = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert len(cb.frozen) == 6 and len(frozen_names) == 12  # layer 1 frozen at step 6
+    assert (tmp_path / "c" / "last.ckpt").exists()
+    resumed = GradES(tau=tau, grace=0.25)
+    trainer2 = make_trainer(tmp_path, max_epochs=4, callbacks=[resumed])
+    trainer2.fit(model, datamodule=bbc(), ckpt_path=tmp_path / "c" / "last.ckpt")
+    assert len(resumed.components) == N_COMPONENTS  # the frozen ones are still components
+    assert resumed.frozen == cb.frozen
+    assert resumed.stopped_step is None and trainer2.global_step == 24  # ran to the end
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen_names
+    assert [d.action for d in resumed.decisions] == ["setup"] + ["freeze"] * 6
+
+
+def test_setup_report_says_what_is_watched_and_left_out(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = GradES(tau=0.0, grace=0.5)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        callbacks=[cb],
+        logger=CSVLogger(tmp_path, name="csv"),
+    )
+    trainer.fit(tiny_model(), datamodule=bbc())
+    setup = cb.decisions[0]
+    assert setup.action == "setup" and setup.evidence["matrix_coverage"] == 1.0
+    assert setup.evidence["components"] == N_COMPONENTS and setup.evidence["blocks"] == 2
+    assert "encoder.encoder.layer (2 blocks)" in setup.reason
+    assert "left out: no weight matrix" in setup.reason  # the head is not a block matrix
+    journal = [json.loads(x) for x in (tmp_path / DECISIONS_FILE).read_text().splitlines()]
+    assert journal[0]["action"] == "setup" and journal[0]["evidence"]["matrix_coverage"] == 1.0
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "eecontrol/GradES/setup/matrix_coverage" in header
+    # a pattern choosing the queries only: 12.5% of the block matrices, a warning naming the rest
+    with pytest.warns(UserWarning, match=r"watches only 12\.5% .*attention\.self\.key\.weight"):
+        make_trainer(
+            tmp_path / "q",
+            max_epochs=1,
+            limit_train_batches=1,
+            callbacks=[GradES(tau=0.0, grace=0.5, patterns=["attention.self.query"])],
+        ).fit(tiny_model(), datamodule=bbc())
+    # a pattern choosing only the task head: none of the block matrices is an error
+    with pytest.raises(ValueError, match=r"watches none of the weight matrices.*\['head'\]"):
+        make_trainer(
+            tmp_path / "h",
+            max_epochs=1,
+            limit_train_batches=1,
+            callbacks=[GradES(tau=0.0, grace=0.5, patterns=["head"])],
+        ).fit(tiny_model(), datamodule=bbc())
