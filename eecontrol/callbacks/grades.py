@@ -407,7 +407,7 @@ class GradES(ControlCallback):
         if not active:
             return
         if step >= self._start_step and step % self.interval == 0:
-            values = self._stats.read(active)
+            values = self._stats.read(active, refresh=self._stats.snapshot_due(step, self.interval))
             if trainer.world_size > 1:  # identical decisions on every rank
                 values = trainer.strategy.broadcast(values, src=0)
             self._decide_on(trainer, pl_module, step, active, values)

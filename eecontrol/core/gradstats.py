@@ -464,6 +464,7 @@ def l1_parts(
     tensors: Sequence[torch.Tensor],
     previous: Sequence[torch.Tensor] | None = None,
     scratch: _Scratch | None = None,
+    refresh: bool = False,
 ) -> list[torch.Tensor]:
     """Partial sums of ``|t|`` (or ``|t - previous|``) per tensor, without a host sync.
 
@@ -479,6 +480,8 @@ def l1_parts(
         tensors: the tensors.
         previous: tensors of the same shapes to subtract first (delta statistics).
         scratch: reusable buffers (a fresh one if None).
+        refresh: copy each chunk of ``tensors`` into ``previous`` once it is read (the
+            next snapshot, taken while the chunk is still in cache).
 
     Returns:
         One 1-D tensor of chunk sums per input tensor.
@@ -505,6 +508,8 @@ def l1_parts(
                     torch.sub(piece, before, out=buf)
                 else:
                     buf.copy_(piece).sub_(before)
+                if refresh:
+                    before.copy_(piece)
                 buf.abs_()
             sums.append(buf.sum())
         out.append(torch.stack(sums))
@@ -568,6 +573,7 @@ class GradStatistic:
         self._snapshots: dict[int, list[torch.Tensor]] = {}
         self._versions: dict[int, list[int] | None] = {}  # None: an owned copy
         self._copy_grads = False
+        self._refreshed: set[int] = set()
         self._scratch = _Scratch()
         self.failures: dict[int, str] = {}
 
@@ -609,8 +615,14 @@ class GradStatistic:
         return True
 
     @torch.no_grad()
-    def read(self, active: Sequence[int]) -> list[float | None]:
+    def read(self, active: Sequence[int], refresh: bool = False) -> list[float | None]:
         """Reads the statistic of the components at indices ``active``.
+
+        Args:
+            active: component indices.
+            refresh: ``weight_delta_l1`` only: also take the next snapshot during the
+                same pass (a reading that is immediately followed by a snapshot); the
+                next :meth:`snapshot` then skips these components.
 
         Returns:
             One value per index in ``active`` (``None`` where no reading is possible;
@@ -635,7 +647,11 @@ class GradStatistic:
             currents.extend(current)
             if delta:
                 previous.extend(self._snapshots[idx])
-        parts = l1_parts(currents, previous if delta else None, self._scratch)
+        refresh = refresh and self.statistic == "weight_delta_l1"
+        parts = l1_parts(currents, previous if delta else None, self._scratch, refresh)
+        self._refreshed = (
+            {i for i, span in zip(active, spans) if span is not None} if refresh else set()
+        )
         lengths = [len(p) for p in parts]
         flat = torch.cat([p.to(torch.float64) for p in parts]).tolist() if parts else []
         norms, k = [], 0
@@ -667,7 +683,10 @@ class GradStatistic:
             if idx not in keep:
                 self.clear([idx])
         by_reference = self.statistic == "grad_delta_l1" and not self._copy_grads
+        refreshed, self._refreshed = self._refreshed, set()
         for idx in active:
+            if idx in refreshed:
+                continue  # already copied during the reading
             current = self._current(self.components[idx])
             if current is None:
                 self.clear([idx])

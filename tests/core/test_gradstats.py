@@ -246,6 +246,24 @@ def test_weight_delta_l1_matches_hand_computation():
         assert value == pytest.approx(ref, rel=1e-5)
 
 
+def test_weight_delta_snapshot_taken_during_the_reading_equals_a_separate_one():
+    model = tiny_bert(1)
+    comps = find_components(model)
+    active = list(range(len(comps)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fused, separate = (GradStatistic(comps, "weight_delta_l1") for _ in range(2))
+    for stat in (fused, separate):
+        stat.snapshot(active)
+    for seed in range(3):
+        _backward(model, seed)
+        opt.step()
+        a = fused.read(active, refresh=True)
+        fused.snapshot(active)  # skips the components refreshed during the reading
+        b = separate.read(active)
+        separate.snapshot(active)
+        assert a == b and all(v is not None and v > 0 for v in a)
+
+
 def test_failed_readings_are_none_never_zero():
     model = tiny_bert(1)
     comps = find_components(model)
