@@ -208,6 +208,8 @@ class EpochSeed(Callback):
         seed: the run's seed (``seed`` in ``train.yaml``), or None.
     """
 
+    training_only = True  # never looks at hold-out metrics (ConformalEarlyStopping checks this)
+
     def __init__(self, seed: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be None or an integer, got {seed!r}.")
@@ -467,3 +469,34 @@ def append_line(path: Path, line: str) -> None:
     fd = os.open(path, flags, 0o644)
     with os.fdopen(fd, "a") as f:
         f.write(line + "\n")
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:\s'\"]*):[^/?#@\s'\"]*@")
+
+
+def redact_text(text: str) -> str:
+    """Hides the password of every URL inside ``text`` (an error message, a log line)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", str(text))
+
+
+def check_store(store: Any) -> str | None:
+    """Validates a curve-store argument: None / "" (no store), a SQLite path or a database URL.
+
+    Raises:
+        ValueError: naming ``store`` for anything else (``store=123`` is not a path).
+    """
+    if store is None or store == "":
+        return None
+    if isinstance(store, bool) or not isinstance(store, str | Path):
+        raise ValueError(
+            f"`store` must be a SQLite file path or a database URL string "
+            f"(e.g. postgresql://user:pass@host/db), got {store!r}."
+        )
+    return str(store)
+
+
+def check_study_name(study_name: Any) -> str:
+    """Validates a study name: a non-empty string (``study_name=None`` is an error)."""
+    if not isinstance(study_name, str) or not study_name.strip():
+        raise ValueError(f"`study_name` must be a non-empty string, got {study_name!r}.")
+    return study_name

@@ -81,6 +81,11 @@ KNOWN_TRAINING_ONLY = frozenset(
         "GradES",
         "DropoutSchedule",
         "GradientDiagnostics",
+        "ResumableCheckpoint",
+        "EpochSeed",
+        "ControlRichProgressBar",
+        "ControlTQDMProgressBar",
+        "_OptimizedMetricCheck",
     }
 )
 

@@ -24,6 +24,7 @@ from eecontrol.core.curves import (
     fit_curve,
     in_run_rule,
 )
+from eecontrol.resume import check_store, check_study_name, redact_url
 
 X_AXES = ("step", "check")
 PREDICTION_FILE = "curve_prediction.json"
@@ -160,8 +161,8 @@ class LearningCurveStopping(ControlCallback):
         self.in_run = bool(in_run)
         self.delta = float(delta)
         self.min_finished = int(min_finished)
-        self.store_url = None if store in (None, "") else str(store)
-        self.study_name = str(study_name)
+        self.store_url = check_store(store)
+        self.study_name = check_study_name(study_name)
         self.hparams = None if hparams is None else _flatten_numeric(dict(hparams))
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
@@ -198,7 +199,7 @@ class LearningCurveStopping(ControlCallback):
             "in_run": self.in_run,
             "delta": self.delta,
             "min_finished": self.min_finished,
-            "store": self.store_url,
+            "store": redact_url(self.store_url),  # no password in checkpoints
             "study_name": self.study_name,
         }
 

@@ -26,6 +26,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from eecontrol.resume import check_store, check_study_name, redact_text, redact_url
 from eecontrol.sweep.liveness import fail_dead_trials, mark_owner
 
 if TYPE_CHECKING:
@@ -107,8 +108,8 @@ class CurveStore:
     ) -> None:
         if mode not in DIRECTIONS:
             raise ValueError(f"`mode` must be one of {list(DIRECTIONS)}, got {mode!r}.")
-        self.url = storage_url(url)
-        self.study_name = str(study_name)
+        self.url = storage_url(check_store(url))
+        self.study_name = check_study_name(study_name)
         self.mode = mode
         engine_kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
@@ -128,14 +129,17 @@ class CurveStore:
                 last = err
                 time.sleep(0.2 * (attempt + 1))
         else:
-            raise RuntimeError(f"could not open the curve store {self.url}: {last}") from last
+            raise RuntimeError(
+                f"could not open the curve store {redact_url(self.url)}: {redact_text(str(last))}"
+            ) from last
         self.study_id = study._study_id
         # runs left RUNNING by a killed worker (SIGKILL) on this host become FAIL
         fail_dead_trials(self.storage, self.study_id)
         stored = study.direction.name.lower()[:3]
         if stored != mode:
             raise ValueError(
-                f"study {self.study_name!r} in {self.url} is to {stored}imise, but mode={mode!r}."
+                f"study {self.study_name!r} in {redact_url(self.url)} is to {stored}imise, "
+                f"but mode={mode!r}."
             )
 
     def __getstate__(self) -> dict[str, Any]:

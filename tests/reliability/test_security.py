@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sweep.postgres import postgres  # noqa: F401  (the fixture)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,12 +45,29 @@ def test_every_torch_load_uses_weights_only():
 
 
 @pytest.mark.e2e
-def test_no_wandb_key_is_written_to_the_run_directory(tmp_path):
+def test_no_secret_is_written_to_the_run_directory(tmp_path, postgres):  # noqa: F811
+    """A W&B API key and a curve-store password (a real PostgreSQL role) never reach a file.
+
+    The store URL comes from ``EECONTROL_CURVE_STORE`` as the SLURM recipe says; the run
+    reports its curve to the server, writes checkpoints, CSV hparams, W&B offline files.
+    """
     secret = "eecontrol-test-" + secrets.token_hex(16)
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": secret}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_API_KEY": secret,
+        "EECONTROL_CURVE_STORE": postgres.url,
+    }
     train = Path(sys.executable).parent / "eecontrol-train"
     out = subprocess.run(
-        [str(train), "experiment=digits_ces", "trainer.max_epochs=1"],
+        [
+            str(train),
+            "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=3",
+            "callbacks=[default,curve_stopping]",
+            "callbacks.curve_stopping.store=${oc.env:EECONTROL_CURVE_STORE}",
+            "callbacks.curve_stopping.study_name=secret-check",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -56,8 +75,18 @@ def test_no_wandb_key_is_written_to_the_run_directory(tmp_path):
         env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert secret not in out.stdout and secret not in out.stderr
+    import optuna
+
+    trials = optuna.load_study(study_name="secret-check", storage=postgres.url).trials
+    assert len(trials) == 1 and len(trials[0].intermediate_values) == 2  # the store was used
     files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
-    assert len(files) > 10
-    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
-    assert leaked == []
+    assert any(p.name == "last.ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    assert any(p.name == "hparams.yaml" for p in files)
+    assert (
+        "postgresql+psycopg://sweeper:***@"
+        in next(p for p in files if p.name == "hparams.yaml").read_text()
+    )
+    for value in (secret, postgres.secret):
+        assert value not in out.stdout and value not in out.stderr
+        leaked = [str(p) for p in files if value.encode() in p.read_bytes()]
+        assert leaked == [], f"{value[:8]}... leaked into {leaked}"
