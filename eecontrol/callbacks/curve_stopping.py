@@ -20,13 +20,16 @@ from eecontrol.core.curves import (
     MODES,
     CurveFit,
     RuleResult,
+    convergence_rule,
     cross_run_rule,
     fit_curve,
+    forecast,
     in_run_rule,
+    sweep_rule,
 )
-from eecontrol.resume import check_store, check_study_name, redact_url
 
 X_AXES = ("step", "check")
+RULES = ("convergence", "sweep", "ensemble")
 PREDICTION_FILE = "curve_prediction.json"
 
 
@@ -54,9 +57,20 @@ class LearningCurveStopping(ControlCallback):
     index (``x_axis="check"``), never by epoch. Two rules from :mod:`eecontrol.core.curves`
     may stop the run:
 
-    * in-run (Domhan et al. 2015): an ensemble of parametric curves extrapolates the curve
-      to the end of training; stop when P(beating the run's best by ``min_delta`` before
-      the end) < ``threshold``;
+    * in-run, chosen by ``rule``:
+
+      - ``convergence`` (default): the calibrated forecast
+        (:func:`~eecontrol.core.curves.forecast`) extrapolates the curve to the end of
+        training; stop when P(beating the run's best by ``min_delta`` before the end) <
+        ``threshold``. ``min_delta=None`` counts the curve's own noise, so noisy plateaus
+        stop;
+      - ``sweep`` (Domhan et al. 2015, needs ``store``): stop when P(value at the end >
+        the best value seen by any run of the sweep) < ``threshold`` (the paper's 5%);
+        the run holding the sweep's best is never stopped by it;
+      - ``ensemble``: the 11-family BIC ensemble with a residual bootstrap
+        (:func:`~eecontrol.core.curves.fit_curve`) in the convergence question (slower,
+        less accurate on real curves; kept for comparison);
+
     * cross-run (Baker et al. 2017, needs ``store``): a nu-SVR trained on the finished
       runs of the sweep predicts this run's result; stop when P(result beats the best
       finished run) < ``delta``.
@@ -75,8 +89,10 @@ class LearningCurveStopping(ControlCallback):
         monitor: the logged metric.
         mode: ``max`` or ``min``.
         x_axis: ``step`` (optimizer steps) or ``check`` (validation index).
-        min_delta: the improvement that counts for the in-run rule, >= 0.
+        min_delta: the improvement that counts for the in-run rule, >= 0, or None (the
+            curve's noise for ``convergence``, 0 for ``ensemble``).
         threshold: in-run stop probability, in (0, 1).
+        rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         min_points: validations before any decision (warm-up), >= 3.
         warmup: fraction of the run's optimizer steps before any stop, in [0, 1).
         band: central mass of the logged band, in (0, 1).
@@ -107,8 +123,9 @@ class LearningCurveStopping(ControlCallback):
         monitor: str = "val/loss",
         mode: str = "min",
         x_axis: str = "step",
-        min_delta: float = 0.0,
+        min_delta: float | None = None,
         threshold: float = 0.05,
+        rule: str = "convergence",
         min_points: int = 5,
         warmup: float = 0.0,
         band: float = 0.8,
@@ -134,7 +151,9 @@ class LearningCurveStopping(ControlCallback):
         self.mode = check_choice("mode", mode, MODES)
         check_monitor_mode("LearningCurveStopping", monitor, self.mode)
         self.x_axis = check_choice("x_axis", x_axis, X_AXES)
-        check_range("min_delta", min_delta, low=0.0)
+        if min_delta is not None:
+            check_range("min_delta", min_delta, low=0.0)
+        self.rule = check_choice("rule", rule, RULES)
         check_range(
             "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
@@ -150,7 +169,7 @@ class LearningCurveStopping(ControlCallback):
         check_range("seed", seed, low=0, integer=True)
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`hparams` must be a mapping of name -> number, got {hparams!r}.")
-        self.min_delta = float(min_delta)
+        self.min_delta = None if min_delta is None else float(min_delta)
         self.threshold = float(threshold)
         self.min_points = int(min_points)
         self.warmup = float(warmup)
@@ -161,8 +180,13 @@ class LearningCurveStopping(ControlCallback):
         self.in_run = bool(in_run)
         self.delta = float(delta)
         self.min_finished = int(min_finished)
-        self.store_url = check_store(store)
-        self.study_name = check_study_name(study_name)
+        self.store_url = None if store in (None, "") else str(store)
+        if self.rule == "sweep" and self.in_run and self.store_url is None:
+            raise ValueError(
+                "`rule`='sweep' compares with the best run of the sweep and needs `store` "
+                "(a curve-store URL or SQLite path shared by the sweep's runs)."
+            )
+        self.study_name = str(study_name)
         self.hparams = None if hparams is None else _flatten_numeric(dict(hparams))
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
@@ -190,6 +214,7 @@ class LearningCurveStopping(ControlCallback):
             "x_axis": self.x_axis,
             "min_delta": self.min_delta,
             "threshold": self.threshold,
+            "rule": self.rule,
             "min_points": self.min_points,
             "warmup": self.warmup,
             "band": self.band,
@@ -199,7 +224,7 @@ class LearningCurveStopping(ControlCallback):
             "in_run": self.in_run,
             "delta": self.delta,
             "min_finished": self.min_finished,
-            "store": redact_url(self.store_url),  # no password in checkpoints
+            "store": self.store_url,
             "study_name": self.study_name,
         }
 
@@ -282,8 +307,9 @@ class LearningCurveStopping(ControlCallback):
                 self._store.report(self._run_id, i, value, self._steps[i])
 
     def _fit(self) -> CurveFit | None:
+        """The ensemble fit (``rule="ensemble"`` only), or None."""
         y = np.asarray(self._values, dtype=float)
-        if len(y) < self.min_points:
+        if self.rule != "ensemble" or len(y) < self.min_points:
             return None
         return fit_curve(
             self._x(),
@@ -294,59 +320,130 @@ class LearningCurveStopping(ControlCallback):
             bounds=self.bounds,
         )
 
+    def _predicted_curve(
+        self, fit: CurveFit | None, horizon: float | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The predicted curve and band from the last point to the horizon, and a note."""
+        x = self._x()
+        if horizon is None or not x or horizon <= x[-1]:
+            return None, "no training left or unknown horizon"
+        grid = np.linspace(x[-1], horizon, 25)
+        if self.rule == "ensemble":
+            if fit is None or not fit.ok:
+                return None, "no fit" if fit is None else fit.reason
+            pred = fit.predict(grid, quantiles=((1 - self.band) / 2, (1 + self.band) / 2))
+            lo, hi = pred.band(self.band)
+            mean = pred.mean
+            note = fit.reason
+        else:
+            y = np.asarray(self._values, dtype=float)
+            if len(y) < 4 or np.ptp(y) == 0:
+                return None, "fewer than 4 points or a constant curve"
+            fc = forecast(x, y, grid, self.mode, self.bounds)
+            lo, hi = fc.band(self.band)
+            mean = fc.mean
+            note = "calibrated tail forecast"
+        return {
+            "x": grid.tolist(),
+            "mean": mean.tolist(),
+            "lower": np.minimum(lo, hi).tolist(),
+            "upper": np.maximum(lo, hi).tolist(),
+            "band": self.band,
+        }, note
+
     def _write_prediction(
         self, trainer: pl.Trainer, fit: CurveFit | None, horizon: float | None
     ) -> None:
         """Writes the observed curve and the predicted curve with its band (rank zero)."""
-        if not trainer.is_global_zero or fit is None:
+        if not trainer.is_global_zero or len(self._values) < self.min_points:
             return
-        x = self._x()
+        predicted, note = self._predicted_curve(fit, horizon)
+        if predicted is not None and fit is not None and fit.ok:
+            predicted["families"] = [[f.family, f.weight] for f in fit.fits]
         record: dict[str, Any] = {
             "monitor": self.monitor,
             "x_axis": self.x_axis,
-            "observed": {"x": x, "y": list(self._values)},
-            "predicted": None,
-            "reason": fit.reason,
+            "rule": self.rule,
+            "observed": {"x": self._x(), "y": list(self._values)},
+            "predicted": predicted,
+            "reason": note,
         }
-        if fit.ok and horizon is not None and horizon > x[-1]:
-            grid = np.linspace(x[-1], horizon, 25)
-            pred = fit.predict(grid, quantiles=((1 - self.band) / 2, (1 + self.band) / 2))
-            lo, hi = pred.band(self.band)
-            record["predicted"] = {
-                "x": grid.tolist(),
-                "mean": pred.mean.tolist(),
-                "lower": np.minimum(lo, hi).tolist(),
-                "upper": np.maximum(lo, hi).tolist(),
-                "band": self.band,
-                "families": [[f.family, f.weight] for f in fit.fits],
-            }
         path = run_dir(trainer) / PREDICTION_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
 
+    def _sweep_best(self) -> float | None:
+        """The best value any other run of the sweep reported so far (None: none yet)."""
+        values = [
+            v
+            for r in self._store.runs()
+            if r.run_id != self._run_id
+            for v in r.values
+            if math.isfinite(v)
+        ]
+        if not values:
+            return None
+        return max(values) if self.mode == "max" else min(values)
+
+    @property
+    def _in_run_name(self) -> str:
+        """The evidence prefix of the in-run rule (``in_run`` for the ensemble)."""
+        return "in_run" if self.rule == "ensemble" else self.rule
+
     def _evaluate(self, fit: CurveFit | None, horizon: float | None) -> list[RuleResult]:
         results: list[RuleResult] = []
         y = np.asarray(self._values, dtype=float)
+        x = self._x()
         if self.in_run:
             if horizon is None:
                 results.append(
-                    RuleResult("no_decision", "unknown training length (no horizon)", "in_run")
+                    RuleResult(
+                        "no_decision", "unknown training length (no horizon)", self._in_run_name
+                    )
                 )
-            else:
+            elif self.rule == "ensemble":
                 results.append(
                     in_run_rule(
-                        self._x(),
+                        x,
                         y,
                         horizon,
                         mode=self.mode,
-                        min_delta=self.min_delta,
+                        min_delta=self.min_delta or 0.0,
                         threshold=self.threshold,
                         min_points=self.min_points,
                         band=self.band,
                         min_r2=self.min_r2,
                         fit=fit,
+                    )
+                )
+            elif self.rule == "convergence":
+                results.append(
+                    convergence_rule(
+                        x,
+                        y,
+                        horizon,
+                        mode=self.mode,
+                        min_delta=self.min_delta,
+                        threshold=self.threshold,
+                        min_points=max(self.min_points, 4),
+                        band=self.band,
+                        bounds=self.bounds,
+                    )
+                )
+            elif self._store is not None:
+                results.append(
+                    sweep_rule(
+                        x,
+                        y,
+                        horizon,
+                        self._sweep_best(),
+                        mode=self.mode,
+                        delta=self.threshold,
+                        min_points=max(self.min_points, 4),
+                        band=self.band,
+                        bounds=self.bounds,
                     )
                 )
         if self._store is not None:
@@ -436,7 +533,7 @@ class LearningCurveStopping(ControlCallback):
         for r in results:
             if r.predicted_final is None:
                 continue
-            prefix = "curve" if r.rule == "in_run" else "curve/cross_run"
+            prefix = "curve/cross_run" if r.rule == "cross_run" else "curve"
             for key, value in (
                 ("predicted_final", r.predicted_final),
                 ("lower", r.lower),
@@ -466,7 +563,7 @@ class LearningCurveStopping(ControlCallback):
 
     @override
     def progress_fields(self) -> dict[str, str]:
-        p = self._last.get("in_run_probability")
+        p = self._last.get(f"{self._in_run_name}_probability")
         return {"P(improve)": f"{p:.2f}"} if isinstance(p, float) else {}
 
     @override
@@ -474,7 +571,8 @@ class LearningCurveStopping(ControlCallback):
         out = super().summary()
         out["LearningCurveStopping/best_so_far"] = self.best_so_far
         out["LearningCurveStopping/checks"] = len(self._values)
-        for key in ("in_run_predicted_final", "in_run_probability", "cross_run_probability"):
+        name = self._in_run_name
+        for key in (f"{name}_predicted_final", f"{name}_probability", "cross_run_probability"):
             if self._last.get(key) is not None:
                 out[f"LearningCurveStopping/{key}"] = self._last[key]
         return out

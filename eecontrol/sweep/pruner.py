@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,8 +12,19 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.core.checks import check_bounds, check_probability, check_range
-from eecontrol.core.curves import FinishedRun, cross_run_rule, in_run_rule
+from eecontrol.core.checks import check_bounds, check_choice, check_probability, check_range
+from eecontrol.core.curves import (
+    CrossRunPredictor,
+    FinishedRun,
+    RuleResult,
+    convergence_rule,
+    cross_run_rule,
+    in_run_rule,
+    sweep_rule,
+)
+
+RULES = ("convergence", "sweep", "ensemble")
+REASON_ATTR = "eecontrol_prune_reason"
 
 
 class LearningCurvePruner(BasePruner):
@@ -21,9 +34,15 @@ class LearningCurvePruner(BasePruner):
     Works with plain Optuna: report the metric with ``trial.report(value, step)`` and
     call ``trial.should_prune()``; ``study.optimize`` records pruned trials as ``PRUNED``.
     The in-run rule extrapolates the trial's own curve (``step + 1`` is the position) to
-    ``horizon``; the cross-run rule (Baker et al. 2017) trains a nu-SVR on the curves of
-    ``COMPLETE`` trials (index-aligned) and their numeric ``trial.params``, and compares
-    with the best completed trial's value. A trial is pruned when either rule says stop.
+    ``horizon``: ``rule="convergence"`` (default) stops a trial unlikely to beat its own
+    best by ``min_delta`` (None: its noise); ``rule="sweep"`` is Domhan et al.'s rule, P(value
+    at the horizon > the best value any trial of the study reported) < ``threshold``;
+    ``rule="ensemble"`` is the 11-family ensemble in the convergence question. The
+    cross-run rule (Baker et al. 2017) trains a nu-SVR on the curves of ``COMPLETE``
+    trials (index-aligned) and their numeric ``trial.params``, and compares with the best
+    completed trial's value; the fitted predictor is reused while the completed trials and
+    the curve length stay the same. A trial is pruned when either rule says stop; the
+    reason is stored on the trial as the user attribute ``eecontrol_prune_reason``.
 
     An in-run stop means the trial has converged, not that it lost; Optuna still records
     it as ``PRUNED`` (a pruner cannot complete a trial), so ``study.best_trial`` ignores
@@ -41,8 +60,10 @@ class LearningCurvePruner(BasePruner):
         horizon: the last step a trial reports (its training length), > 0.
         in_run: use the in-run rule.
         cross_run: use the cross-run rule.
-        min_delta: improvement that counts for the in-run rule, >= 0.
+        min_delta: improvement that counts for the in-run rule, >= 0, or None (the
+            trial's noise for ``convergence``, 0 for ``ensemble``).
         threshold: in-run stop probability, in (0, 1).
+        rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         delta: cross-run stop probability, in (0, 1).
         min_points: reports before any decision, >= 3.
         min_finished: completed trials before the cross-run rule decides, >= 2.
@@ -61,8 +82,9 @@ class LearningCurvePruner(BasePruner):
         horizon: int,
         in_run: bool = True,
         cross_run: bool = True,
-        min_delta: float = 0.0,
+        min_delta: float | None = None,
         threshold: float = 0.05,
+        rule: str = "convergence",
         delta: float = 0.05,
         min_points: int = 5,
         min_finished: int = 5,
@@ -73,7 +95,9 @@ class LearningCurvePruner(BasePruner):
     ) -> None:
         # the same checks and messages as LearningCurveStopping's
         check_range("horizon", horizon, low=0, low_inclusive=False)
-        check_range("min_delta", min_delta, low=0.0)
+        if min_delta is not None:
+            check_range("min_delta", min_delta, low=0.0)
+        self.rule = check_choice("rule", rule, RULES)
         check_probability("threshold", threshold)
         check_probability("delta", delta)
         check_range("min_points", min_points, low=3, integer=True)
@@ -83,11 +107,13 @@ class LearningCurvePruner(BasePruner):
         check_range("seed", seed, low=0, integer=True)
         self.horizon = float(horizon)
         self.in_run, self.cross_run = bool(in_run), bool(cross_run)
-        self.min_delta, self.threshold, self.delta = float(min_delta), threshold, delta
+        self.min_delta = None if min_delta is None else float(min_delta)
+        self.threshold, self.delta = threshold, delta
         self.min_points, self.min_finished = int(min_points), int(min_finished)
         self.min_r2, self.n_bootstrap, self.seed = min_r2, n_bootstrap, seed
         self.bounds = check_bounds(bounds)
         self.last_reason: dict[int, str] = {}
+        self._predictors: OrderedDict[tuple, CrossRunPredictor] = OrderedDict()
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether to prune ``trial`` now (called by ``trial.should_prune()``)."""
@@ -96,13 +122,28 @@ class LearningCurvePruner(BasePruner):
         if len(values) < self.min_points or not np.all(np.isfinite(values)):
             return False
         mode = "max" if study.direction == StudyDirection.MAXIMIZE else "min"
+        result = None
         if self.in_run:
-            result = in_run_rule(
-                np.asarray(steps, dtype=float) + 1.0,
+            result = self._in_run(study, trial, np.asarray(steps, dtype=float) + 1.0, values, mode)
+        if (result is None or not result.stop) and self.cross_run:
+            result = self._cross_run(study, trial, values, mode)
+        if result is None or not result.stop:
+            return False
+        self.last_reason[trial.number] = result.reason
+        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, result.reason)
+        return True
+
+    def _in_run(
+        self, study: optuna.Study, trial: FrozenTrial, x: np.ndarray, values: np.ndarray, mode: str
+    ) -> RuleResult:
+        horizon = self.horizon + 1.0
+        if self.rule == "ensemble":
+            return in_run_rule(
+                x,
                 values,
-                self.horizon + 1.0,
+                horizon,
                 mode=mode,
-                min_delta=self.min_delta,
+                min_delta=self.min_delta or 0.0,
                 threshold=self.threshold,
                 min_points=self.min_points,
                 min_r2=self.min_r2,
@@ -110,26 +151,67 @@ class LearningCurvePruner(BasePruner):
                 seed=self.seed,
                 bounds=self.bounds,
             )
-            if result.stop:
-                self.last_reason[trial.number] = result.reason
-                return True
-        if self.cross_run:
-            finished = []
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
-                if t.value is not None:
-                    finished.append(FinishedRun(curve, dict(t.params), float(t.value)))
-            result = cross_run_rule(
+        if self.rule == "convergence":
+            return convergence_rule(
+                x,
                 values,
-                finished,
-                dict(trial.params),
+                horizon,
                 mode=mode,
-                delta=self.delta,
-                min_points=self.min_points,
-                min_finished=self.min_finished,
+                min_delta=self.min_delta,
+                threshold=self.threshold,
+                min_points=max(self.min_points, 4),
                 bounds=self.bounds,
             )
-            if result.stop:
-                self.last_reason[trial.number] = result.reason
-                return True
-        return False
+        best = None
+        for t in study.get_trials(deepcopy=False):
+            if t.number == trial.number:
+                continue
+            for v in t.intermediate_values.values():
+                if math.isfinite(v) and (best is None or (v > best if mode == "max" else v < best)):
+                    best = v
+        return sweep_rule(
+            x,
+            values,
+            horizon,
+            best,
+            mode=mode,
+            delta=self.threshold,
+            min_points=max(self.min_points, 4),
+            bounds=self.bounds,
+        )
+
+    def _cross_run(
+        self, study: optuna.Study, trial: FrozenTrial, values: np.ndarray, mode: str
+    ) -> RuleResult:
+        finished, numbers = [], []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+            if t.value is not None:
+                finished.append(FinishedRun(curve, dict(t.params), float(t.value)))
+                numbers.append(t.number)
+        n = len(values)
+        usable = [
+            (r, k)
+            for r, k in zip(finished, numbers)
+            if len(r.values) >= n and np.all(np.isfinite(r.values[:n]))
+        ]
+        predictor = None
+        if len(usable) >= self.min_finished:
+            key = (n, tuple(k for _, k in usable))
+            predictor = self._predictors.get(key)
+            if predictor is None:
+                predictor = CrossRunPredictor(n, mode=mode).fit([r for r, _ in usable])
+                self._predictors[key] = predictor
+                while len(self._predictors) > 256:
+                    self._predictors.popitem(last=False)
+        return cross_run_rule(
+            values,
+            finished,
+            dict(trial.params),
+            mode=mode,
+            delta=self.delta,
+            min_points=self.min_points,
+            min_finished=self.min_finished,
+            bounds=self.bounds,
+            predictor=predictor,
+        )

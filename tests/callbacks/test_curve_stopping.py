@@ -69,6 +69,8 @@ def test_conformance(tmp_path):
             ({"mode": "up"}, "`mode`", "['max', 'min']"),
             ({"x_axis": "epoch"}, "`x_axis`", "['step', 'check']"),
             ({"min_delta": -0.1}, "`min_delta`", "[0.0, inf)"),
+            ({"rule": "median"}, "`rule`", "['convergence', 'sweep', 'ensemble']"),
+            ({"rule": "sweep"}, "`rule`", "needs `store`"),
             ({"threshold": 0.0}, "`threshold`", "(0.0, 1.0)"),
             ({"threshold": float("nan")}, "`threshold`", "(0.0, 1.0)"),
             ({"min_points": 2}, "`min_points`", "[3, inf)"),
@@ -87,17 +89,26 @@ def test_conformance(tmp_path):
     )
 
 
-def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(tmp_path):
+@pytest.mark.parametrize(
+    ("rule", "prefix"), [("convergence", "convergence"), ("ensemble", "in_run")]
+)
+def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(tmp_path, rule, prefix):
     cb = LearningCurveStopping(
-        "val/score", "max", min_delta=0.01, min_points=6, n_bootstrap=30, x_axis="check"
+        "val/score",
+        "max",
+        min_delta=0.01,
+        min_points=6,
+        n_bootstrap=30,
+        x_axis="check",
+        rule=rule,
     )
     trainer = fit(tmp_path, cb, plateau(), 20, num_sanity_val_steps=2)
     assert cb.stopped_epoch is not None and cb.stopped_epoch < 19
-    assert cb.stop_reason.startswith("in-run rule")
+    assert cb.stop_reason.startswith(f"{prefix.replace('_', '-')} rule")
     stop = next(d for d in cb.decisions if d.action == "stop")
     ev = stop.evidence
-    assert ev["in_run_probability"] < 0.05
-    assert ev["in_run_lower"] <= ev["in_run_predicted_final"] <= ev["in_run_upper"]
+    assert ev[f"{prefix}_probability"] < 0.05
+    assert ev[f"{prefix}_lower"] <= ev[f"{prefix}_predicted_final"] <= ev[f"{prefix}_upper"]
     assert cb.best_so_far == pytest.approx(max(cb.history["value"]))
     # the sanity check is not part of the curve; x is the validation index
     assert cb.history["check"] == list(range(1, len(cb.history["value"]) + 1))
@@ -115,7 +126,7 @@ def test_a_rising_curve_is_not_stopped(tmp_path):
     fit(tmp_path, cb, rising, 6)
     assert cb.stopped_epoch is None
     assert len(cb.history["value"]) == 6
-    assert cb.last_prediction["in_run_decision"] in ("continue", "no_decision")
+    assert cb.last_prediction["convergence_decision"] in ("continue", "no_decision")
 
 
 def test_missing_monitor_is_an_error_listing_keys_and_the_hook(tmp_path):
@@ -184,3 +195,36 @@ def test_store_records_the_curve_and_the_cross_run_rule_stops_a_loser(tmp_path):
     assert [r.state for r in runs] == ["complete"] * 3 + ["stopped"]
     assert runs[-1].values == pytest.approx(bad[:3]) and runs[-1].hparams == {"lr": 0.05}
     assert runs[-1].result == pytest.approx(cb.best_so_far)
+
+
+def test_sweep_rule_stops_a_run_that_cannot_reach_the_sweep_best(tmp_path):
+    url = tmp_path / "curves.db"
+    store = CurveStore(url, "s", "max")
+    run = store.start_run({"lr": 0.01})
+    best_curve = [0.95 - 0.8 * math.exp(-0.5 * i) for i in range(1, 21)]
+    for i, v in enumerate(best_curve):
+        store.report(run, i, v)
+    store.finish(run, max(best_curve))
+    low = [0.5 - 0.4 * math.exp(-0.5 * i) for i in range(1, 21)]
+    config = {
+        "rule": "sweep",
+        "store": str(url),
+        "study_name": "s",
+        "x_axis": "check",
+        "horizon": 20,
+        "min_points": 6,
+        "log_prediction": False,
+        "bounds": [0, 1],
+    }
+    cb = LearningCurveStopping("val/score", "max", **config)
+    fit(tmp_path, cb, low, 20)
+    assert cb.stopped_epoch is not None and cb.stopped_epoch < 12
+    assert cb.stop_reason.startswith("sweep rule") and "sweep's best" in cb.stop_reason
+    stop = next(d for d in cb.decisions if d.action == "stop")
+    assert stop.evidence["sweep_best"] == pytest.approx(max(best_curve))
+    assert stop.evidence["sweep_probability"] < 0.05
+    state = cb.state_dict()
+    assert state["config"]["rule"] == "sweep" and state["config"]["min_delta"] is None
+    restored = LearningCurveStopping("val/score", "max", **config)
+    restored.load_state_dict(state)
+    assert restored.history == cb.history and restored.stop_reason == cb.stop_reason

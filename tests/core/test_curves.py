@@ -65,8 +65,13 @@ def _simulated(rng: np.random.Generator, n: int = 40, noise: float = 0.01):
     return x, m + rng.normal(0.0, noise, n)
 
 
-def test_band_covers_held_back_points_at_about_the_nominal_rate():
-    """80% band from the first half of 16 noisy curves, on the held-back second half."""
+def test_band_covers_held_back_points_at_least_at_the_nominal_rate():
+    """80% band from the first half of 16 noisy curves, on the held-back second half.
+
+    Since the bootstrap draws are centred on each family's fit (issue 16: off-centre draws
+    stopped a rising run), the ensemble's band is conservative on these simulated curves
+    (0.88); the calibrated band is :func:`forecast`'s (tests/core/test_curves_forecast.py).
+    """
     rng = np.random.default_rng(0)
     inside, total = 0, 0
     for i in range(16):
@@ -78,7 +83,7 @@ def test_band_covers_held_back_points_at_about_the_nominal_rate():
         total += 20
     coverage = inside / total
     se = math.sqrt(0.8 * 0.2 / total)  # binomial SE; points of one curve correlate, so 3 SE
-    assert abs(coverage - 0.8) < 3 * se, f"coverage {coverage:.3f} (SE {se:.3f})"
+    assert 0.8 - 3 * se < coverage < 0.95, f"coverage {coverage:.3f} (SE {se:.3f})"
 
 
 def test_minimising_mirrors_maximising():
@@ -217,12 +222,12 @@ def test_bounded_probability_of_beating_the_best_by_hand():
     pred = CrossRunPrediction(mean=0.97, sigma=0.02, n_train=10, tau=5, hparams=())
     # unbounded: P(R > 0.98) = sf(0.5)
     assert pred.prob_beats(0.98) == pytest.approx(norm.sf(0.5))
-    # an accuracy cannot pass 1: P(0.98 < R < 1) = sf(0.5) - sf(1.5)
-    assert pred.prob_beats(0.98, bounds=(0, 1)) == pytest.approx(norm.sf(0.5) - norm.sf(1.5))
+    # an accuracy cannot pass 1, but mass above 1 is a result at 1, which beats 0.98
+    assert pred.prob_beats(0.98, bounds=(0, 1)) == pytest.approx(norm.sf(0.5))
     assert pred.prob_beats(1.0, bounds=(0, 1)) == 0.0  # the bound cannot be beaten
-    # minimising a loss bounded below by 0: P(0 < R < 0.96)
+    # minimising a loss bounded below by 0: P(R < 0.02), mass below 0 included
     loss = CrossRunPrediction(mean=0.01, sigma=0.02, n_train=10, tau=5, hparams=())
-    expected = norm.cdf(0.5) - norm.cdf(-0.5)
+    expected = norm.cdf(0.5)
     assert loss.prob_beats(0.02, mode="min", bounds=(0, math.inf)) == pytest.approx(expected)
     assert loss.prob_beats(0.0, mode="min", bounds=(0, math.inf)) == 0.0
 

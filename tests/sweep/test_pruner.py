@@ -75,9 +75,63 @@ def test_in_run_rule_prunes_a_flat_trial():
         ({"horizon": 10, "min_r2": 1.5}, "`min_r2` must be a number in [0.0, 1.0]"),
         ({"horizon": 10, "n_bootstrap": 0}, "`n_bootstrap` must be an integer in [1, inf)"),
         ({"horizon": 10, "bounds": [1, 1]}, "`bounds` must be [low, high] with low < high"),
+        ({"horizon": 10, "rule": "median"}, "`rule` must be one of"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError) as err:
         LearningCurvePruner(**kwargs)
     assert message in str(err.value)
+
+
+def test_the_prune_reason_is_stored_on_the_trial_and_the_predictor_is_reused(monkeypatch):
+    from eecontrol.core.curves import CrossRunPredictor
+
+    fits = []
+    original = CrossRunPredictor.fit
+
+    def counting_fit(self, runs):
+        fits.append((self.tau, len(runs)))
+        return original(self, runs)
+
+    monkeypatch.setattr(CrossRunPredictor, "fit", counting_fit)
+    pruner = LearningCurvePruner(horizon=19, in_run=False, min_points=3, min_finished=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for lr in (2e-3, 5e-4, 3e-4, 1e-5, 3e-2, 1e-3):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(objective, n_trials=6)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the scripted losers must be pruned"
+    for t in pruned:
+        reason = t.user_attrs["eecontrol_prune_reason"]
+        assert "finished run" in reason and reason == pruner.last_reason[t.number]
+    # one fit per (curve length, completed trials): the two losers at step 3 share one
+    assert len(fits) == len(set(fits)) and fits.count((3, 3)) == 1
+
+
+def test_sweep_rule_prunes_a_trial_that_cannot_reach_the_study_best():
+    pruner = LearningCurvePruner(horizon=30, cross_run=False, rule="sweep", min_points=6)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    def scripted(trial: optuna.Trial) -> float:
+        top = trial.suggest_float("top", 0.1, 1.0)
+        best = -math.inf
+        for step in range(30):
+            value = top - (top - 0.1) * math.exp(-0.5 * (step + 1))
+            best = max(best, value)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+
+    for top in (0.95, 0.5, 0.97):
+        study.enqueue_trial({"top": top})
+    study.optimize(scripted, n_trials=3)
+    states = [t.state for t in study.trials]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,  # it leads the study: never pruned by this rule
+    ]
+    assert "sweep's best" in study.trials[1].user_attrs["eecontrol_prune_reason"]
+    assert len(study.trials[1].intermediate_values) < 15

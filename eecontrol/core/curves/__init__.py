@@ -8,7 +8,11 @@ The package is split by job:
   least-squares fits of one family;
 * :mod:`~eecontrol.core.curves.ensemble`: their BIC-weighted ensemble with a residual
   bootstrap (:func:`fit_curve`), for predicted trajectories;
-* :mod:`~eecontrol.core.curves.rules`: the stopping rules and their :class:`RuleResult`;
+* :mod:`~eecontrol.core.curves.predictive`: the calibrated predictive distribution
+  (:func:`forecast`): robust families fitted to the curve's tail, with a score table
+  learned on recorded real curves;
+* :mod:`~eecontrol.core.curves.rules`: the stopping rules (convergence, Domhan et al.'s
+  sweep rule, the ensemble's in-run rule) and their :class:`RuleResult`;
 * :mod:`~eecontrol.core.curves.cross_run`: the cross-run predictor of Baker, Gupta,
   Raskar and Naik, "Accelerating Neural Architecture Search using Performance
   Prediction" (2017), and its rule.
@@ -39,13 +43,24 @@ from eecontrol.core.curves.families import (
     FamilyFit,
     fit_family,
 )
-from eecontrol.core.curves.rules import RuleResult, in_run_rule
+from eecontrol.core.curves.predictive import (
+    CALIBRATION_FILE,
+    Calibration,
+    Forecast,
+    calibration_scores,
+    default_calibration,
+    forecast,
+    noise_sd,
+)
+from eecontrol.core.curves.rules import RuleResult, convergence_rule, in_run_rule, sweep_rule
 
 __all__ = [
+    "CALIBRATION_FILE",
     "DECISIONS",
     "FAMILIES",
     "MODES",
     "TARGETS",
+    "Calibration",
     "CrossRunPrediction",
     "CrossRunPredictor",
     "CurveFamily",
@@ -53,12 +68,19 @@ __all__ = [
     "CurvePrediction",
     "FamilyFit",
     "FinishedRun",
+    "Forecast",
     "RuleResult",
+    "calibration_scores",
     "check_bounds",
     "check_probability",
+    "convergence_rule",
     "cross_run_rule",
     "curve_features",
+    "default_calibration",
     "fit_curve",
     "fit_family",
+    "forecast",
     "in_run_rule",
+    "noise_sd",
+    "sweep_rule",
 ]

@@ -17,6 +17,7 @@ from scipy.stats import norm
 
 from eecontrol.core.checks import check_bounds, check_probability
 from eecontrol.core.curves.families import MODES, TARGETS
+from eecontrol.core.curves.predictive import noise_sd
 from eecontrol.core.curves.rules import RuleResult
 
 
@@ -94,23 +95,18 @@ class CrossRunPrediction:
     ) -> float:
         """P(result better than ``best``) under a normal error with sd ``sigma``.
 
-        With ``bounds`` (the metric's range), the mass beyond the bound on the good side
-        cannot be reached (a result there would be the bound itself), so it does not count
-        as beating ``best``: ``P(best < R < high)`` when maximising. A ``best`` at the
-        bound cannot be beaten.
+        With ``bounds`` (the metric's range), mass beyond the bound on the good side still
+        counts as beating a ``best`` inside the range (a result there would be the bound
+        itself, which beats ``best``); a ``best`` at the bound cannot be beaten.
         """
         s = 1.0 if mode == "max" else -1.0
-        edge = math.inf
         if bounds is not None:
             lo, hi = check_bounds(bounds)  # type: ignore[misc]
-            edge = hi if mode == "max" else -lo
-        if s * best >= edge:
-            return 0.0
+            if s * best >= (hi if mode == "max" else -lo):
+                return 0.0
         if self.sigma <= 0:
-            return 1.0 if edge > s * self.mean > s * best else 0.0
-        z_best = (s * best - s * self.mean) / self.sigma
-        z_edge = (edge - s * self.mean) / self.sigma
-        return float(max(norm.sf(z_best) - norm.sf(z_edge), 0.0))
+            return 1.0 if s * self.mean > s * best else 0.0
+        return float(norm.sf((s * best - s * self.mean) / self.sigma))
 
 
 class CrossRunPredictor:
@@ -210,7 +206,11 @@ class CrossRunPredictor:
                 pred = model.predict(X[test])
             errors.append(pred - y[test])
         err = np.concatenate(errors)
-        self.sigma = float(np.sqrt(np.mean(err**2)))
+        # A floor on the error: the runs' own noise (a training set whose results all
+        # agree, or a lucky cross-validation, must not give a zero-width band).
+        floor = float(np.median([noise_sd(np.asarray(r.values, dtype=float)) for r in usable]))
+        floor = max(floor, 1e-3 * float(np.max(np.abs(y)) if len(y) else 0.0), 1e-9)
+        self.sigma = max(float(np.sqrt(np.mean(err**2))), floor)
         self._constant = float(y[0]) if np.ptp(y) == 0 else None
         self._model = None if self._constant is not None else self._model_factory().fit(X, y)
         self.n_train = len(usable)
@@ -236,6 +236,7 @@ def cross_run_rule(
     min_points: int = 3,
     min_finished: int = 5,
     bounds: Sequence[float] | None = None,
+    predictor: CrossRunPredictor | None = None,
     **predictor_kwargs: Any,
 ) -> RuleResult:
     """Baker et al.'s rule: stop when P(result > best finished result) < ``delta``.
@@ -251,13 +252,15 @@ def cross_run_rule(
         bounds: the metric's range ``(low, high)``, or None: a result cannot pass the bound,
             so a best finished result at the bound cannot be beaten (see
             :meth:`CrossRunPrediction.prob_beats`).
+        predictor: a :class:`CrossRunPredictor` already fitted on ``finished`` with
+            ``tau`` equal to the curve's length, to reuse (else one is fitted here).
         **predictor_kwargs: passed to :class:`CrossRunPredictor` (nu, C, target, cv).
 
     Returns:
         A :class:`RuleResult` of rule ``cross_run``.
     """
     check_probability("delta", delta)
-    check_bounds(bounds)
+    bnd = check_bounds(bounds)
     if min_points < 1:
         raise ValueError(f"`min_points` must be an integer in [1, inf), got {min_points!r}.")
     if min_finished < 2:
@@ -288,18 +291,33 @@ def cross_run_rule(
         if mode == "max"
         else min(r.result_in(mode) for r in usable)
     )
-    pred = CrossRunPredictor(n, mode=mode, **predictor_kwargs).fit(usable).predict(v, hparams or {})
-    prob = pred.prob_beats(best, mode, bounds)
+    if predictor is None or predictor.tau != n or predictor.n_train == 0:
+        predictor = CrossRunPredictor(n, mode=mode, **predictor_kwargs).fit(usable)
+    pred = predictor.predict(v, hparams or {})
+    own = float(v.max() if mode == "max" else v.min())
+    leads = own > best if mode == "max" else own < best
+    # the run's result is its best value: one already past the best finished run wins
+    prob = 1.0 if leads else pred.prob_beats(best, mode, bounds)
     z = float(norm.ppf(0.9))
+    lo_b, hi_b = bnd if bnd is not None else (-math.inf, math.inf)
+    mean = float(np.clip(pred.mean, lo_b, hi_b))
+    lower = float(np.clip(pred.mean - z * pred.sigma, lo_b, hi_b))
+    upper = float(np.clip(pred.mean + z * pred.sigma, lo_b, hi_b))
+    if upper - lower <= 0:  # both ends clipped onto the bound: keep a band of one sigma
+        lower, upper = (upper - pred.sigma, upper) if upper >= hi_b else (lower, lower + pred.sigma)
     common = {
         "rule": "cross_run",
         "probability": prob,
-        "predicted_final": pred.mean,
-        "lower": pred.mean - z * pred.sigma,
-        "upper": pred.mean + z * pred.sigma,
+        "predicted_final": mean,
+        "lower": lower,
+        "upper": upper,
         "best": best,
         "n_points": n,
     }
+    if leads:
+        return RuleResult(
+            "continue", f"its best {own:.4g} already beats the best finished run", **common
+        )
     if prob < delta:
         reason = (
             f"P(result beats the best finished run {best:.4g}) = {prob:.3f} < delta {delta:g}; "

@@ -15,6 +15,8 @@ import numpy as np
 
 from eecontrol.core.checks import check_probability
 from eecontrol.core.curves.ensemble import CurveFit, fit_curve
+from eecontrol.core.curves.families import MODES
+from eecontrol.core.curves.predictive import Calibration, Forecast, forecast
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,17 @@ class RuleResult:
     Args:
         decision: ``stop``, ``continue`` or ``no_decision``.
         reason: one sentence saying why.
-        rule: ``in_run`` or ``cross_run``.
-        probability: the estimated probability of improving (in-run: of beating the
-            run's best by ``min_delta`` before the horizon; cross-run: of the final result
+        rule: ``convergence``, ``sweep``, ``in_run`` (the ensemble rule) or ``cross_run``.
+        probability: the estimated probability of improving (convergence / in-run: of
+            beating the run's best by ``min_delta`` before the horizon; sweep: of the
+            value at the horizon beating the sweep's best; cross-run: of the final result
             beating the best finished run).
         predicted_final: the predicted value at the horizon (caller's units).
         lower: lower end of the band at the horizon.
         upper: upper end of the band at the horizon.
         best: the value to beat.
         n_points: points of the curve used.
+        min_delta: the improvement that counted (convergence rule), or None.
     """
 
     decision: str
@@ -44,6 +48,7 @@ class RuleResult:
     upper: float | None = None
     best: float | None = None
     n_points: int = 0
+    min_delta: float | None = None
 
     @property
     def stop(self) -> bool:
@@ -62,7 +67,9 @@ class RuleResult:
                 ("upper", self.upper),
                 ("best", self.best),
                 ("n_points", self.n_points),
+                ("min_delta", self.min_delta),
             )
+            if k != "min_delta" or v is not None
         }
 
 
@@ -162,3 +169,197 @@ def in_run_rule(
         )
         return RuleResult("stop", reason, **common)
     return RuleResult("continue", f"P(improvement) = {prob:.3f} >= {threshold:g}", **common)
+
+
+# --- rules on the calibrated forecast -------------------------------------------------------
+
+PLATEAU_F = 4.0
+"""The convergence rule forecasts a tail whose trend beats a constant by less than this F
+statistic as flat (see :func:`~eecontrol.core.curves.predictive.forecast`'s ``min_f``)."""
+
+
+def _forecast_or_reason(
+    rule: str,
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    horizon: float,
+    mode: str,
+    min_points: int,
+    bounds: Sequence[float] | None,
+    calibration: Calibration | None,
+) -> tuple[Forecast | None, RuleResult | None, np.ndarray]:
+    """The forecast at a grid of future positions, or the ``no_decision`` that replaces it."""
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
+    if not (isinstance(min_points, int) and min_points >= 4):
+        raise ValueError(f"`min_points` must be an integer in [4, inf), got {min_points!r}.")
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(ya)
+    if n < min_points:
+        msg = f"warm-up: {n} of min_points={min_points} points"
+        return None, RuleResult("no_decision", msg, rule, n_points=n), xa
+    if not np.all(np.isfinite(ya)):
+        msg = "the curve holds non-finite values"
+        return None, RuleResult("no_decision", msg, rule, n_points=n), xa
+    best = float(ya.max() if mode == "max" else ya.min())
+    if np.ptp(ya) <= 1e-12 * max(1.0, abs(best)):
+        msg = "constant curve: no trend to extrapolate"
+        return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
+    if not horizon > xa[-1]:
+        msg = f"no training left: the horizon {horizon} is not past the last position {xa[-1]}"
+        return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
+    grid = np.linspace(xa[-1], horizon, 6)[1:]
+    min_f = PLATEAU_F if rule == "convergence" else 0.0
+    return forecast(xa, ya, grid, mode, bounds, calibration, min_f=min_f), None, grid
+
+
+def _band_at_horizon(fc: Forecast, band: float) -> tuple[float, float, float]:
+    lo, hi = fc.band(band)
+    return float(fc.mean[-1]), float(lo[-1]), float(hi[-1])
+
+
+def convergence_rule(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    horizon: float,
+    mode: str = "max",
+    min_delta: float | None = None,
+    threshold: float = 0.05,
+    min_points: int = 5,
+    band: float = 0.8,
+    bounds: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
+) -> RuleResult:
+    """Stops a run unlikely to beat its own best by ``min_delta`` before the horizon.
+
+    The probability is the largest, over five positions between the last observation and
+    the horizon, of P(value > best + ``min_delta``) under the calibrated forecast
+    (:func:`~eecontrol.core.curves.predictive.forecast`; a tail without a significant
+    trend, F < :data:`PLATEAU_F`, is forecast flat). With ``min_delta=None`` the
+    improvement that counts is the curve's own noise (the larger of the robust noise
+    estimate and the tail fit's residual spread), so a noisy plateau, whose best is a
+    lucky draw, stops instead of waiting for a luckier one.
+
+    Args:
+        x: positions observed so far (strictly increasing, > 0).
+        y: the monitored metric.
+        horizon: the last position training will reach (same units as ``x``).
+        mode: ``max`` or ``min``.
+        min_delta: the improvement that counts, >= 0, or None (the curve's noise).
+        threshold: stop when the probability is below this, in (0, 1).
+        min_points: no decision before this many points (the warm-up), >= 4.
+        band: central mass of the reported band at the horizon, in (0, 1).
+        bounds: the metric's range ``(low, high)``, or None.
+        calibration: the forecast's score table (default: the shipped one).
+
+    Returns:
+        A :class:`RuleResult` of rule ``convergence``.
+    """
+    check_probability("threshold", threshold)
+    check_probability("band", band)
+    if min_delta is not None and (
+        isinstance(min_delta, bool) or not math.isfinite(min_delta) or min_delta < 0
+    ):
+        raise ValueError(f"`min_delta` must be a number in [0.0, inf) or None, got {min_delta!r}.")
+    fc, early, _ = _forecast_or_reason(
+        "convergence", x, y, horizon, mode, min_points, bounds, calibration
+    )
+    if fc is None:
+        assert early is not None
+        return early
+    ya = np.asarray(y, dtype=float)
+    best = float(ya.max() if mode == "max" else ya.min())
+    delta = float(max(fc.noise, fc.fit_sd)) if min_delta is None else float(min_delta)
+    target = best + delta if mode == "max" else best - delta
+    prob = float(np.max(fc.prob_beats(target)))
+    mean, lo, hi = _band_at_horizon(fc, band)
+    common = {
+        "rule": "convergence",
+        "probability": prob,
+        "predicted_final": mean,
+        "lower": lo,
+        "upper": hi,
+        "best": best,
+        "n_points": len(ya),
+        "min_delta": delta,
+    }
+    if prob < threshold:
+        reason = (
+            f"P(beating the best {best:.4g} by {delta:.3g} before {horizon:g}) = {prob:.3f} "
+            f"< threshold {threshold:g}; predicted final {mean:.4g} "
+            f"({band:.0%} band {lo:.4g} .. {hi:.4g})"
+        )
+        return RuleResult("stop", reason, **common)
+    return RuleResult("continue", f"P(improvement) = {prob:.3f} >= {threshold:g}", **common)
+
+
+def sweep_rule(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    horizon: float,
+    best: float | None,
+    mode: str = "max",
+    delta: float = 0.05,
+    min_points: int = 5,
+    band: float = 0.8,
+    bounds: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
+) -> RuleResult:
+    """Domhan et al.'s rule: stop when P(value at the horizon > the sweep's best) < ``delta``.
+
+    ``best`` is the best value seen so far by any run of the sweep (Domhan et al. use
+    ``delta = 0.05``). A run whose own best already equals or beats it leads the sweep
+    and is never stopped by this rule (the convergence rule decides when it is done).
+    Mass of the forecast beyond the metric's bound counts as beating a ``best`` inside it.
+
+    Args:
+        x: positions observed so far (strictly increasing, > 0).
+        y: the monitored metric.
+        horizon: the last position training will reach (same units as ``x``).
+        best: the best value of the sweep so far (None: no other run yet, no decision).
+        mode: ``max`` or ``min``.
+        delta: stop below this probability, in (0, 1).
+        min_points: no decision before this many points (the warm-up), >= 4.
+        band: central mass of the reported band at the horizon, in (0, 1).
+        bounds: the metric's range ``(low, high)``, or None.
+        calibration: the forecast's score table (default: the shipped one).
+
+    Returns:
+        A :class:`RuleResult` of rule ``sweep``.
+    """
+    check_probability("delta", delta)
+    check_probability("band", band)
+    fc, early, _ = _forecast_or_reason(
+        "sweep", x, y, horizon, mode, min_points, bounds, calibration
+    )
+    if fc is None:
+        assert early is not None
+        return early
+    ya = np.asarray(y, dtype=float)
+    n = len(ya)
+    own = float(ya.max() if mode == "max" else ya.min())
+    if best is None or not math.isfinite(best):
+        return RuleResult("no_decision", "no best value in the sweep yet", "sweep", n_points=n)
+    mean, lo, hi = _band_at_horizon(fc, band)
+    leads = own >= best if mode == "max" else own <= best
+    prob = 1.0 if leads else float(fc.prob_beats(best)[-1])
+    common = {
+        "rule": "sweep",
+        "probability": prob,
+        "predicted_final": mean,
+        "lower": lo,
+        "upper": hi,
+        "best": float(best),
+        "n_points": n,
+    }
+    if leads:
+        return RuleResult("continue", f"this run holds the sweep's best ({own:.4g})", **common)
+    if prob < delta:
+        reason = (
+            f"P(value at {horizon:g} beats the sweep's best {best:.4g}) = {prob:.3f} "
+            f"< delta {delta:g}; predicted {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})"
+        )
+        return RuleResult("stop", reason, **common)
+    return RuleResult(
+        "continue", f"P(beating the sweep's best) = {prob:.3f} >= {delta:g}", **common
+    )
