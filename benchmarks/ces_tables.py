@@ -23,24 +23,63 @@ def _cell(summary: dict, size: str, cover: str) -> str:
     return f"{summary[size]:.3g} / {summary[cover]:.3f} (±{summary[cover + '_se']:.3f})"
 
 
+CQR_METHODS = ("ces", "naive", "naive_theory", "data_splitting", "full")
+
+
+def _maybe(summary: dict, method: str, size: str, cover: str) -> str:
+    if method not in summary:
+        return "-"
+    cell = summary[method]
+    if cell[size] == float("inf"):
+        return f"inf (whole line) / {cell[cover]:.3f}"
+    return _cell(cell, size, cover)
+
+
+def _cqr_table(rows: list) -> list[str]:
+    lines = [
+        "| data, n (hold-out) | epochs, T | CES | naive | naive + theory | data splitting | full training | paper, 2000 epochs (CES · naive · n+t · DS · full) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, n, hold, epochs, _reps, s in rows:
+        cells = " | ".join(_maybe(s["summary"], m, "width", "coverage") for m in CQR_METHODS)
+        paper = s.get("paper")
+        ref = (
+            " · ".join(f"{paper[m][0]:.3f} / {paper[m][1]:.3f}" for m in CQR_METHODS)
+            if paper
+            else "not reported"
+        )
+        lines.append(
+            f"| {name} {n} ({hold}) | {epochs}, {s.get('candidates', '-')} | {cells} | {ref} |"
+        )
+    lines += [
+        "",
+        "Cells: mean interval width in the scaled outcome (y / mean |y_train|, the paper's unit) / "
+        "empirical coverage (± its standard error over the splits).",
+        "",
+    ]
+    return lines
+
+
 def tables(files: list[Path]) -> str:
-    """Regression, classification and outlier tables from the given result files."""
-    reg, cls, out = [], [], []
+    """Regression, quantile-regression, classification and outlier tables from result files."""
+    reg, cls, out, cqr = [], [], [], []
     for file in files:
         data = json.loads(file.read_text())
         for s in data.get("settings", []):
             row = (s["data"], s["n"], s["n_hold"], s["epochs"], s["reps"], s)
-            {"regression": reg, "classification": cls, "outlier": out}[s["task"]].append(row)
-    lines = []
+            groups = {"regression": reg, "classification": cls, "outlier": out, "quantile": cqr}
+            groups[s["task"]].append(row)
+    lines = _cqr_table(cqr) if cqr else []
     if reg:
         lines += [
-            "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | paper (CES · naive · DS · full) |",
-            "|---|---|---|---|---|---|---|",
+            "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | naive + theory | paper (CES · naive · DS · full) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, n, hold, epochs, _reps, s in reg:
             cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
+            theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
             lines.append(
-                f"| {name} {n} ({hold}) | {epochs} | {cells} | {PAPER.get((name, n), '-')} |"
+                f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
             )
         lines.append("")
         lines.append(
