@@ -237,3 +237,33 @@ def test_unbounded_training_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match="finite training length"):
         trainer.fit(digits_model(), datamodule=digits_data())
+
+
+def test_setup_report_lists_controlled_and_left_out_rates(tmp_path):
+    class Head(nn.Module):
+        """A module with a rate the default names do not match (``my_drop_rate``)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(64, 10)
+            self.attention_dropout = 0  # an int rate, as Hugging Face configs leave it
+            self.my_drop_rate = 0.2
+
+        def forward(self, x):
+            return self.lin(x)
+
+    net = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), Head())
+    cb = DropoutSchedule(p=0.2, mode="late", cutoff=0.5)
+    with pytest.warns(UserWarning, match=r"controls only 67% .*2\.my_drop_rate"):
+        make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[cb]).fit(
+            DigitsClassifier(net=net), datamodule=digits_data()
+        )
+    schedule = cb.decisions[0]
+    assert schedule.action == "schedule"
+    assert schedule.evidence["dropout_targets"] == 2  # nn.Dropout p and the int attribute
+    assert schedule.evidence["rate_coverage"] == pytest.approx(2 / 3)
+    assert "2.my_drop_rate (name not matched)" in schedule.evidence["left_out"]
+    assert "torch_dropout" in schedule.evidence["controlled_by_family"]
+    assert net[2].attention_dropout == 0.2 and isinstance(net[2].attention_dropout, float)
+    journal = [json.loads(x) for x in (tmp_path / DECISIONS_FILE).read_text().splitlines()]
+    assert journal[0]["evidence"]["left_out"] == schedule.evidence["left_out"]
