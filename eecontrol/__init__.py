@@ -1,20 +1,53 @@
 """eecontrol: Lightning callbacks that decide when to stop, what to freeze and how to regularise."""
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from eecontrol.callbacks import (
-    ConformalEarlyStopping,
-    ConformalPredictor,
-    ControlCallback,
-    DARTSPlusStopping,
-    Decision,
-    DropoutSchedule,
-    GradES,
-    GradientDiagnostics,
-    LearningCurveStopping,
-)
-from eecontrol.sweep.pruner import LearningCurvePruner
-from eecontrol.sweep.store import CurveStore
+# The public names load on first use (PEP 562), so that `eecontrol --help`, `--version`
+# and the config package do not import torch and Lightning.
+_LAZY = {
+    "ConformalEarlyStopping": "eecontrol.callbacks",
+    "ConformalPredictor": "eecontrol.callbacks",
+    "ControlCallback": "eecontrol.callbacks",
+    "DARTSPlusStopping": "eecontrol.callbacks",
+    "Decision": "eecontrol.callbacks",
+    "DropoutSchedule": "eecontrol.callbacks",
+    "GradES": "eecontrol.callbacks",
+    "GradientDiagnostics": "eecontrol.callbacks",
+    "LearningCurveStopping": "eecontrol.callbacks",
+    "LearningCurvePruner": "eecontrol.sweep.pruner",
+    "CurveStore": "eecontrol.sweep.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name's module on first access."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'eecontrol' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+if TYPE_CHECKING:
+    from eecontrol.callbacks import (
+        ConformalEarlyStopping,
+        ConformalPredictor,
+        ControlCallback,
+        DARTSPlusStopping,
+        Decision,
+        DropoutSchedule,
+        GradES,
+        GradientDiagnostics,
+        LearningCurveStopping,
+    )
+    from eecontrol.sweep.pruner import LearningCurvePruner
+    from eecontrol.sweep.store import CurveStore
 
 try:
     __version__ = version("eecontrol")

@@ -6,19 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from eecontrol.report.artifacts import is_run_dir
-from eecontrol.report.console import print_decisions
-from eecontrol.report.runreport import report_run, report_sweep
+from eecontrol import __version__
 from eecontrol.sweep.replay import add_arguments as replay_add_arguments
 from eecontrol.sweep.replay import command as replay_command
-from eecontrol.sweep.results import print_study
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eecontrol`` console script."""
-    parser = argparse.ArgumentParser(prog="eecontrol", description="eecontrol tools")
+    parser = argparse.ArgumentParser(
+        prog="eecontrol",
+        description="eecontrol tools: `eecontrol report` turns a run or sweep directory written "
+        "by eecontrol-train (or your own Trainer) into plots and one HTML page; "
+        "`eecontrol replay` replays a finished sweep under each stopping policy. "
+        "Training itself: eecontrol-train --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"eecontrol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser(
         "report", help="plots + a self-contained HTML page for a run or a sweep directory"
@@ -38,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "replay":
         return replay_command(args)
-    console = Console()
+    # imported here: `eecontrol --help` and `--version` stay fast (no torch import)
+    from eecontrol.report.artifacts import is_run_dir
+    from eecontrol.report.console import make_console, print_decisions
+    from eecontrol.report.runreport import report_run, report_sweep
+    from eecontrol.report.sweep_summary import sweep_table
+    from eecontrol.sweep.results import print_study
+
+    console = make_console()
     path: Path = args.path
     if not path.is_dir():
         console.print(f"[red]eecontrol report: {path} is not a directory[/red]")
@@ -54,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]eecontrol report: {err}[/red]")
         return 2
     for art in runs:
-        console.print(f"[bold]{art.name}[/bold]: {art.summary.get('stop_reason', '')}")
+        console.print(f"[bold]{art.display_name}[/bold] ({art.name})")
         print_decisions(art.decisions, console)
+    console.print(sweep_table(runs))
     console.print(f"{len(runs)} runs; the page: {page}")
     print_study(path, console)  # an eecontrol_optuna sweep: complete vs pruned vs failed trials
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -11,9 +12,21 @@ from rich.table import Table
 from eecontrol.callbacks._control import Decision
 
 
+def make_console() -> Console:
+    """A console that does not wrap tables at 80 columns when the output is not a terminal.
+
+    Piped or logged output (CI, ``| tee``, Hydra jobs under joblib) gets 200 columns unless
+    ``COLUMNS`` says otherwise; a terminal keeps its own width.
+    """
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200)
+    return console
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
     return str(value)
 
 
@@ -36,7 +49,7 @@ def decisions_table(decisions: Iterable[Decision]) -> Table:
 
 def print_decisions(decisions: Iterable[Decision], console: Console | None = None) -> None:
     """Prints the decisions table."""
-    (console or Console()).print(decisions_table(decisions))
+    (console or make_console()).print(decisions_table(decisions))
 
 
 def print_run_paths(
@@ -49,7 +62,7 @@ def print_run_paths(
     console: Console | None = None,
 ) -> None:
     """Prints the run directory, the decisions file, the CSV metrics and the W&B run."""
-    console = console or Console()
+    console = console or make_console()
     table = Table(title="run files", show_header=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
@@ -65,5 +78,5 @@ def print_run_paths(
         f"{wandb_run}  (sync: wandb sync {wandb_run})" if wandb_run else "(W&B logger off)",
     )
     for key in sorted(metrics or {}):
-        table.add_row(key, f"{metrics[key]:.4f}")  # type: ignore[index]
+        table.add_row(key, _fmt(float(metrics[key])))  # type: ignore[index]
     console.print(table)
