@@ -85,12 +85,15 @@ def test_predictor_from_run_dir_and_all_methods(tmp_path):
     direct = ces.predictor(digits_model()).p_values(x_test)
     loaded = ConformalPredictor.from_run_dir(tmp_path, digits_model()).p_values(x_test)
     torch.testing.assert_close(direct, loaded)
-    for method in ("ces", "naive", "data_splitting", "full"):
+    sizes = {}
+    for method in ("ces", "naive", "naive_theory", "data_splitting", "full"):
         pred = ces.predictor(digits_model(), method=method)
         sets = pred.predict_set(x_test, alpha=0.1)
         assert sets.shape == (len(y_test), 10)
         coverage = sets[torch.arange(len(y_test)), y_test].double().mean()
         assert coverage > 0.7, (method, coverage)
+        sizes[method] = float(sets.sum(1).double().mean())
+    assert sizes["naive_theory"] >= sizes["naive"]  # a smaller level, larger sets
     with pytest.raises(ValueError, match="task='regression'"):
         ces.predictor(digits_model()).predict_interval(x_test, 0.1)
 
