@@ -158,6 +158,74 @@ def _median_step(
     return out
 
 
+def kernel_rounds(rounds: int, repeats: int = 15) -> dict[str, Any]:
+    """Times the statistic reductions on MiniLM's 36 block matrices, old against new.
+
+    ``fused_*`` is the earlier implementation (one ``torch._foreach_norm``; the delta
+    statistics first materialise ``torch._foreach_sub`` and then copy the snapshot);
+    ``chunked_*`` is :func:`eecontrol.core.gradstats.l1_parts` (abs of the chunk, or of
+    the difference, into a cache-sized scratch buffer; weight snapshots refreshed in the
+    same pass). Interleaved rounds; median per round.
+    """
+    from eecontrol.core.gradstats import _Scratch, l1_parts
+
+    model = _model(1e-4)
+    tensors = [p.detach().clone() for c in find_components(model) for p in c.params]
+    previous = [t + 1e-3 * torch.randn_like(t) for t in tensors]
+    snap = [t.clone() for t in previous]
+    scratch = _Scratch()
+
+    def fused_grad_l1() -> None:
+        torch.stack(torch._foreach_norm(tensors, 1)).tolist()
+
+    def chunked_grad_l1() -> None:
+        torch.cat(l1_parts(tensors, None, scratch)).tolist()
+
+    def fused_weight_delta() -> None:
+        diff = torch._foreach_sub(tensors, previous)
+        torch.stack(torch._foreach_norm(diff, 1)).tolist()
+        torch._foreach_copy_(snap, tensors)
+
+    def chunked_weight_delta() -> None:
+        torch.cat(l1_parts(tensors, snap, scratch, refresh=True)).tolist()
+
+    def chunked_grad_delta() -> None:  # reference snapshot: no copy
+        torch.cat(l1_parts(tensors, previous, scratch)).tolist()
+
+    fns = {
+        f.__name__: f
+        for f in (
+            fused_grad_l1,
+            chunked_grad_l1,
+            fused_weight_delta,
+            chunked_weight_delta,
+            chunked_grad_delta,
+        )
+    }
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            out[name].append(statistics.median(times))
+    return {
+        "entries": sum(t.numel() for t in tensors),
+        "median_s_per_round": out,
+        "new_over_old": {
+            "grad_l1": [n / o for n, o in zip(out["chunked_grad_l1"], out["fused_grad_l1"])],
+            "weight_delta_l1": [
+                n / o for n, o in zip(out["chunked_weight_delta"], out["fused_weight_delta"])
+            ],
+            "grad_delta_l1": [
+                n / o for n, o in zip(out["chunked_grad_delta"], out["fused_weight_delta"])
+            ],
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,11 +247,27 @@ def main() -> None:
         help="time the check of each statistic (grad_l1, grad_delta_l1, weight_delta_l1) "
         "at interval=1 against a bare step, interleaved rounds (with --timing-only)",
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only time the statistic reductions, old against new, and exit",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grades.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    if args.kernels:
+        result = {
+            "command": f"python benchmarks/grades.py --kernels --rounds {args.rounds} "
+            f"--threads {args.threads}",
+            "machine": "2-core CPU shared with other jobs (ratios within a round)",
+            "kernels": kernel_rounds(args.rounds),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["kernels"]["new_over_old"], indent=1))
+        return
     data = BBCNewsDataModule(batch_size=16, max_length=64, seed=0)
     data.setup()
     rows: list[dict[str, Any]] = []
