@@ -575,11 +575,7 @@ class ConformalEarlyStopping(ControlCallback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         lrs = self._learning_rates(trainer)
-        if (
-            self._lrs is not None
-            and lrs != self._lrs
-            and not any(not c.reduce_on_plateau for c in trainer.lr_scheduler_configs)
-        ):
+        if self._lrs is not None and lrs != self._lrs and not trainer.lr_scheduler_configs:
             self._warn_once(
                 "lr",
                 f"the learning rate changed from {self._lrs} to {lrs} before epoch "
