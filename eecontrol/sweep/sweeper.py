@@ -88,7 +88,8 @@ class SweeperCore:
         sampler: a sampler config with ``_target_`` (default: ``TPESampler``); a
             ``GridSampler`` gets the grid from the search space and runs it in order.
         pruner: a pruner config with ``_target_``, or None (no pruning).
-        direction: ``maximize``/``minimize`` (or ``max``/``min``).
+        direction: ``maximize``/``minimize`` (or ``max``/``min``); None: from the app
+            config's ``optimized_mode`` (``max``/``min``), the mode of ``optimized_metric``.
         storage: a database URL; None: SQLite ``optuna.db`` in the sweep directory.
         study_name: the study; None: the sweep directory's name.
         n_trials: finished trials the study should hold (resumed studies count theirs), >= 1;
@@ -107,7 +108,7 @@ class SweeperCore:
         self,
         sampler: Any = None,
         pruner: Any = None,
-        direction: str = "maximize",
+        direction: str | None = None,
         storage: str | None = None,
         study_name: str | None = None,
         n_trials: int | None = 20,
@@ -119,7 +120,7 @@ class SweeperCore:
         report_step: str = "check",
         params: Mapping[str, Any] | None = None,
     ) -> None:
-        if str(direction) not in DIRECTIONS:
+        if direction is not None and str(direction) not in DIRECTIONS:
             raise ValueError(
                 f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)}, got {direction!r}."
             )
@@ -140,7 +141,7 @@ class SweeperCore:
             )
         self.sampler_cfg = _plain(sampler)
         self.pruner_cfg = _plain(pruner)
-        self.direction = DIRECTIONS[str(direction)]
+        self.direction = None if direction is None else DIRECTIONS[str(direction)]
         self.storage = storage
         self.study_name = study_name
         self.n_trials = None if n_trials is None else int(n_trials)
@@ -178,6 +179,23 @@ class SweeperCore:
             )
         return str(monitor)
 
+    def _direction(self) -> str:
+        """The study's direction: ``hydra.sweeper.direction`` or the app's ``optimized_mode``."""
+        assert self.config is not None
+        mode = self.config.get("optimized_mode")
+        from_mode = DIRECTIONS.get(str(mode)) if mode is not None else None
+        if self.direction is None and from_mode is None:
+            raise ValueError(
+                "eecontrol_optuna: set hydra.sweeper.direction (maximize | minimize) or the app "
+                f"config's optimized_mode (max | min); got optimized_mode={mode!r}."
+            )
+        if self.direction is not None and from_mode is not None and from_mode != self.direction:
+            raise ValueError(
+                f"eecontrol_optuna: hydra.sweeper.direction={self.direction} contradicts "
+                f"optimized_mode={mode} of optimized_metric={self.config.get('optimized_metric')}."
+            )
+        return self.direction or str(from_mode)
+
     def _sampler(self, space: SearchSpace) -> BaseSampler:
         cfg = self.sampler_cfg
         if not cfg:
@@ -205,6 +223,7 @@ class SweeperCore:
                 "eecontrol_optuna: the search space is empty: give hydra.sweeper.params (e.g. "
                 "model.optimizer.lr: tag(log, interval(1e-4, 1e-2))) or sweep overrides."
             )
+        self.direction = self._direction()
         sampler = self._sampler(space)
         pruner = build_pruner(self.pruner_cfg)
         url = self._storage_url()

@@ -26,10 +26,11 @@ SAMPLERS: dict[str, dict[str, Any]] = {
 }
 PRUNERS: dict[str, dict[str, Any] | None] = {
     "none": {"_target_": "optuna.pruners.NopPruner"},
+    # 3 finished trials before any pruning; a trial is judged from its 3rd validation on
     "median": {
         "_target_": "optuna.pruners.MedianPruner",
-        "n_startup_trials": 5,
-        "n_warmup_steps": 0,
+        "n_startup_trials": 3,
+        "n_warmup_steps": 2,
     },
     "successive_halving": {
         "_target_": "optuna.pruners.SuccessiveHalvingPruner",
@@ -87,7 +88,7 @@ cs.store(
         "defaults": [{"eecontrol_sampler": "tpe"}, {"eecontrol_pruner": "none"}, "_self_"],
         "_target_": TARGET,
         "_recursive_": False,
-        "direction": "maximize",
+        "direction": None,  # maximize | minimize; null: the app's optimized_mode (max | min)
         "storage": None,
         "study_name": None,
         "n_trials": 20,
