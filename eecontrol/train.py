@@ -87,6 +87,45 @@ class _OptimizedMetricCheck(Callback):
             self._check(trainer)
 
 
+def _one_progress_bar(callbacks: list[Callback]) -> list[Callback]:
+    """Keeps the last progress bar listed (``callbacks=[default,tqdm_progress_bar]``: tqdm).
+
+    Lightning refuses two progress bars; the one named last on the command line wins, with
+    a warning naming the one left out.
+    """
+    from lightning.pytorch.callbacks import ProgressBar
+
+    bars = [cb for cb in callbacks if isinstance(cb, ProgressBar)]
+    if len(bars) < 2:
+        return callbacks
+    keep = bars[-1]
+    log.warning(
+        "eecontrol: %d progress bars configured; using %s (the last listed), leaving out %s.",
+        len(bars),
+        type(keep).__name__,
+        ", ".join(type(b).__name__ for b in bars[:-1]),
+    )
+    return [cb for cb in callbacks if not isinstance(cb, ProgressBar) or cb is keep]
+
+
+def _lightning_logs_to_file() -> None:
+    """Sends Lightning's and eecontrol's messages to Hydra's ``train.log`` too.
+
+    Lightning's logger does not propagate to the root logger, where Hydra's job logging
+    puts its file handler; without this, ``train.log`` holds only the root's messages.
+    """
+    lightning_log = logging.getLogger("lightning.pytorch")
+    if lightning_log.propagate:
+        return  # Lightning's messages already reach the root's handlers
+    root_files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in [h for h in lightning_log.handlers if isinstance(h, logging.FileHandler)]:
+        if handler not in root_files:  # the previous job's train.log in a multirun
+            lightning_log.removeHandler(handler)
+    for handler in root_files:
+        if handler not in lightning_log.handlers:
+            lightning_log.addHandler(handler)
+
+
 def finish_wandb() -> None:
     """Ends the active W&B run, so that the jobs of a multirun never merge."""
     try:
@@ -109,10 +148,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_SILENT", "true")
+    _lightning_logs_to_file()
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
-    callbacks: list[Callback] = _instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
+    callbacks: list[Callback] = _one_progress_bar(
+        _instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
+    )
     callbacks += pruning_callbacks(cfg, callbacks)  # a job of an eecontrol_optuna sweep
     loggers: list[Logger] = _instantiate_group(cfg.get("logger"), "logger", Logger)
     trainer: pl.Trainer = hydra.utils.instantiate(

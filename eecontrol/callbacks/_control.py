@@ -43,10 +43,11 @@ class Decision:
     Args:
         step: ``trainer.global_step`` (optimizer steps done) when the decision was made.
         epoch: ``trainer.current_epoch`` when the decision was made.
-        callback: the deciding callback's name (its ``state_key``).
+        callback: the deciding callback's class name (what tables, plots and W&B show).
         action: a short verb, e.g. ``"stop"``, ``"freeze"``, ``"set_rate"``.
         reason: one human sentence saying why.
         evidence: primitives only (numbers, strings, booleans) that justify the action.
+        key: the deciding instance's ``state_key`` (tells two instances of a class apart).
     """
 
     step: int
@@ -55,6 +56,7 @@ class Decision:
     action: str
     reason: str
     evidence: Evidence = field(default_factory=dict)
+    key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON- and ``weights_only``-safe dict of primitives."""
@@ -77,6 +79,7 @@ class Decision:
             action=str(data["action"]),
             reason=str(data["reason"]),
             evidence=dict(data.get("evidence") or {}),
+            key=str(data.get("key", "")),
         )
 
 
@@ -252,7 +255,7 @@ class ControlCallback(Callback):
 
     @property
     def name(self) -> str:
-        """The name written in decisions: the callback's ``state_key``."""
+        """The instance's name: its ``state_key`` (decisions' ``key``)."""
         return self.state_key
 
     @property
@@ -296,10 +299,11 @@ class ControlCallback(Callback):
         decision = Decision(
             step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
-            callback=self.name,
+            callback=type(self).__name__,
             action=action,
             reason=reason,
             evidence=_clean_evidence(evidence),
+            key=self.name,
         )
         self._decisions.append(decision)
         if trainer.is_global_zero:
@@ -314,12 +318,18 @@ class ControlCallback(Callback):
         return decision
 
     def _report_to_loggers(self, trainer: pl.Trainer, decision: Decision) -> None:
-        """Sends a decision to the loggers as numbers (safe in every hook)."""
+        """Sends a decision to the loggers as numbers (safe in every hook).
+
+        W&B is left out: there every decision, with its evidence, is one row of the
+        ``eecontrol/decisions`` table (``eecontrol.report.wandb``), not one-point series.
+        """
         metrics = {f"eecontrol/{type(self).__name__}/{decision.action}": 1.0}
         for key, value in decision.evidence.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 metrics[f"eecontrol/{type(self).__name__}/{decision.action}/{key}"] = float(value)
         for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                continue
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _stop(

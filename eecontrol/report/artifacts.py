@@ -156,7 +156,11 @@ def sort_by_objective(runs: list[RunArtifacts]) -> list[RunArtifacts]:
         value = art.summary.get("objective")
         if not isinstance(value, int | float) or math.isnan(value):
             return (1, 0.0)
-        minimise = lower_is_better(str(art.summary.get("optimized_metric", ""))) is True
+        mode = art.summary.get("optimized_mode")  # the sweep's direction, when recorded
+        if mode in ("min", "max"):
+            minimise = mode == "min"
+        else:
+            minimise = lower_is_better(str(art.summary.get("optimized_metric", ""))) is True
         return (0, value if minimise else -value)
 
     return sorted(runs, key=key)

@@ -21,13 +21,15 @@ def test_wheel_install_in_a_new_venv(tmp_path):
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     build = subprocess.run(
-        [str(py), "-m", "pip", "install", "--no-deps", "-q", str(ROOT)],
+        [str(py), "-m", "pip", "install", "--no-deps", "-v", str(ROOT)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env=env,
     )
     assert build.returncode == 0, build.stderr[-3000:]
+    for warning in ("BuildBackendWarning", "SetuptoolsDeprecationWarning", "is deprecated"):
+        assert warning not in build.stdout + build.stderr, warning  # a clean install
     # Dependencies come from this environment (no download): a .pth adds its site-packages
     # after the new venv's own, so eecontrol itself is the freshly installed copy.
     site = subprocess.run(
@@ -55,6 +57,8 @@ def test_wheel_install_in_a_new_venv(tmp_path):
     assert str(venv) in module_file and str(venv) in conf_file, (
         "imported the source tree, not the install"
     )
+    assert (Path(module_file).parent / "py.typed").exists()  # typed package (PEP 561)
+    assert list(Path(site).glob("eecontrol-*.dist-info/licenses/LICENSE"))
     cfg = subprocess.run(
         [str(venv / "bin" / "eecontrol-train"), "--cfg", "job", "experiment=late_dropout"],
         capture_output=True,

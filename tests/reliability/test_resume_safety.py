@@ -65,7 +65,7 @@ def test_a_callback_identity_change_on_resume_keeps_the_old_journal(tmp_path):
     backups = sorted(tmp_path.glob("decisions.jsonl.*"))
     assert len(backups) == 1, backups
     assert _journal(backups[0]) == before  # the early-mode decisions survived
-    assert all("late" in d["callback"] for d in _journal(journal))
+    assert all("late" in d["key"] for d in _journal(journal))
 
 
 def test_writes_in_the_run_directory_never_follow_symlinks(tmp_path):

@@ -70,3 +70,16 @@ def test_eecontrol_help_and_version_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "eecontrol report" in out.stdout and "eecontrol 0" in out.stdout
+
+
+def test_two_progress_bars_keep_the_last_listed(caplog):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from eecontrol.report.progress import ControlRichProgressBar, ControlTQDMProgressBar
+    from eecontrol.train import _one_progress_bar
+
+    tqdm, checkpoint = ControlTQDMProgressBar(), ModelCheckpoint()
+    kept = _one_progress_bar([ControlRichProgressBar(), checkpoint, tqdm])
+    assert kept == [checkpoint, tqdm]
+    assert "leaving out ControlRichProgressBar" in caplog.text
+    assert _one_progress_bar([checkpoint, tqdm]) == [checkpoint, tqdm]
