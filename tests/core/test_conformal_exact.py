@@ -223,7 +223,7 @@ def test_hull_at_offset_1e8_equals_the_hull_at_0_shifted():
     torch.testing.assert_close(moved.upper - 1e8, base.upper, rtol=0, atol=1e-6)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     t=st.integers(1, 8),
