@@ -145,6 +145,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     Returns:
         The trainer's callback metrics (floats) after fit and test, and the trainer.
     """
+    if cfg.get("optimized_mode") not in (None, "max", "min"):
+        raise ValueError(
+            f"`optimized_mode` must be one of ['max', 'min'] or null, got {cfg.optimized_mode!r}."
+        )
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -181,7 +185,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
             trainer.test(model=model, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in {**train_metrics, **trainer.callback_metrics}.items()}
         if trainer.is_global_zero:
-            finalize_run(trainer, metrics, cfg.get("optimized_metric"))
+            finalize_run(trainer, metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode"))
     finally:
         finish_wandb()
     return metrics, trainer
@@ -212,11 +216,14 @@ def _checkpoint_path(value: Any, run_dir: Path) -> str | None:
 
 
 def finalize_run(
-    trainer: pl.Trainer, metrics: dict[str, float], optimized_metric: str | None
+    trainer: pl.Trainer,
+    metrics: dict[str, float],
+    optimized_metric: str | None,
+    optimized_mode: str | None = None,
 ) -> None:
     """Writes summary.json and the report (plots + HTML), then publishes them to W&B."""
     out = Path(trainer.default_root_dir)
-    summary = run_summary(trainer, metrics, optimized_metric)
+    summary = run_summary(trainer, metrics, optimized_metric, optimized_mode)
     if optimized_metric:  # `objective` is what the sweeper receives (see hydra_main)
         summary["last_value"] = metrics.get(optimized_metric)
         summary["objective"] = sweeper_value(trainer, metrics, optimized_metric)

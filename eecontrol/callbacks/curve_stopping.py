@@ -27,6 +27,7 @@ from eecontrol.core.curves import (
     in_run_rule,
     sweep_rule,
 )
+from eecontrol.resume import check_store, check_study_name, redact_url
 
 X_AXES = ("step", "check")
 RULES = ("convergence", "sweep", "ensemble")
@@ -180,13 +181,13 @@ class LearningCurveStopping(ControlCallback):
         self.in_run = bool(in_run)
         self.delta = float(delta)
         self.min_finished = int(min_finished)
-        self.store_url = None if store in (None, "") else str(store)
+        self.store_url = check_store(store)
         if self.rule == "sweep" and self.in_run and self.store_url is None:
             raise ValueError(
                 "`rule`='sweep' compares with the best run of the sweep and needs `store` "
                 "(a curve-store URL or SQLite path shared by the sweep's runs)."
             )
-        self.study_name = str(study_name)
+        self.study_name = check_study_name(study_name)
         self.hparams = None if hparams is None else _flatten_numeric(dict(hparams))
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
@@ -224,7 +225,7 @@ class LearningCurveStopping(ControlCallback):
             "in_run": self.in_run,
             "delta": self.delta,
             "min_finished": self.min_finished,
-            "store": self.store_url,
+            "store": redact_url(self.store_url),  # no password in checkpoints
             "study_name": self.study_name,
         }
 
@@ -282,8 +283,10 @@ class LearningCurveStopping(ControlCallback):
         keys = sorted(trainer.callback_metrics)
         message = (
             f"LearningCurveStopping: monitor {self.monitor!r} was not logged. The check runs "
-            f"in on_validation_epoch_end (validation ran this epoch); available metrics: "
-            f"{keys}. Log it in validation_step/on_validation_epoch_end or set `monitor`."
+            f"in the callbacks' on_validation_epoch_end (validation ran this epoch), before "
+            f"the LightningModule's own on_validation_epoch_end: log it with self.log in "
+            f"validation_step (epoch aggregates are ready then), or set `monitor` to one of "
+            f"the available metrics: {keys}."
         )
         if self.strict:
             raise ValueError(message)

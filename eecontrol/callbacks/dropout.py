@@ -97,9 +97,10 @@ class DropoutSchedule(ControlCallback):
                 check_range("cutoff", cutoff, low=0.0)
         if drop_path_rate is not None:
             check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_inclusive=False)
-        if isinstance(float_attributes, str):
+        if isinstance(float_attributes, str) or not isinstance(float_attributes, Sequence):
             raise ValueError(
-                f"`float_attributes` must be a list of attribute names, got the string {float_attributes!r}."
+                f"`float_attributes` must be a list of attribute names ([] for none), got "
+                f"{'the string ' if isinstance(float_attributes, str) else ''}{float_attributes!r}."
             )
         self.p = float(p)
         self.cutoff = None if cutoff is None else float(cutoff)

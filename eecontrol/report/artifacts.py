@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,18 +49,38 @@ class RunArtifacts:
 
 
 def read_decisions(path: Path) -> list[Decision]:
-    """Reads ``decisions.jsonl``; a malformed line is an error naming the line."""
+    """Reads ``decisions.jsonl``; a malformed line is an error naming the line.
+
+    A truncated last line (a process killed while appending: no final newline) is left out
+    with a warning naming the file.
+    """
     if not path.exists():
         return []
+    text = path.read_text()
+    lines = text.splitlines()
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             out.append(Decision.from_dict(json.loads(line)))
         except (json.JSONDecodeError, ValueError) as err:
+            if i == len(lines) and not text.endswith("\n"):
+                warnings.warn(
+                    f"{path}:{i}: truncated last line left out (a killed process was writing it).",
+                    stacklevel=2,
+                )
+                break
             raise ValueError(f"{path}:{i}: not a decision record ({err}).") from err
     return out
+
+
+def read_json(path: Path) -> Any:
+    """``json.loads`` of a file; a malformed file is a ``ValueError`` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}).") from err
 
 
 def read_metrics(run: Path) -> dict[str, list[float]]:
@@ -94,11 +115,11 @@ def load_run(run: str | Path) -> RunArtifacts:
         path=path, decisions=read_decisions(path / DECISIONS_FILE), metrics=read_metrics(path)
     )
     if (path / SUMMARY_FILE).exists():
-        art.summary = json.loads((path / SUMMARY_FILE).read_text())
+        art.summary = read_json(path / SUMMARY_FILE)
     art.overrides = read_overrides(path)
     ces = path / "ces" / "candidates.json"
     if ces.exists():
-        art.ces_candidates = json.loads(ces.read_text())
+        art.ces_candidates = read_json(ces)
     for file in sorted(path.glob("*.json")) + sorted(path.glob("*/*.json")):
         rel = str(file.relative_to(path))
         if rel in (SUMMARY_FILE, "ces/candidates.json") or rel.startswith(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ def _best(values: list[float], maximise: bool) -> float | None:
 
 
 def run_summary(
-    trainer: pl.Trainer, metrics: dict[str, float], optimized_metric: str | None
+    trainer: pl.Trainer,
+    metrics: dict[str, float],
+    optimized_metric: str | None,
+    optimized_mode: str | None = None,
 ) -> dict[str, Any]:
     """The numbers a sweep table needs, plus every eecontrol callback's own summary.
 
@@ -40,10 +44,12 @@ def run_summary(
         trainer: the trainer after fit (and test).
         metrics: final callback metrics.
         optimized_metric: the sweep objective's metric name, if any.
+        optimized_mode: ``max`` or ``min``, the objective's direction; None: the mode of a
+            callback monitoring that metric, else no ``best_so_far`` (a name says nothing).
 
     Returns:
         ``objective``, ``best_so_far`` (best value of the objective's metric over all
-        validations, from the CSV), ``epochs_used``, ``global_step``, ``stop_reason`` and
+        validations, from the CSV, in ``optimized_mode``'s direction), ``epochs_used``, ``global_step``, ``stop_reason`` and
         the callbacks' summaries.
     """
     summary: dict[str, Any] = {
@@ -60,7 +66,17 @@ def run_summary(
         summary["optimized_metric"] = optimized_metric
         summary["objective"] = metrics.get(optimized_metric)
         history = read_metrics(Path(trainer.default_root_dir)).get(optimized_metric, [])
-        summary["best_so_far"] = _best(history, maximise="loss" not in optimized_metric)
+        mode = optimized_mode or next(
+            (
+                getattr(cb, "mode", None)
+                for cb in control_callbacks(trainer)
+                if getattr(cb, "monitor", None) == optimized_metric
+            ),
+            None,
+        )
+        if mode in ("max", "min"):  # the direction comes from a mode, never from the name
+            summary["optimized_mode"] = mode
+            summary["best_so_far"] = _best(history, maximise=mode == "max")
     return summary
 
 
@@ -87,7 +103,12 @@ def report_sweep(
 ) -> tuple[list[RunArtifacts], list[Plot], Path]:
     """Writes every run's report, the curves of all runs with their stop points, and the page."""
     sweep = Path(sweep)
-    runs = [load_run(p) for p in find_runs(sweep)]
+    runs = []
+    for path in find_runs(sweep):
+        try:
+            runs.append(load_run(path))
+        except (ValueError, OSError) as err:  # one damaged run never hides the others
+            warnings.warn(f"eecontrol report: left out {path}: {err}", stacklevel=2)
     if not runs:
         raise FileNotFoundError(
             f"no run directories under {sweep} (looked for decisions.jsonl, summary.json, csv/)."

@@ -15,6 +15,7 @@ shows its curves.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -34,6 +35,42 @@ if TYPE_CHECKING:
 
 STATES = {"complete": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
+
+
+def _root_cause(err: BaseException | None) -> str:
+    """The innermost error's text (Optuna wraps database errors in a generic message)."""
+    while err is not None and (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return f"{type(err).__name__}: {err}" if err is not None else "unknown error"
+
+
+def _check_sqlite_is_a_curve_store(url: str) -> None:
+    """Refuses an existing SQLite file that holds another application's tables.
+
+    Raises:
+        ValueError: naming ``store`` and the tables found (Optuna would add its own to it).
+    """
+    import sqlite3
+
+    raw = url.split("sqlite:///", 1)[-1].split("?", 1)[0]
+    path = Path(raw[len("file:") :] if raw.startswith("file:") else raw)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            tables = sorted(
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            )
+    except sqlite3.OperationalError:
+        return  # locked by another writer: opening it below reports that
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"`store` {path} is not a SQLite database ({err}).") from err
+    if tables and "studies" not in tables:
+        raise ValueError(
+            f"`store` {path} is a SQLite database of another application (tables "
+            f"{tables[:8]}); the curve store would add its tables to it. Give a new file or "
+            f"an existing curve store."
+        )
 
 
 def storage_url(store: str | Path) -> str:
@@ -114,6 +151,7 @@ class CurveStore:
         engine_kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             engine_kwargs["connect_args"] = {"timeout": timeout}
+            _check_sqlite_is_a_curve_store(self.url)
         last: Exception | None = None
         for attempt in range(retries):
             try:
@@ -129,8 +167,15 @@ class CurveStore:
                 last = err
                 time.sleep(0.2 * (attempt + 1))
         else:
+            cause = _root_cause(last)
+            hint = (
+                " (the database is read-only: the sweep's runs must write their curves; give a "
+                "writable file or database)"
+                if "readonly" in cause.replace(" ", "").lower()
+                else ""
+            )
             raise RuntimeError(
-                f"could not open the curve store {redact_url(self.url)}: {redact_text(str(last))}"
+                f"could not open the curve store {redact_url(self.url)}{hint}: {redact_text(cause)}"
             ) from last
         self.study_id = study._study_id
         # runs left RUNNING by a killed worker (SIGKILL) on this host become FAIL

@@ -34,6 +34,9 @@ from eecontrol import (
 from eecontrol.cli import main as cli_main
 from eecontrol.core import conformal as core
 from eecontrol.report.artifacts import load_run
+from eecontrol.report.runreport import report_sweep
+from eecontrol.resume import ResumableCheckpoint, resume_overrides, rewrite_argv
+from eecontrol.train import _checkpoint_path, _OptimizedMetricCheck
 from tests.conftest import digits_data, digits_model, make_trainer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -160,6 +163,39 @@ def _report_malformed(tmp: Path) -> None:
 def _report_missing(tmp: Path) -> None:
     code = cli_main(["report", str(tmp / "nope")])
     raise ValueError(f"exit code {code}") if code == 2 else AssertionError("accepted")
+
+
+def _foreign_sqlite(tmp: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp / "app.db") as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    CurveStore(tmp / "app.db")
+
+
+def _empty_store(tmp: Path) -> Path:
+    CurveStore(tmp / "curves.db")
+    return tmp / "curves.db"
+
+
+def _truncated_journal(tmp: Path) -> None:
+    line = '{"step": 0, "epoch": 0, "callback": "C", "action": "a", "reason": "r", "evidence": {}}'
+    (tmp / "decisions.jsonl").write_text(line + "\n" + line[:30])
+    assert len(load_run(tmp).decisions) == 1
+
+
+def _damaged_sweep(tmp: Path) -> None:
+    line = '{"step": 0, "epoch": 0, "callback": "C", "action": "a", "reason": "r", "evidence": {}}'
+    for job, text in (("0", line + "\n"), ("1", "{}\n" + line + "\n")):
+        (tmp / job).mkdir()
+        (tmp / job / "decisions.jsonl").write_text(text)
+    runs, _, _ = report_sweep(tmp)
+    assert len(runs) == 1
+
+
+def _bad_summary(tmp: Path) -> None:
+    (tmp / "summary.json").write_text('{"objective": 0.9')
+    load_run(tmp)
 
 
 CASES = [
@@ -482,8 +518,9 @@ CASES = [
         "curves-monitor-missing",
         "monitored metric never logged",
         lambda t: _fit(t, [LearningCurveStopping(monitor="val/f1", mode="max")]),
-        r"monitor 'val/f1' was not logged\. The check runs in on_validation_epoch_end.*"
-        r"available metrics: \[.*'val/acc'",
+        r"monitor 'val/f1' was not logged\. The check runs in the callbacks' "
+        r"on_validation_epoch_end.*before the LightningModule's own.*self\.log in "
+        r"validation_step.*available metrics: \[.*'val/acc'",
     ),
     Case(
         "curves-nan-metric",
@@ -582,6 +619,99 @@ CASES = [
         "every digit an inlier",
         lambda t: DigitsOutlierDataModule(inlier_classes=list(range(10))),
         r"`inlier_classes` must be a non-empty proper subset",
+    ),
+    # checkpoints, resume, the store, the run's objective, the report (issue 13)
+    Case(
+        "resume-ckpt-last-missing",
+        "ckpt_path=last in a run directory without last.ckpt",
+        lambda t: _checkpoint_path("last", t),
+        r"`ckpt_path=last`: this run directory has no checkpoints/last.ckpt.*resume=<run dir>",
+        error=FileNotFoundError,
+    ),
+    Case(
+        "resume-never-checkpointed",
+        "resume=<run dir> of a run killed before its first checkpoint",
+        lambda t: resume_overrides(str(t), t),
+        r"`resume=.*`: .*last\.ckpt does not exist; this run never reached its first checkpoint",
+        error=FileNotFoundError,
+    ),
+    Case(
+        "resume-multirun",
+        "resume=<run dir> together with -m",
+        lambda t: rewrite_argv(["-m", f"resume={t}"], t),
+        r"`resume=<run dir>` continues one run; it cannot be used with -m",
+    ),
+    Case(
+        "resume-url",
+        "resume=<URL>",
+        lambda t: resume_overrides("https://example.org/run", t),
+        r"`resume` must be a local run directory, got the URL",
+    ),
+    Case(
+        "checkpoint-every-n-steps",
+        "ResumableCheckpoint every_n_train_steps = 0",
+        lambda t: ResumableCheckpoint(every_n_train_steps=0),
+        r"`every_n_train_steps` must be None or an integer in \[1, inf\)",
+    ),
+    Case(
+        "optimized-metric-missing",
+        "optimized_metric=val/f1, never logged: fails at the first validation",
+        lambda t: _fit(t, [_OptimizedMetricCheck("val/f1")]),
+        r"`optimized_metric=val/f1` is not logged by the model; logged so far: \[.*'val/acc'",
+    ),
+    Case(
+        "dropout-float-attributes-none",
+        "float_attributes = None",
+        lambda t: DropoutSchedule(float_attributes=None),
+        r"`float_attributes` must be a list of attribute names \(\[\] for none\), got None",
+    ),
+    Case(
+        "store-not-a-path",
+        "store = 123",
+        lambda t: LearningCurveStopping(store=123),
+        r"`store` must be a SQLite file path or a database URL string.*got 123",
+    ),
+    Case(
+        "store-study-name",
+        "study_name = None",
+        lambda t: LearningCurveStopping(study_name=None),
+        r"`study_name` must be a non-empty string, got None",
+    ),
+    Case(
+        "store-foreign-sqlite",
+        "another application's SQLite database as the store",
+        _foreign_sqlite,
+        r"`store` .*app\.db is a SQLite database of another application \(tables \['customers'\]\)",
+    ),
+    Case(
+        "store-read-only",
+        "a read-only curve store",
+        lambda t: CurveStore(
+            f"sqlite:///file:{_empty_store(t)}?mode=ro&uri=true", "new", retries=1
+        ),
+        r"could not open the curve store .*\(the database is read-only.*attempt to write a "
+        r"readonly database",
+        error=RuntimeError,
+    ),
+    Case(
+        "report-truncated-journal",
+        "decisions.jsonl whose last line a killed process left half-written",
+        _truncated_journal,
+        r"decisions\.jsonl:2: truncated last line left out",
+        warning=True,
+    ),
+    Case(
+        "report-sweep-damaged-run",
+        "eecontrol report SWEEP_DIR with one damaged run",
+        _damaged_sweep,
+        r"left out .*/1: .*decisions\.jsonl:1: not a decision record",
+        warning=True,
+    ),
+    Case(
+        "report-bad-json",
+        "a malformed summary.json",
+        _bad_summary,
+        r"summary\.json: not valid JSON",
     ),
 ]
 
