@@ -378,8 +378,11 @@ def run_setting(
             for metric in per_rep[0][method]:
                 vals = [p[method][metric] for p in per_rep]
                 summary[method][metric] = statistics.fmean(vals)
+                finite = all(math.isfinite(v) for v in vals)  # naive_theory may be infinite
                 summary[method][metric + "_se"] = (
-                    statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+                    statistics.stdev(vals) / math.sqrt(len(vals))
+                    if len(vals) > 1 and finite
+                    else (0.0 if finite else math.nan)
                 )
         results.append(
             {
