@@ -1,223 +1,186 @@
-"""Replay a recorded sweep under each stopping policy: epochs used and regret.
+"""Replay the recorded sweeps under each stopping policy: epochs used and regret.
 
-Reads the curves recorded by ``benchmarks/record_curves.py`` (48 configurations of the
-digits recipe, each trained to the full epoch budget) and replays the sweep, one trial
-per configuration in a random order, under:
+Reads the sweeps recorded by ``benchmarks/record_curves.py`` (digits CNN, breast-cancer
+MLP, BBC News bag-of-words, concrete regression; 48-64 configurations each, every one
+trained to the full epoch budget) and replays each, one trial per configuration in
+``--orders`` random orders, with :mod:`eecontrol.sweep.replay` (the code behind
+``eecontrol replay``):
 
 * ``none``: every run trains to the budget;
-* ``early_stopping``: Lightning's ``EarlyStopping(monitor="val/acc", mode="max",
-  patience=5)``, its own decision function applied to each run's curve;
-* ``median``: Optuna ``MedianPruner()`` (defaults);
-* ``successive_halving``: Optuna ``SuccessiveHalvingPruner()`` (defaults);
-* ``hyperband``: Optuna ``HyperbandPruner(min_resource=1, max_resource=budget)``;
-* ``ours_in_run``: :class:`eecontrol.LearningCurvePruner` with the in-run rule only
-  (the rule of ``LearningCurveStopping`` without a store);
-* ``ours_cross_run`` (Delta 0.01 / 0.05 / 0.2): the cross-run rule only (Baker et al.);
-* ``ours_both``: both rules (the ``hparams_search=digits_curves`` setting).
+* ``early_stopping_p5`` / ``_p10``: Lightning's ``EarlyStopping`` rule (patience 5 / 10)
+  in every run;
+* ``median``, ``successive_halving``, ``hyperband``: Optuna's ``MedianPruner()``,
+  ``SuccessiveHalvingPruner()`` and ``HyperbandPruner(min_resource=1,
+  max_resource=budget)``;
+* ``successive_halving_eta3_r1`` / ``_eta4_r1``: Optuna's successive halving with
+  ``min_resource=1`` and reduction factor 3 / 4 (eta 3: the rungs ours uses);
+* ``ours_*``: :class:`eecontrol.LearningCurvePruner` through its public arguments: the
+  in-run rule alone, Domhan et al.'s sweep rule alone (``rule="sweep"``), the cross-run
+  rule alone (Delta 0.05 and 0.01), the default combination; and
+  :class:`eecontrol.sweep.halving.PredictiveHalvingPruner` (reduction factor 3, the
+  default, and 4), which promotes by predicted final value.
 
-Ours run with ``bounds=(0, 1)`` (an accuracy, as ``experiment=digits_curves`` sets it);
-``ours_cross_run_unbounded`` shows the cross-run rule without them.
+Ours get ``bounds=(0, 1)`` on the accuracy sweeps (what ``experiment=digits_curves``
+sets) and none on the regression (a loss, mode ``min``).
 
-The Optuna policies run in a real ``optuna.Study`` (in memory) whose trials report each
-epoch's validation accuracy and call ``trial.should_prune()``; the configurations are
-enqueued, so every policy sees the same trials in the same order. A trial's objective is
-its best validation accuracy so far (the value ``eecontrol-train`` returns for a stopped
-run).
+The Optuna policies run in real in-memory ``optuna.Study`` objects (ask/tell; every
+configuration enqueued with its hyperparameters). Regret: the sweep's best true value
+(each configuration's best over the full budget) minus that of the configuration picked,
+in the metric's units (accuracy: 0.01 = 1 point; sign-flipped for the loss so it is
+>= 0). ``any`` picks by the best value seen, stopped trials included (what
+``eecontrol-train`` returns for a stopped run); ``complete`` only among trials that were
+let finish (Optuna's ``best_trial``).
 
-Per policy: total epochs trained (and the saving against ``none``), and the regret of
-the chosen configuration in accuracy points: the true best (each configuration's best
-validation accuracy over the full budget) minus the true value of the configuration the
-policy picks. Two picking rules: ``complete`` (Optuna's ``best_trial``: pruned trials
-are not candidates) and ``any`` (the best value seen, pruned trials included). Averaged
-over ``--orders`` random trial orders.
+Speed: the in-run rule depends only on the curve so far, so each prefix is computed once
+for all orders (:func:`eecontrol.sweep.replay.memoised_in_run_rule`). ``--policies``
+replays a subset and ``--merge`` keeps the other entries of an existing ``--out``, so a
+slow policy can be rerun alone.
 
-    python benchmarks/sweep.py --out benchmarks/results/sweep.json
+    python benchmarks/sweep.py --orders 5 --out benchmarks/results/sweep.json \
+        --plots docs/img
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-import torch
-from lightning.pytorch.callbacks import EarlyStopping
 
-import eecontrol.sweep.pruner as pruner_module
+from eecontrol.sweep.halving import PredictiveHalvingPruner
 from eecontrol.sweep.pruner import LearningCurvePruner
+from eecontrol.sweep.replay import Policy, default_policies, load_recorded, plot_front, replay
 
-HPARAMS = ("lr", "weight_decay", "dropout", "hidden", "batch_size")
-
-
-def _memoised_in_run_rule() -> Callable[..., Any]:
-    """The in-run rule depends only on the curve: compute each prefix once for all orders."""
-    original = pruner_module.in_run_rule
-
-    @functools.cache
-    def cached(x: tuple[float, ...], y: tuple[float, ...], horizon: float, kw: str) -> Any:
-        return original(np.array(x), np.array(y), horizon, **json.loads(kw))
-
-    def wrapper(x: Any, y: Any, horizon: float, **kwargs: Any) -> Any:
-        return cached(
-            tuple(map(float, x)), tuple(map(float, y)), float(horizon), json.dumps(kwargs)
-        )
-
-    return wrapper
+SWEEPS = {
+    "digits": Path("benchmarks/data/digits_curves.json"),
+    "breast_cancer": Path("benchmarks/data/breast_cancer_curves.json"),
+    "bbc_tfidf": Path("benchmarks/data/bbc_tfidf_curves.json"),
+    "concrete": Path("benchmarks/data/concrete_curves.json"),
+}
 
 
-def early_stopping_epochs(curve: list[float], patience: int = 5) -> int:
-    """Epochs a run trains under Lightning's EarlyStopping on ``val/acc`` (max)."""
-    es = EarlyStopping(monitor="val/acc", mode="max", patience=patience)
-    for epoch, value in enumerate(curve):
-        stop, _ = es._evaluate_stopping_criteria(torch.tensor(value))
-        if stop:
-            return epoch + 1
-    return len(curve)
-
-
-def replay_optuna(
-    runs: list[dict[str, Any]], order: list[int], budget: int, pruner: optuna.pruners.BasePruner
-) -> list[dict[str, Any]]:
-    """Replays the sweep in ``order`` under ``pruner``; returns one row per trial."""
-    study = optuna.create_study(direction="maximize", pruner=pruner)
-    for i in order:
-        study.enqueue_trial({k: runs[i]["config"][k] for k in HPARAMS})
-    rows: list[dict[str, Any]] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        i = order[trial.number]
-        trial.suggest_float("lr", 1e-5, 1e-2, log=True)
-        trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True)
-        trial.suggest_float("dropout", 0.0, 0.6)
-        trial.suggest_int("hidden", 16, 128)
-        trial.suggest_int("batch_size", 16, 128)
-        curve = runs[i]["val_acc"][:budget]
-        for epoch, value in enumerate(curve):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                rows.append(
-                    {
-                        "run": i,
-                        "epochs": epoch + 1,
-                        "value": max(curve[: epoch + 1]),
-                        "complete": False,
-                    }
-                )
-                raise optuna.TrialPruned()
-        rows.append({"run": i, "epochs": budget, "value": max(curve), "complete": True})
-        return max(curve)
-
-    study.optimize(objective, n_trials=len(order))
-    return rows
-
-
-def replay_early_stopping(
-    runs: list[dict[str, Any]], order: list[int], budget: int
-) -> list[dict[str, Any]]:
-    """Replays the sweep with Lightning EarlyStopping in every run (no run is pruned)."""
-    rows = []
-    for i in order:
-        curve = runs[i]["val_acc"][:budget]
-        n = early_stopping_epochs(curve)
-        rows.append({"run": i, "epochs": n, "value": max(curve[:n]), "complete": True})
-    return rows
-
-
-def score(rows: list[dict[str, Any]], truth: np.ndarray) -> dict[str, float]:
-    """Epochs used and regret (points) of the configuration each picking rule chooses."""
-    best = float(truth.max())
-    out = {"epochs": float(sum(r["epochs"] for r in rows))}
-    complete = [r for r in rows if r["complete"]]
-    pick_complete = max(complete, key=lambda r: r["value"]) if complete else None
-    pick_any = max(rows, key=lambda r: r["value"])
-    out["regret_complete"] = (
-        100 * (best - truth[pick_complete["run"]]) if pick_complete else float("nan")
+def policies(budget: int, bounds: tuple[float, float] | None) -> dict[str, Policy]:
+    """The replay's default policies plus the benchmark's variants."""
+    out = default_policies(budget, bounds, patience=5)
+    out["early_stopping_p10"] = Policy(None, patience=10)
+    out["ours_cross_run_d0.01"] = Policy(
+        lambda: LearningCurvePruner(horizon=budget, in_run=False, delta=0.01, bounds=bounds)
     )
-    out["regret_any"] = 100 * (best - truth[pick_any["run"]])
-    out["pruned"] = float(sum(not r["complete"] for r in rows))
+    # successive halving on the rungs ours uses (1, 3, 9, 27 epochs) and on eta 4 from 1:
+    # whether predicting, rather than the schedule, is what helps
+    for eta in (3, 4):
+        out[f"successive_halving_eta{eta}_r1"] = Policy(
+            lambda eta=eta: optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=eta
+            )
+        )
+    out["ours_predictive_halving_eta4"] = Policy(
+        lambda: PredictiveHalvingPruner(horizon=budget, reduction_factor=4, bounds=bounds)
+    )
     return out
 
 
-def policies(budget: int) -> dict[str, Callable[[], optuna.pruners.BasePruner] | None]:
-    """Every policy: a pruner factory, or ``None`` for the non-Optuna ones."""
-    acc = (0.0, 1.0)  # validation accuracy: what the digits_curves experiment sets
+def summarise(table: dict[str, Any]) -> dict[str, Any]:
+    """The goal's comparison: which of ours save more epochs than successive halving at 0
+    mean regret (picking rule ``any``)."""
+    zero = {n: row["saving_x"] for n, row in table.items() if row["regret_any"] <= 1e-12}
+    sh = table.get("successive_halving", {})
+    sh_saving = zero.get("successive_halving")  # None: not at 0 regret
+    beats = [
+        n
+        for n, saving in zero.items()
+        if n.startswith("ours") and (sh_saving is None or saving > sh_saving)
+    ]
     return {
-        "none": optuna.pruners.NopPruner,
-        "early_stopping": None,
-        "median": optuna.pruners.MedianPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=budget),
-        "ours_in_run": lambda: LearningCurvePruner(horizon=budget, cross_run=False, bounds=acc),
-        "ours_cross_run_d0.01": lambda: LearningCurvePruner(
-            horizon=budget, in_run=False, delta=0.01, bounds=acc
-        ),
-        "ours_cross_run": lambda: LearningCurvePruner(horizon=budget, in_run=False, bounds=acc),
-        "ours_cross_run_d0.2": lambda: LearningCurvePruner(
-            horizon=budget, in_run=False, delta=0.2, bounds=acc
-        ),
-        "ours_cross_run_unbounded": lambda: LearningCurvePruner(horizon=budget, in_run=False),
-        "ours_both": lambda: LearningCurvePruner(horizon=budget, bounds=acc),
+        "at_zero_regret": zero,
+        "successive_halving_saving": sh.get("saving_x"),
+        "successive_halving_regret_any": sh.get("regret_any"),
+        "ours_beating_successive_halving_at_zero_regret": sorted(beats),
     }
+
+
+def tally(results: dict[str, Any]) -> dict[str, list[str]]:
+    """For each of our policies, the sweeps on which it beats successive halving."""
+    out: dict[str, list[str]] = {}
+    for key, result in results.items():
+        for name in result["policies"]:
+            if name.startswith("ours"):
+                out.setdefault(name, [])
+                if name in result["summary"]["ours_beating_successive_halving_at_zero_regret"]:
+                    out[name].append(key)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--curves", type=Path, default=Path("benchmarks/data/digits_curves.json"))
+    parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
+    parser.add_argument("--policies", nargs="+", default=None, help="a subset (default: all)")
     parser.add_argument("--orders", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
+    parser.add_argument("--merge", action="store_true", help="keep other entries of --out")
+    parser.add_argument("--plots", type=Path, default=Path("docs/img"))
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    pruner_module.in_run_rule = _memoised_in_run_rule()
-    data = json.loads(args.curves.read_text())
-    budget, runs = int(data["epoch_budget"]), data["runs"]
-    truth = np.array([max(r["val_acc"][:budget]) for r in runs])
-    rng = np.random.default_rng(0)
-    orders = [list(map(int, rng.permutation(len(runs)))) for _ in range(args.orders)]
-    table: dict[str, Any] = {}
-    for name, factory in policies(budget).items():
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
+    results: dict[str, Any] = dict(previous.get("sweeps", {}))
+    for key in args.sweeps:
+        sweep = load_recorded(SWEEPS[key])
+        bounds = (0.0, 1.0) if sweep.mode == "max" else None
+        chosen = policies(sweep.budget, bounds)
+        if args.policies:
+            chosen = {k: v for k, v in chosen.items() if k in args.policies}
+        print(f"== {key}: {len(sweep.runs)} runs x {sweep.budget} epochs", flush=True)
         t0 = time.perf_counter()
-        scores = []
-        for order in orders:
-            if factory is None:
-                rows = replay_early_stopping(runs, order, budget)
-            else:
-                rows = replay_optuna(runs, order, budget, factory())
-            scores.append(score(rows, truth))
-        agg = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-        agg["regret_complete_max"] = float(np.max([s["regret_complete"] for s in scores]))
-        agg["regret_any_max"] = float(np.max([s["regret_any"] for s in scores]))
-        agg["seconds"] = time.perf_counter() - t0
-        table[name] = agg
-        print(name, json.dumps(agg), flush=True)
-    full = table["none"]["epochs"]
-    for row in table.values():
-        row["saving_x"] = full / row["epochs"]
-    result = {
+        result = replay(
+            sweep,
+            chosen,
+            orders=args.orders,
+            bounds=bounds,
+            progress=lambda name, row: print(
+                f"{name:>24} {row['epochs']:7.0f} regret(any) {row['regret_any']:.4g} "
+                f"({row['seconds']:.0f} s)",
+                flush=True,
+            ),
+        )
+        if key in results and args.merge:
+            merged = dict(results[key]["policies"])
+            merged.update(result["policies"])
+            full = result["runs"] * result["budget"]
+            for row in merged.values():
+                row["saving_x"] = full / row["epochs"]
+            result["policies"] = merged
+        result["seconds"] = time.perf_counter() - t0
+        result["summary"] = summarise(result["policies"])
+        results[key] = result
+        plot = plot_front(result, args.plots / f"sweep_front_{key}.png", f"{key}: regret vs epochs")
+        print(f"front: {plot}; {json.dumps(result['summary'])}", flush=True)
+    for result in results.values():
+        result["summary"] = summarise(result["policies"])
+    out = {
         "command": f"python benchmarks/sweep.py --orders {args.orders}",
-        "curves": str(args.curves),
-        "runs": len(runs),
-        "epoch_budget": budget,
-        "true_best_val_acc": float(truth.max()),
-        "policies": table,
+        "ours_beats_successive_halving_on": tally(results),
+        "note": "regret in the metric's units (accuracy 0.01 = 1 point; concrete: MSE of the "
+        "standardised target); seconds were measured on a shared, loaded 2-core machine",
+        "sweeps": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"{'policy':>22} {'epochs':>7} {'saving':>7} {'regret(cmp)':>11} {'regret(any)':>11}")
-    for name, row in table.items():
-        print(
-            f"{name:>22} {row['epochs']:7.0f} {row['saving_x']:6.2f}x "
-            f"{row['regret_complete']:11.2f} {row['regret_any']:11.2f}"
-        )
+    args.out.write_text(json.dumps(out, indent=1))
+    for key, result in results.items():
+        print(f"\n{key} ({result['mode']}): {result['runs']} runs x {result['budget']}")
+        for name, row in result["policies"].items():
+            print(
+                f"{name:>24} {row['epochs']:7.0f} {row['saving_x']:6.2f}x "
+                f"{row['regret_complete']:10.4g} {row['regret_any']:10.4g}"
+            )
+    print(json.dumps(out["ours_beats_successive_halving_on"], indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ class PredictiveHalvingPruner(BasePruner):
 
     Args:
         horizon: the number of reports of a full trial (its last step + 1), >= 2.
-        reduction_factor: keep the top ``1 / reduction_factor`` at each rung, >= 2.
+        reduction_factor: keep the top ``1 / reduction_factor`` at each rung, >= 2 (3: the
+            better of 3 and 4 on the recorded sweeps of ``benchmarks/sweep.py``).
         min_resource: reports at the first rung, >= 1.
         quantile: the forecast quantile that scores a trial, in (0, 1) (0.5: the median;
             higher is more lenient to trials whose future is uncertain).

@@ -482,7 +482,7 @@ def score(rows: Sequence[Mapping[str, Any]], truth: np.ndarray, mode: str) -> di
         if not pool:
             return math.nan
         pick = max(pool, key=lambda r: sign * r["value"])
-        return float(sign * (best - truth[pick["run"]]))
+        return float(sign * (best - truth[pick["run"]])) + 0.0  # + 0.0: no "-0.0"
 
     return {
         "epochs": float(sum(r["epochs"] for r in rows)),
@@ -641,7 +641,7 @@ def plot_front(result: Mapping[str, Any], path: str | Path, title: str | None = 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = []
     for k, (name, row) in enumerate(result["policies"].items()):
-        color = f"C{k % 10}"
+        color = plt.get_cmap("tab20")(k % 20)
         xs = [s["epochs"] / full for s in row["per_order"]]
         ys = [s["regret_any"] for s in row["per_order"]]
         ax.scatter(xs, ys, s=12, alpha=0.35, color=color)
