@@ -20,6 +20,29 @@ def wandb_runs(trainer: pl.Trainer) -> list[Any]:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
+def _logged_values(trainer: pl.Trainer) -> dict[str, float]:
+    """The last value of every series the trainer logged (W&B keeps them as the summary)."""
+    out: dict[str, float] = {}
+    for key, value in dict(trainer.logged_metrics).items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _already_logged(key: str, value: Any, logged: dict[str, float]) -> bool:
+    """Whether a summary number is a logged series' last value under another name.
+
+    ``ConformalEarlyStopping/candidates`` (a callback summary) and ``ces/candidates`` (the
+    live series) share the leaf ``candidates`` and the value: W&B shows the series only.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or key in logged:
+        return False
+    leaf = key.rsplit("/", 1)[-1]
+    return any(k.rsplit("/", 1)[-1] == leaf and v == float(value) for k, v in logged.items())
+
+
 def publish_to_wandb(
     trainer: pl.Trainer,
     decisions: Sequence[Decision],
@@ -62,7 +85,10 @@ def publish_to_wandb(
                 str(plot.path), caption=plot.caption
             )
         run.log(payload)
+        logged = _logged_values(trainer)
         for key, value in summary.items():
             if value is None or isinstance(value, bool | int | float | str):
+                if _already_logged(key, value, logged):
+                    continue  # one name per value: the series' last value is its summary
                 run.summary[key] = value
     return len(runs)

@@ -83,3 +83,13 @@ def test_two_progress_bars_keep_the_last_listed(caplog):
     assert kept == [checkpoint, tqdm]
     assert "leaving out ControlRichProgressBar" in caplog.text
     assert _one_progress_bar([checkpoint, tqdm]) == [checkpoint, tqdm]
+
+
+def test_wandb_summary_keeps_one_name_per_value():
+    from eecontrol.report.wandb import _already_logged
+
+    logged = {"ces/candidates": 3.0, "val/acc": 0.9}
+    assert _already_logged("ConformalEarlyStopping/candidates", 3, logged)
+    assert not _already_logged("ConformalEarlyStopping/candidates", 4, logged)
+    assert not _already_logged("ConformalEarlyStopping/ces_coverage", 0.9, logged)
+    assert not _already_logged("val/acc", 0.9, logged)  # the series itself
