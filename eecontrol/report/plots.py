@@ -245,25 +245,23 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
         ax2.bar_label(ax2.bar([x - 0.2 for x in xs], cov, width=0.4), fmt="%.3f", fontsize=7)
         if size_key:
             twin = ax2.twinx()
+            ax2.set_zorder(twin.get_zorder() + 1)  # coverage bars and the target line on top
+            ax2.patch.set_visible(False)
             size = [float(ev[f"{m}_{size_key}"]) for m in methods]
             twin.bar_label(
                 twin.bar([x + 0.2 for x in xs], size, width=0.4, color="C1"), fmt="%.3g", fontsize=7
             )
             twin.set_ylabel(f"{size_key} (orange)")
         alpha = _ces_alpha(evaluate)
+        title = "test split"
         if alpha is not None:
             target = 1 - alpha if cov_key == "coverage" else alpha
-            ax2.axhline(
-                target,
-                color="k",
-                linestyle=":",
-                linewidth=1,
-                label=f"target {'1 - alpha' if cov_key == 'coverage' else 'alpha'} = {target:.2f}",
-            )
-            ax2.legend(fontsize=7, loc="lower left")
+            ax2.axhline(target, color="k", linestyle=":", linewidth=1.2, zorder=5)
+            name = "1 - alpha" if cov_key == "coverage" else "alpha"
+            title += f"; dotted: target {name} = {target:.2f}"
         ax2.set_xticks(list(xs), methods)
         ax2.set_ylabel(f"{cov_key} (blue)")
-        ax2.set_title("test split", fontsize=9)
+        ax2.set_title(title, fontsize=9)
     fig.tight_layout()
     path = out / "ces.png"
     fig.savefig(path, dpi=110)
