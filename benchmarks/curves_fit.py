@@ -214,6 +214,61 @@ def evaluate(
     return out
 
 
+def pruner_cost(task: dict[str, Any], n_finished: int = 20, rounds: int = 3) -> dict[str, Any]:
+    """Seconds per ``should_prune`` of :class:`LearningCurvePruner`, before and after.
+
+    A study holds ``n_finished`` completed trials of the task (curves and hyperparameters);
+    one more trial reports its curve step by step and the pruner is asked at every step
+    (as ``trial.should_prune()`` does), the old configuration (the 11-family ensemble
+    in-run rule, the nu-SVR refitted at every call) and the new default (the calibrated
+    convergence rule, the nu-SVR reused while the completed trials and curve length stay
+    the same) interleaved step by step, ``rounds`` times.
+    """
+    import optuna
+
+    from eecontrol.sweep.pruner import LearningCurvePruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    b, mode, bounds = task["budget"], task["mode"], task["bounds"]
+    direction = "maximize" if mode == "max" else "minimize"
+    keys = sorted(set.intersection(*(set(h) for h in task["hparams"])))
+    study = optuna.create_study(direction=direction)
+    dists = {k: optuna.distributions.FloatDistribution(-1e9, 1e9) for k in keys}
+    for c, hp in list(zip(task["curves"], task["hparams"]))[:n_finished]:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: hp[k] for k in keys},
+                distributions=dists,
+                value=float(c.max() if mode == "max" else c.min()),
+                intermediate_values={i: float(v) for i, v in enumerate(c)},
+            )
+        )
+    running = task["curves"][n_finished]
+    study.enqueue_trial({k: task["hparams"][n_finished][k] for k in keys})
+    trial = study.ask({k: dists[k] for k in keys})
+    old = LearningCurvePruner(horizon=b - 1, rule="ensemble", min_delta=0.0, bounds=bounds)
+    new = LearningCurvePruner(horizon=b - 1, bounds=bounds)
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    steps = range(min(5, b), min(b // 2, 25))
+    for _ in range(rounds):
+        for step in steps:
+            trial.report(float(running[step]), step)
+            frozen = study.get_trials(deepcopy=False)[-1]
+            for name, pruner in (("before", old), ("after", new)):
+                if name == "before":
+                    pruner._predictors.clear()  # the old pruner refitted at every call
+                t0 = time.perf_counter()
+                pruner.prune(study, frozen)
+                times[name].append(time.perf_counter() - t0)
+    return {
+        "finished_trials": n_finished,
+        "calls": len(times["after"]),
+        "seconds_per_call_before": float(np.median(times["before"])),
+        "seconds_per_call_after": float(np.median(times["after"])),
+        "speedup": float(np.median(times["before"]) / np.median(times["after"])),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,6 +277,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/curves_fit.json"))
     parser.add_argument("--ensemble", action="store_true", help="also the 11-family ensemble")
     parser.add_argument("--no-cross-run", action="store_true", help="skip the nu-SVR")
+    parser.add_argument("--no-pruner-cost", action="store_true", help="skip the pruner timing")
     parser.add_argument(
         "--write-calibration",
         action="store_true",
@@ -265,10 +321,16 @@ def main() -> None:
             if k.startswith("gain_")
         },
     }
+    if not args.no_pruner_cost and "digits" in tasks:
+        result["pruner_cost"] = pruner_cost(tasks["digits"])
+        print("pruner cost (digits):", json.dumps(result["pruner_cost"]))
     if args.write_calibration:
         cal = calibration_from(scores, list(tasks))
         CALIBRATION_FILE.write_text(json.dumps(cal.to_dict(), indent=0) + "\n")
-        result["calibration_written"] = {"file": str(CALIBRATION_FILE), "tasks": list(tasks)}
+        result["calibration_written"] = {
+            "file": "eecontrol/core/curves/calibration.json",
+            "tasks": list(tasks),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(

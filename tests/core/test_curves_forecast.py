@@ -73,6 +73,14 @@ def test_bands_contain_their_mean_stay_in_bounds_and_have_width(tasks):
                 assert np.all(hi - lo > 0), (lo, hi)
                 checked += 1
     assert checked >= 4 * 40 * 4
+    # a forecast far beyond the bound with a narrow score table: both ends of the band are
+    # clipped onto the bound, and the band still keeps a width inside the range
+    narrow = Calibration((0.0, 1.0), (0.0, 0.5, 1.0), ((-0.1, 0.0, 0.1),) * 2)
+    y = [0.1, 0.4, 0.7, 0.9, 1.0, 1.0]
+    fc = forecast([1, 2, 3, 4, 5, 6], y, 50, bounds=(0, 1), calibration=narrow)
+    assert fc.quantile(0.1)[0] == fc.quantile(0.9)[0] == 1.0  # the case this is for
+    lo, hi = fc.band(0.8)
+    assert 0.0 <= lo[0] <= fc.mean[0] <= hi[0] <= 1.0 and hi[0] - lo[0] > 0
 
 
 def test_calibrated_leave_one_task_out_on_the_recorded_curves(tasks):
@@ -226,3 +234,18 @@ def test_rules_give_no_decision_for_degenerate_curves():
         sweep_rule(x, np.linspace(0.1, 0.5, 8), 50, best=0.9, delta=0.0)
     with pytest.raises(ValueError, match="`mode`"):
         forecast(x, np.linspace(0.1, 0.5, 8), 50, mode="up")
+
+
+def test_cross_run_predictor_takes_a_run_with_missing_or_invalid_hyperparameters():
+    rng = np.random.default_rng(0)
+    runs = [
+        FinishedRun(
+            (0.9 - 0.5 * np.exp(-0.4 * np.arange(1, 9)) + rng.normal(0, 0.01, 8)).tolist(),
+            {"lr": 10 ** rng.uniform(-5, -1)},
+        )
+        for _ in range(8)
+    ]
+    model = CrossRunPredictor(tau=4).fit(runs)
+    assert model._logs == (True,)  # lr enters as log10: the case a bad value breaks
+    for hp in ({}, {"lr": -1.0}, {"lr": 0.0}):
+        assert math.isfinite(model.predict(runs[0].values[:4], hp).mean)

@@ -148,6 +148,7 @@ class CrossRunPredictor:
         self._model: Any = None
         self._keys: tuple[str, ...] = ()
         self._logs: tuple[bool, ...] = ()
+        self._fallback: tuple[float, ...] = ()
         self.sigma: float = float("nan")
         self.n_train = 0
 
@@ -161,7 +162,13 @@ class CrossRunPredictor:
     def _features(self, values: Sequence[float], hparams: Mapping[str, Any]) -> np.ndarray:
         s = 1.0 if self.mode == "max" else -1.0
         hp = _numeric(hparams)
-        h = [math.log10(hp[k]) if log else hp.get(k, 0.0) for k, log in zip(self._keys, self._logs)]
+        h = []
+        for k, log, fallback in zip(self._keys, self._logs, self._fallback):
+            v = hp.get(k)
+            if v is None or (log and v <= 0):
+                h.append(fallback)  # missing, or no log: the training runs' median feature
+            else:
+                h.append(math.log10(v) if log else v)
         return np.concatenate([curve_features([s * v for v in values], self.tau), h])
 
     def fit(self, runs: Sequence[FinishedRun]) -> CrossRunPredictor:
@@ -185,6 +192,10 @@ class CrossRunPredictor:
         self._logs = tuple(
             all(h[k] > 0 for h in hps) and max(h[k] for h in hps) > 10 * min(h[k] for h in hps)
             for k in keys
+        )
+        self._fallback = tuple(
+            float(np.median([math.log10(h[k]) if log else h[k] for h in hps]))
+            for k, log in zip(keys, self._logs)
         )
         s = 1.0 if self.mode == "max" else -1.0
         X = np.stack([self._features(r.values, r.hparams) for r in usable])
