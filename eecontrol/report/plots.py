@@ -150,9 +150,13 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
     actions = list(dict.fromkeys(d.action for d in art.decisions))
     markers = "os^vDP*X<>"
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(names)))
+    spread = min(0.15, 0.6 / len(actions))  # actions at one step sit side by side in a row
     for i, action in enumerate(actions):
+        offset = (i - (len(actions) - 1) / 2) * spread
         points = [
-            (d.step, names.index(_short(d.callback))) for d in art.decisions if d.action == action
+            (d.step, names.index(_short(d.callback)) + offset)
+            for d in art.decisions
+            if d.action == action
         ]
         ax.scatter(
             [p[0] for p in points],
