@@ -289,9 +289,8 @@ def test_snapshot_state_roundtrip():
 
 def test_l1_is_exact_on_a_45m_entry_matrix_and_fp16_does_not_overflow():
     """The issue's case: fused fp32 drifts on 45M entries, fp16 overflows to inf."""
-    torch.manual_seed(0)
-    big = torch.empty(45_000_000).uniform_(-1e-3, 1e-3)
-    exact = math.fsum(big.double().abs().view(1000, -1).sum(1).tolist())
+    big = torch.full((45_000_000,), -1e-3)  # constant: the exact L1 is known in closed form
+    exact = 45_000_000 * abs(big[0].item())
     fused = torch._foreach_norm([big], 1)[0].item()
     assert abs(fused - exact) / exact > 1e-4  # the fused fp32 reduction drifts here
     (value,) = _fused_l1([big])
