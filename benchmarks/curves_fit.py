@@ -244,16 +244,19 @@ def pruner_cost(task: dict[str, Any], n_finished: int = 20, rounds: int = 3) -> 
             )
         )
     running = task["curves"][n_finished]
-    study.enqueue_trial({k: task["hparams"][n_finished][k] for k in keys})
-    trial = study.ask({k: dists[k] for k in keys})
     old = LearningCurvePruner(horizon=b - 1, rule="ensemble", min_delta=0.0, bounds=bounds)
     new = LearningCurvePruner(horizon=b - 1, bounds=bounds)
     times: dict[str, list[float]] = {"before": [], "after": []}
     steps = range(min(5, b), min(b // 2, 25))
-    for _ in range(rounds):
+    for _ in range(rounds):  # a fresh trial each round: every call sees a new curve length
+        study.enqueue_trial({k: task["hparams"][n_finished][k] for k in keys})
+        trial = study.ask({k: dists[k] for k in keys})
+        # in a real sweep a trial finishes between two trials: the set of completed trials
+        # (part of the cache key) changes, so a new round starts with no fitted predictor
+        new._predictors.clear()
         for step in steps:
             trial.report(float(running[step]), step)
-            frozen = study.get_trials(deepcopy=False)[-1]
+            frozen = study.get_trials(deepcopy=False)[trial.number]
             for name, pruner in (("before", old), ("after", new)):
                 if name == "before":
                     pruner._predictors.clear()  # the old pruner refitted at every call
