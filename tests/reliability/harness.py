@@ -1,9 +1,11 @@
 """A child process that trains one callback spec, optionally SIGKILLs itself, or resumes.
 
-Run as ``python -m tests.reliability.harness SPEC ROOT [--kill-at STEP] [--resume]
-[--strategy S --devices N]``. Every source of randomness is pinned so that an interrupted
-and resumed run can be compared with an uninterrupted one: a fixed data order
-(``shuffle=False``) and the global RNG reseeded at every epoch start (dropout masks).
+Run as ``python -m tests.reliability.harness SPEC ROOT [--kill-at STEP] [--signal-at STEP SIG]
+[--resume] [--strategy S --devices N]``. It uses what ``eecontrol-train`` ships: the
+recipes' data modules (training order seeded by ``seed + epoch``), ``EpochSeed`` (dropout
+masks seeded by ``seed + epoch``) and ``ResumableCheckpoint`` (``last.ckpt`` at every epoch
+end), so an interrupted and resumed run can be compared with an uninterrupted one.
+``--resume`` fails (exit 3) when there is no checkpoint: it never silently starts over.
 """
 
 from __future__ import annotations
@@ -18,41 +20,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch.utils.data import DataLoader
+from eecontrol.recipes.digits import DigitsDataModule
+from lightning.pytorch.callbacks import Callback
 
 from eecontrol.callbacks._control import control_callbacks
-
-
-class FixedOrderDigits(pl.LightningDataModule):
-    """Digits with a fixed training order (no shuffling) and an optional per-rank metric skew."""
-
-    def __init__(self, batch_size: int = 64) -> None:
-        super().__init__()
-        from eecontrol.recipes.digits import DigitsDataModule
-
-        self.inner = DigitsDataModule(batch_size=batch_size, seed=0)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.inner.setup(stage)
-        self.val_set = self.inner.val_set
-        self.test_set = self.inner.test_set
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.inner.train_set, batch_size=self.inner.batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.inner.val_dataloader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self.inner.test_dataloader()
-
-
-class Reseed(Callback):
-    """Reseeds the global RNG at every epoch start, so dropout masks replay after a resume."""
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        torch.manual_seed(1000 + trainer.current_epoch)
+from eecontrol.resume import EpochSeed, ResumableCheckpoint
 
 
 class KillAt(Callback):
@@ -69,6 +41,37 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignalAt(Callback):
+    """Sends this process a signal (SIGTERM, SIGUSR1, SIGINT) once, at an optimizer step."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step = step
+        self.signum = signum
+        self.sent = False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class StartStep(Callback):
+    """Remembers the global step training starts from (> 0 after a real resume) and the
+    optimizer steps of one epoch (two per batch for DARTS' two optimizers)."""
+
+    start_step: int | None = None
+    steps_per_epoch: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_step = int(trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.steps_per_epoch is None and self.start_step == 0:
+            self.steps_per_epoch = int(trainer.global_step)
+
+
 class SkewValidationOnRank1(Callback):
     """Makes rank 1 see a different validation loss (tests that decisions still agree)."""
 
@@ -82,9 +85,10 @@ class SkewValidationOnRank1(Callback):
 class WriteDecisionsPerRank(Callback):
     """Writes each rank's decisions (and, for measuring callbacks, their histories)."""
 
-    def __init__(self, root: str, histories: bool = False) -> None:
+    def __init__(self, root: str, histories: bool = False, start: StartStep | None = None) -> None:
         self.root = root
         self.histories = histories
+        self.start = start
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = [
@@ -99,7 +103,13 @@ class WriteDecisionsPerRank(Callback):
         }
         Path(self.root, f"rank{trainer.global_rank}.json").write_text(
             json.dumps(
-                {"decisions": rows, "global_step": trainer.global_step, "histories": histories}
+                {
+                    "decisions": rows,
+                    "global_step": trainer.global_step,
+                    "histories": histories,
+                    "start_step": None if self.start is None else self.start.start_step,
+                    "steps_per_epoch": None if self.start is None else self.start.steps_per_epoch,
+                }
             )
         )
 
@@ -110,7 +120,7 @@ def build(
     from tests.reliability.specs import SPECS
 
     spec = SPECS[spec_name]
-    data = spec.data() if spec.data is not None else FixedOrderDigits()
+    data = spec.data() if spec.data is not None else DigitsDataModule(batch_size=64, seed=0)
     return spec.model(), spec.callbacks(), dict(spec.trainer), data
 
 
@@ -119,6 +129,7 @@ def main() -> None:
     parser.add_argument("spec")
     parser.add_argument("root")
     parser.add_argument("--kill-at", type=int, default=None)
+    parser.add_argument("--signal-at", nargs=2, default=None, metavar=("STEP", "SIGNAL"))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--devices", type=int, default=1)
@@ -129,12 +140,23 @@ def main() -> None:
     model, callbacks, trainer_kwargs, data = build(args.spec)
     from tests.reliability.specs import SPECS
 
-    extra: list[Callback] = [Reseed(), WriteDecisionsPerRank(args.root, SPECS[args.spec].history)]
-    if args.kill_at is not None:
-        extra.append(KillAt(args.kill_at))
+    last = Path(args.root) / "checkpoints" / "last.ckpt"
+    if args.resume and not last.is_file():
+        print(f"harness: --resume but there is no checkpoint {last}", file=sys.stderr)
+        sys.exit(3)
+    start = StartStep()
+    extra: list[Callback] = [
+        start,
+        WriteDecisionsPerRank(args.root, SPECS[args.spec].history, start),
+    ]
+    # every run has the same callbacks (CES lists them in its evidence): a KillAt that
+    # never fires in runs that are not killed
+    extra.append(KillAt(args.kill_at if args.kill_at is not None else 2**62))
+    if args.signal_at is not None:
+        extra.append(SignalAt(int(args.signal_at[0]), getattr(signal, args.signal_at[1])))
     if args.skew:
         extra.append(SkewValidationOnRank1())
-    ckpt = ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", save_last=True, save_top_k=0)
+    ckpt = ResumableCheckpoint(dirpath=Path(args.root) / "checkpoints")
     trainer = pl.Trainer(
         default_root_dir=args.root,
         accelerator="cpu",
@@ -144,14 +166,13 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[*callbacks, *extra, ckpt],
+        # EpochSeed first, as in eecontrol-train's default callbacks: it reseeds before any
+        # method callback draws random numbers at an epoch's first batch
+        callbacks=[EpochSeed(0), *callbacks, *extra, ckpt],
         **trainer_kwargs,
     )
-    last = Path(args.root) / "checkpoints" / "last.ckpt"
     trainer.fit(
-        model,
-        datamodule=data,
-        ckpt_path=str(last) if args.resume and last.exists() else None,
+        model, datamodule=data, ckpt_path=str(last) if args.resume else None, weights_only=True
     )
 
 

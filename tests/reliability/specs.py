@@ -13,7 +13,6 @@ from typing import Any
 import lightning.pytorch as pl
 from eecontrol.recipes.darts import DartsSearchDataModule
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Spec:
     trainer: dict[str, Any] = field(default_factory=dict)
     stops: bool = False
     ddp_suffix: str = ""  # e.g. "_find_unused_parameters_true" for callbacks that freeze weights
-    data: Callable[[], pl.LightningDataModule] | None = None  # default: digits in fixed order
+    data: Callable[[], pl.LightningDataModule] | None = None  # default: DigitsDataModule
     history: bool = False  # a callback that measures but never decides: compare its history
 
 
@@ -114,18 +113,9 @@ def _darts_search() -> pl.LightningModule:
     return DartsSearchModule(c=4, layers=3, arch_lr=3e-2)
 
 
-class FixedOrderSearchData(DartsSearchDataModule):
-    """The DARTS search data with both training halves in a fixed order (no shuffling)."""
-
-    def train_dataloader(self) -> dict[str, DataLoader]:  # type: ignore[override]
-        return {
-            "weights": self._loader(self.weight_set, shuffle=False),
-            "arch": self._loader(self.arch_set, shuffle=False),
-        }
-
-
 def _darts_data() -> pl.LightningDataModule:
-    return FixedOrderSearchData(batch_size=32, seed=0)
+    # the shipped module: both training halves shuffled by seed + epoch
+    return DartsSearchDataModule(batch_size=32, seed=0)
 
 
 def _darts_plus() -> list[Callback]:
