@@ -22,7 +22,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from eecontrol.callbacks._control import DECISIONS_FILE, all_decisions, control_callbacks
+from eecontrol.callbacks._control import (
+    DECISIONS_FILE,
+    all_decisions,
+    check_monitor_mode,
+    control_callbacks,
+)
 from eecontrol.report.console import print_decisions, print_run_paths
 from eecontrol.report.runreport import report_run, run_summary, write_summary
 from eecontrol.report.wandb import publish_to_wandb
@@ -149,6 +154,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
         raise ValueError(
             f"`optimized_mode` must be one of ['max', 'min'] or null, got {cfg.optimized_mode!r}."
         )
+    if cfg.get("optimized_metric") and cfg.get("optimized_mode"):
+        check_monitor_mode("optimized_mode", cfg.optimized_metric, cfg.optimized_mode)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -97,3 +97,23 @@ def test_a_consistent_or_unknown_mode_does_not_warn(monitor, mode):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LearningCurveStopping(monitor=monitor, mode=mode)
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF.parent / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiments_objective_direction_agrees_with_its_metric(experiment):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from eecontrol.callbacks._control import lower_is_better
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="eecontrol.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"])
+    metric, mode = cfg.get("optimized_metric"), cfg.get("optimized_mode")
+    assert metric, f"{experiment}: no optimized_metric"
+    lower = lower_is_better(metric)
+    if lower is not None and mode is not None:
+        assert mode == ("min" if lower else "max"), f"{experiment}: {mode} of {metric}"
