@@ -14,7 +14,6 @@ or ``nn.Sequential`` holding at least two non-leaf children with weight tensors 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 from torch import nn
 
@@ -52,14 +51,14 @@ def list_blocks(container: nn.Module, minimum: int = 2) -> list[str]:
     return [k for k, _ in children] if len(children) >= max(minimum, 1) else []
 
 
-def find_blocks(model: nn.Module, outermost: bool = True) -> list[tuple[str, list[str]]]:
-    """The block lists of ``model`` and their blocks, in module order.
+def find_blocks(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """The outermost block lists of ``model`` and their blocks, in module order.
+
+    A block list nested inside a block of another list (T5's per-block ``layer`` list,
+    Swin's per-stage ``blocks``) is part of that block, so every weight counts once.
 
     Args:
         model: the model.
-        outermost: keep only block lists not nested inside a block of another list
-            (GradES: every weight inside a block counts once); with False, keep only the
-            innermost lists (stochastic depth: ConvNeXt's blocks inside its stages).
 
     Returns:
         ``(list name, [full block names])`` per block list.
@@ -73,24 +72,14 @@ def find_blocks(model: nn.Module, outermost: bool = True) -> list[tuple[str, lis
                 found.append((name, [prefix + k for k in keys]))
         if found:
             break
-    if outermost:
-        kept: list[tuple[str, list[str]]] = []
-        block_names: list[str] = []
-        for lst, blocks in found:
-            if any(lst == b or lst.startswith(b + ".") for b in block_names):
-                continue
-            kept.append((lst, blocks))
-            block_names.extend(blocks)
-        return kept
-    inner = []
+    kept: list[tuple[str, list[str]]] = []
+    block_names: list[str] = []
     for lst, blocks in found:
-        nested = any(
-            other != lst and any(other == b or other.startswith(b + ".") for b in blocks)
-            for other, _ in found
-        )
-        if not nested:
-            inner.append((lst, blocks))
-    return inner
+        if any(lst == b or lst.startswith(b + ".") for b in block_names):
+            continue
+        kept.append((lst, blocks))
+        block_names.extend(blocks)
+    return kept
 
 
 def block_of(name: str, block_names: list[str]) -> str | None:
@@ -99,12 +88,3 @@ def block_of(name: str, block_names: list[str]) -> str | None:
         if name == b or name.startswith(b + "."):
             return b
     return None
-
-
-def iter_block_params(
-    model: nn.Module, block_names: list[str]
-) -> Iterator[tuple[str, nn.Parameter]]:
-    """Every parameter of ``model`` that lies inside one of ``block_names``."""
-    for pname, p in model.named_parameters():
-        if block_of(pname, block_names) is not None:
-            yield pname, p
