@@ -123,11 +123,14 @@ def test_a_sigkilled_job_fails_the_sweep_goes_on_and_a_rerun_completes_it(tmp_pa
     try:
         deadline = time.monotonic() + 600
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            found = _curve_store_run_of(sweep / "curves.db", lrs[2])
+            # job 2's directory appears when it starts; only then poll the store (cheaply)
+            found = (
+                _curve_store_run_of(sweep / "curves.db", lrs[2]) if (sweep / "2").exists() else None
+            )
             if found and found[1] == "running":
                 victim = found[0]
                 os.kill(victim, signal.SIGKILL)  # the job's worker process (loky)
-            time.sleep(0.1)
+            time.sleep(0.3)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
