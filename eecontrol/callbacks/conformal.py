@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import (
     BatchSampler,
@@ -522,6 +523,33 @@ class ConformalEarlyStopping(ControlCallback):
             )
         return out, (torch.cat(targets) if targets else None)
 
+    def _copy_from_checkpoint_run(self, trainer: pl.Trainer, missing: list[str]) -> list[str]:
+        """Copies the candidates of a run resumed into a new run directory from the old one.
+
+        ``ckpt_path=<old run>/checkpoints/last.ckpt`` with a new run directory: the stored
+        (relative) candidates live in ``<old run>/ces``; they are copied, so the new run
+        directory holds every candidate it selects from. Returns the paths still missing.
+        """
+        ckpt = getattr(trainer, "ckpt_path", None)
+        if not ckpt or "://" in str(ckpt):
+            return missing
+        source = Path(ckpt).resolve().parent.parent / "ces"
+        if source == self._dir.resolve() or not all(
+            _candidate_path(p, source).is_file() for p in missing
+        ):
+            return missing
+        if trainer.is_global_zero:
+            for p in missing:
+                target = _candidate_path(p, self._dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(_candidate_path(p, source), target)
+            rank_zero_info(
+                f"ConformalEarlyStopping: copied {len(missing)} candidate(s) of the resumed run "
+                f"from {source} into {self._dir}."
+            )
+        trainer.strategy.barrier("ces_copy_candidates")
+        return [p for p in missing if not _candidate_path(p, self._dir).exists()]
+
     # --- hooks ----------------------------------------------------------------------
 
     @override
@@ -536,6 +564,8 @@ class ConformalEarlyStopping(ControlCallback):
                 "file; it must be a directory (or not exist yet)."
             )
         missing = [p for p in self.paths if not _candidate_path(p, self._dir).exists()]
+        if missing and not self.candidates_dir:
+            missing = self._copy_from_checkpoint_run(trainer, missing)
         if missing:
             raise ValueError(
                 f"ConformalEarlyStopping: {len(missing)} stored candidate checkpoints of the "

@@ -89,7 +89,9 @@ def test_grades_tiny_experiment_freezes_every_matrix_stops_and_logs_a_wandb_hist
     run = next((tmp_path / "logs" / "train" / "runs").iterdir())
     decisions = [json.loads(x) for x in (run / "decisions.jsonl").read_text().splitlines()]
     actions = [d["action"] for d in decisions]
-    assert actions == ["freeze"] * 12 + ["stop"], actions
+    assert actions == ["setup"] + ["freeze"] * 12 + ["stop"], actions
+    assert decisions[0]["evidence"]["components"] == 12  # every matrix of both blocks watched
+    assert decisions[0]["evidence"]["matrix_coverage"] == 1.0
     timeline = json.loads((run / "grades_timeline.json").read_text())
     assert len(timeline["events"]) == 12 and timeline["frozen_fraction"] == 1.0
     # stopped before the budget (20 epochs x 6 batches), after the grace period
