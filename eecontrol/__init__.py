@@ -18,6 +18,10 @@ _LAZY = {
     "LearningCurveStopping": "eecontrol.callbacks",
     "LearningCurvePruner": "eecontrol.sweep.pruner",
     "CurveStore": "eecontrol.sweep.store",
+    "PredictiveHalvingPruner": "eecontrol.sweep.halving",
+    "OptunaPruning": "eecontrol.sweep.trial",
+    "ResumableCheckpoint": "eecontrol.resume",
+    "EpochSeed": "eecontrol.resume",
 }
 
 
@@ -46,8 +50,11 @@ if TYPE_CHECKING:
         GradientDiagnostics,
         LearningCurveStopping,
     )
+    from eecontrol.resume import EpochSeed, ResumableCheckpoint
+    from eecontrol.sweep.halving import PredictiveHalvingPruner
     from eecontrol.sweep.pruner import LearningCurvePruner
     from eecontrol.sweep.store import CurveStore
+    from eecontrol.sweep.trial import OptunaPruning
 
 try:
     __version__ = version("eecontrol")
@@ -62,9 +69,13 @@ __all__ = [
     "DARTSPlusStopping",
     "Decision",
     "DropoutSchedule",
+    "EpochSeed",
     "GradES",
     "GradientDiagnostics",
     "LearningCurvePruner",
     "LearningCurveStopping",
+    "OptunaPruning",
+    "PredictiveHalvingPruner",
+    "ResumableCheckpoint",
     "__version__",
 ]
