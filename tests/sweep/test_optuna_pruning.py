@@ -122,3 +122,32 @@ def test_a_finished_trial_or_missing_monitor_is_an_error(tmp_path):
     trial2 = study.ask()
     with pytest.raises(KeyError, match="'val/nope' was not logged at validation 0"):
         _fit(tmp_path, OptunaPruning("val/nope", "s", trial2.number, storage=url))
+
+
+def test_passes_the_conformance_kit(tmp_path):
+    """State round trip, unique state keys, pickling, and named argument errors."""
+    from eecontrol.testing import check_callback_conformance
+
+    url, _, trial = _study(tmp_path)
+    fitted = OptunaPruning("val/acc", "s", trial.number, storage=url, pruner=PRUNER)
+    _fit(tmp_path, fitted)
+    assert fitted.decisions, "the fitted callback made no decision: its state is trivial"
+    check_callback_conformance(
+        lambda **kw: OptunaPruning(storage=url, **kw),
+        valid=[
+            {"monitor": "val/acc", "study": "s", "trial_number": 0},
+            {"monitor": "val/acc", "study": "s", "trial_number": 1},
+            {"monitor": "val/loss", "study": "t", "trial_number": 0, "report_step": "step"},
+        ],
+        invalid=[
+            ({"monitor": "val/acc", "study": "s", "trial_number": -1}, "trial_number", ">= 0"),
+            ({"monitor": "", "study": "s", "trial_number": 0}, "monitor", "metric name"),
+            ({"monitor": "val/acc", "study": "", "trial_number": 0}, "study", "study name"),
+            (
+                {"monitor": "val/acc", "study": "s", "trial_number": 0, "report_step": "epoch"},
+                "report_step",
+                "check",
+            ),
+        ],
+        after_fit=(fitted, {"monitor": "val/acc", "study": "s", "trial_number": trial.number}),
+    )
