@@ -106,7 +106,9 @@ def test_a_sigkilled_job_fails_the_sweep_goes_on_and_a_rerun_completes_it(tmp_pa
         "-m",
         "hparams_search=digits_curves",
         "model.optimizer.lr=" + ",".join(map(str, lrs)),
-        "trainer.max_epochs=8",
+        # 24 short epochs: job 2 must still be training when the watcher's kill lands (with
+        # 8 a fast machine finished it, store run complete, between the poll and the kill)
+        "trainer.max_epochs=24",
         "+trainer.limit_train_batches=2",
         "callbacks=[curve_stopping]",
         "callbacks.curve_stopping.in_run=false",

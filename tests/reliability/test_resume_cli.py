@@ -23,7 +23,10 @@ import torch
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TRAIN = str(Path(sys.executable).parent / "eecontrol-train")
-ARGS = ["logger=csv", "trainer.max_epochs=4", "+trainer.limit_train_batches=4"]
+# 10 epochs: the kill comes after epoch 2, so 8 epochs of margin keep a fast machine from
+# finishing the run between the checkpoint poll and the kill
+EPOCHS = 10
+ARGS = ["logger=csv", f"trainer.max_epochs={EPOCHS}", "+trainer.limit_train_batches=4"]
 STEPS_PER_EPOCH = 4
 
 
@@ -64,7 +67,7 @@ def test_sigkilled_default_run_resumed_with_the_readme_command_equals_the_uninte
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
     expected = _metrics(_only_run(ref_root))
-    assert len(expected) == 5  # 4 validations + the test
+    assert len(expected) == EPOCHS + 1  # one validation per epoch + the test
 
     proc = subprocess.Popen(
         [TRAIN, *ARGS],
@@ -88,7 +91,7 @@ def test_sigkilled_default_run_resumed_with_the_readme_command_equals_the_uninte
     last = run / "checkpoints" / "last.ckpt"
     saved = int(torch.load(last, weights_only=True)["global_step"])
     assert saved >= 2 * STEPS_PER_EPOCH and saved % STEPS_PER_EPOCH == 0, saved
-    assert saved < 4 * STEPS_PER_EPOCH, "the run finished before it was killed"
+    assert saved < EPOCHS * STEPS_PER_EPOCH, "the run finished before it was killed"
 
     resumed = subprocess.run(
         [TRAIN, f"resume={run}"],
