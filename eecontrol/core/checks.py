@@ -7,7 +7,7 @@ value given and the valid range or choices. Lightning-free, so any layer may imp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -63,6 +63,39 @@ def check_probability(name: str, value: float) -> None:
     ok = not isinstance(value, bool) and isinstance(value, int | float)
     if not (ok and math.isfinite(value) and 0.0 < value < 1.0):
         raise ValueError(f"`{name}` must be a number in (0.0, 1.0), got {value!r}.")
+
+
+def check_rule_args(
+    probabilities: Mapping[str, float],
+    *,
+    min_delta: float | None = None,
+    none_ok: bool = True,
+    min_points: Any = None,
+    least_points: int | None = None,
+) -> None:
+    """Checks the options the learning-curve stopping rules and their pruner share.
+
+    Args:
+        probabilities: ``{name: value}`` of stop probabilities and band masses, each in (0, 1).
+        min_delta: the improvement that counts, a number >= 0 (or None where ``none_ok``).
+        none_ok: whether ``min_delta`` may be None (then the message says so).
+        min_points: the warm-up in points, an integer >= ``least_points``.
+        least_points: the smallest valid ``min_points``; None: ``min_points`` is not checked.
+
+    Raises:
+        ValueError: naming the first bad argument, its value and the valid range.
+    """
+    for name, value in probabilities.items():
+        check_probability(name, value)
+    if not (none_ok and min_delta is None):
+        ok = not isinstance(min_delta, bool) and isinstance(min_delta, int | float)
+        if not (ok and math.isfinite(min_delta) and min_delta >= 0):  # type: ignore[arg-type]
+            either = " or None" if none_ok else ""
+            raise ValueError(
+                f"`min_delta` must be a number in [0.0, inf){either}, got {min_delta!r}."
+            )
+    if least_points is not None:
+        check_range("min_points", min_points, low=least_points, integer=True)
 
 
 def check_bounds(bounds: Sequence[float] | None) -> tuple[float, float] | None:

@@ -12,7 +12,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.core.checks import check_bounds, check_choice, check_probability, check_range
+from eecontrol.core.checks import check_bounds, check_choice, check_range, check_rule_args
 from eecontrol.core.curves import (
     CrossRunPredictor,
     FinishedRun,
@@ -98,9 +98,9 @@ class LearningCurvePruner(BasePruner):
         if min_delta is not None:
             check_range("min_delta", min_delta, low=0.0)
         self.rule = check_choice("rule", rule, RULES)
-        check_probability("threshold", threshold)
-        check_probability("delta", delta)
-        check_range("min_points", min_points, low=3, integer=True)
+        check_rule_args(
+            {"threshold": threshold, "delta": delta}, min_points=min_points, least_points=3
+        )
         check_range("min_finished", min_finished, low=2, integer=True)
         check_range("min_r2", min_r2, low=0.0, high=1.0)
         check_range("n_bootstrap", n_bootstrap, low=1, integer=True)

@@ -261,6 +261,11 @@ def test_cross_run_rule_on_scripted_curves():
         (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, band=1.0), "`band`"),
         (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_delta=-1), "`min_delta`"),
         (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_points=2), "`min_points`"),
+        # once passed silently: an infinite or fractional warm-up, a bool or None min_delta
+        (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_points=math.inf), "[3, inf)"),
+        (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_points=4.5), "`min_points`"),
+        (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_delta=True), "`min_delta`"),
+        (lambda: in_run_rule([1, 2, 3], [1, 2, 3], 10, min_delta=None), "[0.0, inf), got None"),
         (lambda: fit_curve([1, 2, 3], [1, 2, 3], mode="up"), "`mode`"),
         (lambda: fit_curve([1, 1, 3], [1, 2, 3]), "`x` must be strictly increasing"),
         (lambda: fit_curve([0, 1, 3], [1, 2, 3]), "`x` must be finite and in (0, inf)"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from eecontrol.core.checks import check_probability
+from eecontrol.core.checks import check_rule_args
 from eecontrol.core.curves.ensemble import CurveFit, fit_curve
 from eecontrol.core.curves.families import MODES
 from eecontrol.core.curves.predictive import Calibration, Forecast, forecast
@@ -111,12 +111,13 @@ def in_run_rule(
     Returns:
         A :class:`RuleResult` of rule ``in_run``.
     """
-    check_probability("threshold", threshold)
-    check_probability("band", band)
-    if min_delta < 0 or not math.isfinite(min_delta):
-        raise ValueError(f"`min_delta` must be a number in [0.0, inf), got {min_delta!r}.")
-    if min_points < 3:
-        raise ValueError(f"`min_points` must be an integer in [3, inf), got {min_points!r}.")
+    check_rule_args(
+        {"threshold": threshold, "band": band},
+        min_delta=min_delta,
+        none_ok=False,
+        min_points=min_points,
+        least_points=3,
+    )
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(ya)
     if n < min_points:
@@ -191,8 +192,7 @@ def _forecast_or_reason(
     """The forecast at a grid of future positions, or the ``no_decision`` that replaces it."""
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
-    if not (isinstance(min_points, int) and min_points >= 4):
-        raise ValueError(f"`min_points` must be an integer in [4, inf), got {min_points!r}.")
+    check_rule_args({}, min_points=min_points, least_points=4)
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(ya)
     if n < min_points:
@@ -255,12 +255,7 @@ def convergence_rule(
     Returns:
         A :class:`RuleResult` of rule ``convergence``.
     """
-    check_probability("threshold", threshold)
-    check_probability("band", band)
-    if min_delta is not None and (
-        isinstance(min_delta, bool) or not math.isfinite(min_delta) or min_delta < 0
-    ):
-        raise ValueError(f"`min_delta` must be a number in [0.0, inf) or None, got {min_delta!r}.")
+    check_rule_args({"threshold": threshold, "band": band}, min_delta=min_delta)
     fc, early, _ = _forecast_or_reason(
         "convergence", x, y, horizon, mode, min_points, bounds, calibration
     )
@@ -327,8 +322,7 @@ def sweep_rule(
     Returns:
         A :class:`RuleResult` of rule ``sweep``.
     """
-    check_probability("delta", delta)
-    check_probability("band", band)
+    check_rule_args({"delta": delta, "band": band})
     fc, early, _ = _forecast_or_reason(
         "sweep", x, y, horizon, mode, min_points, bounds, calibration
     )
