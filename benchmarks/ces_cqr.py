@@ -21,11 +21,20 @@ Methods, as in the paper's CQR tables:
 - ``data_splitting``: a second run trained on 50%, early stopping on 25% (pinball loss),
   split CQR on the other 25%.
 - ``full``: the last candidate of the CES run, split CQR on the hold-out set.
+- ``ces_union``: the exact CES set (the union of the bin intervals) whose convex hull is
+  ``ces``; valid by the same theorem, not always an interval.
+
+``--warmup W ...`` evaluates each setting again with the candidates stored after the first W
+epochs only (``ConformalEarlyStopping(storage_start=W)``), the same candidate set for every
+method; 0 is the paper's schedule. ``ces_minus_ds`` is the paired per-split difference of
+the CES and data-splitting widths (negative: CES narrower). ``--cache DIR`` keeps the
+candidates' outputs so that other warm-ups are evaluated without training again.
 
 Widths are reported in the scaled outcome (y divided by the mean absolute training
 outcome), the unit of the paper's CQR tables.
 
-    python benchmarks/ces_cqr.py --reps 100 --epochs 300 --every 3 --data concrete bio
+    python benchmarks/ces_cqr.py --reps 100 --epochs 2000 --every 10 --warmup 0 100 \
+        --data concrete bio --sizes 200 500
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from eecontrol.core import conformal as core
 
 ALPHA = 0.1
 LEVELS = (ALPHA / 2, 1 - ALPHA / 2)
-METHODS = ("ces", "naive", "naive_theory", "data_splitting", "full")
+METHODS = ("ces", "ces_union", "naive", "naive_theory", "data_splitting", "full")
 # The paper's CQR results on bio (appendix table, 2000 epochs, 25 repetitions, 1000 test
 # points): width (scaled outcome) / marginal coverage per method.
 PAPER_BIO = {
@@ -151,7 +160,7 @@ def evaluate_split(
     lo_loss, hi_loss = _pinball_losses(hold, yh)
     a, b = int(lo_loss.argmin()), int(hi_loss.argmin())
     ces = core.ces_quantile_intervals(
-        hold[..., 0], hold[..., 1], yh, test[..., 0], test[..., 1], ALPHA, LEVELS
+        hold[..., 0], hold[..., 1], yh, test[..., 0], test[..., 1], ALPHA, LEVELS, union=True
     )
     theory_alpha = core.naive_corrected_alpha(t, len(yh), ALPHA)
     es_lo, es_hi = _pinball_losses(ds_run["es"][:, r], y_es.double())
@@ -185,16 +194,23 @@ def evaluate_split(
             "coverage": float(((lo <= yt) & (yt <= hi)).double().mean()),
             "width": float((hi - lo).clamp_min(0).mean()),
         }
-    assert ces.fallback is not None
+    assert ces.fallback is not None and ces.union_lower is not None
+    assert ces.union_upper is not None
+    pieces_in = (ces.union_lower <= yt.unsqueeze(1)) & (yt.unsqueeze(1) <= ces.union_upper)
+    res["ces_union"] = {
+        "coverage": float(pieces_in.any(dim=1).double().mean()),
+        "width": float(torch.nan_to_num(ces.union_upper - ces.union_lower).sum(1).mean()),
+    }
     res["ces"]["empty"] = float(ces.fallback.double().mean())
     res["naive_theory"]["alpha"] = theory_alpha
+    res["ces_minus_ds"] = {"width": res["ces"]["width"] - res["data_splitting"]["width"]}
     return res
 
 
-def run_setting(
+def _train_both(
     data: str, n: int, reps: int, epochs: int, every: int, n_test: int, seed: int
 ) -> dict[str, Any]:
-    """Trains the CES run and the data-splitting run for R splits; evaluates every method."""
+    """Trains the CES run and the data-splitting run for R splits (outputs, data, timing)."""
     start = time.perf_counter()
     rows = {"concrete": 1030, "bio": 45730}[data]
     n_test = min(n_test, rows - n)
@@ -214,20 +230,19 @@ def run_setting(
         every,
         seed + 1,
     )
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    per_rep = [
-        evaluate_split(
-            run,
-            ds_run,
-            r,
-            y[r, n_train:],
-            y[r, n_tr2 : n_tr2 + n_hold],
-            y[r, n_tr2 + n_hold :],
-            yt[r],
-        )
-        for r in range(reps)
-    ]
+    return {
+        "run": run,
+        "ds_run": ds_run,
+        "y": y,
+        "yt": yt,
+        "n_hold": n_hold,
+        "n_train": n_train,
+        "n_test": n_test,
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+def _summarise(per_rep: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for method in per_rep[0]:
         summary[method] = {}
@@ -240,22 +255,75 @@ def run_setting(
                 if len(vals) > 1 and finite
                 else (0.0 if finite else math.nan)
             )
-    return {
-        "task": "quantile",
-        "data": data,
-        "n": n,
-        "n_hold": n_hold,
-        "n_test": n_test,
-        "reps": reps,
-        "epochs": epochs,
-        "every": every,
-        "candidates": epochs // every,
-        "train_seconds": train_seconds,
-        "eval_seconds": time.perf_counter() - start,
-        "threads": torch.get_num_threads(),
-        "summary": summary,
-        "paper": PAPER_BIO.get(n) if data == "bio" else None,
-    }
+    return summary
+
+
+def run_setting(
+    data: str,
+    n: int,
+    reps: int,
+    epochs: int,
+    every: int,
+    n_test: int,
+    seed: int,
+    warmups: list[int],
+    cache: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Trains (or loads from ``cache``) once; evaluates every method at each warm-up."""
+    file = None
+    if cache is not None:
+        file = cache / f"cqr_{data}_n{n}_r{reps}_e{epochs}_every{every}_t{n_test}_s{seed}.pt"
+    if file is not None and file.exists():
+        trained = torch.load(file, weights_only=True)
+    else:
+        trained = _train_both(data, n, reps, epochs, every, n_test, seed)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trained, file)
+    run, ds_run, y, yt = trained["run"], trained["ds_run"], trained["y"], trained["yt"]
+    n_hold, n_train = trained["n_hold"], trained["n_train"]
+    n_tr2 = n - 2 * n_hold
+    stored = torch.arange(1, epochs // every + 1) * every  # the epoch of each candidate
+    settings = []
+    for warmup in warmups:
+        keep = stored > warmup
+        if not bool(keep.any()):
+            raise ValueError(f"--warmup {warmup} leaves no candidate of {epochs} epochs")
+        start = time.perf_counter()
+        sub = {k: v[keep] for k, v in run.items()}
+        ds_sub = {k: v[keep] for k, v in ds_run.items()}
+        per_rep = [
+            evaluate_split(
+                sub,
+                ds_sub,
+                r,
+                y[r, n_train:],
+                y[r, n_tr2 : n_tr2 + n_hold],
+                y[r, n_tr2 + n_hold :],
+                yt[r],
+            )
+            for r in range(y.shape[0])
+        ]
+        settings.append(
+            {
+                "task": "quantile",
+                "data": data,
+                "n": n,
+                "n_hold": n_hold,
+                "n_test": trained["n_test"],
+                "reps": reps,
+                "epochs": epochs,
+                "every": every,
+                "warmup": warmup,
+                "candidates": int(keep.sum()),
+                "train_seconds": float(trained["train_seconds"]),
+                "eval_seconds": time.perf_counter() - start,
+                "threads": torch.get_num_threads(),
+                "summary": _summarise(per_rep),
+                "paper": PAPER_BIO.get(n) if data == "bio" and warmup == 0 else None,
+            }
+        )
+    return settings
 
 
 def main() -> None:
@@ -263,10 +331,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--every", type=int, default=3, help="epochs between candidates")
+    parser.add_argument("--epochs", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=10, help="epochs between candidates")
     parser.add_argument("--data", nargs="+", default=["concrete", "bio"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[500])
+    parser.add_argument(
+        "--warmup", nargs="+", type=int, default=[0], help="epochs before the first candidate"
+    )
+    parser.add_argument("--cache", type=Path, default=None, help="keep trained outputs here")
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -284,6 +356,8 @@ def main() -> None:
                 *args.data,
                 "--sizes",
                 *map(str, args.sizes),
+                "--warmup",
+                *map(str, args.warmup),
                 f"--n-test {args.n_test}",
                 f"--seed {args.seed}",
             ]
@@ -292,9 +366,19 @@ def main() -> None:
     }
     for data in args.data:
         for n in args.sizes:
-            res = run_setting(data, n, args.reps, args.epochs, args.every, args.n_test, args.seed)
-            result["settings"].append(res)
-            print(json.dumps(res), flush=True)
+            for res in run_setting(
+                data,
+                n,
+                args.reps,
+                args.epochs,
+                args.every,
+                args.n_test,
+                args.seed,
+                args.warmup,
+                args.cache,
+            ):
+                result["settings"].append(res)
+                print(json.dumps(res), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

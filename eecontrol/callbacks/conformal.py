@@ -212,6 +212,11 @@ class ConformalEarlyStopping(ControlCallback):
     Args:
         task: ``classification``, ``regression``, ``quantile`` (CQR) or ``outlier``.
         storage_period: epochs between stored candidates (the paper's tau), >= 1.
+        storage_start: epochs trained before the first candidate may be stored, >= 0 (a
+            warm-up fixed in advance, like the schedule: candidates are the epochs
+            ``e > storage_start`` with ``e % storage_period == 0``). Underfit early
+            candidates widen CES sets without ever being the best model; 0 is the paper's
+            schedule. Must leave at least one candidate before ``max_epochs``.
         alpha: the level used for the summary decision at the end of fit, in (0, 1).
         holdout_batch_size: batch size of the hold-out pass (does not change results).
         candidates_dir: where candidates go (default ``<run dir>/ces``); the stored paths are
@@ -231,6 +236,7 @@ class ConformalEarlyStopping(ControlCallback):
         self,
         task: str = "classification",
         storage_period: int = 1,
+        storage_start: int = 0,
         alpha: float = 0.1,
         holdout_batch_size: int = 512,
         candidates_dir: str | None = None,
@@ -243,6 +249,7 @@ class ConformalEarlyStopping(ControlCallback):
         super().__init__()
         self.task = check_choice("task", task, TASKS)
         check_range("storage_period", storage_period, low=1, integer=True)
+        check_range("storage_start", storage_start, low=0, integer=True)
         check_range("alpha", alpha, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         check_range("holdout_batch_size", holdout_batch_size, low=1, integer=True)
         check_range("aps_seed", aps_seed, low=0, integer=True)
@@ -261,6 +268,7 @@ class ConformalEarlyStopping(ControlCallback):
             list(quantiles) if isinstance(quantiles, Sequence) else quantiles
         )
         self.storage_period = int(storage_period)
+        self.storage_start = int(storage_start)
         self.alpha = float(alpha)
         self.holdout_batch_size = int(holdout_batch_size)
         self.candidates_dir = None if candidates_dir is None else str(candidates_dir)
@@ -286,6 +294,7 @@ class ConformalEarlyStopping(ControlCallback):
         return {
             "task": self.task,
             "storage_period": self.storage_period,
+            "storage_start": self.storage_start,
             "alpha": self.alpha,
             "conditional": self.conditional,
             "aps_seed": self.aps_seed,
@@ -583,13 +592,32 @@ class ConformalEarlyStopping(ControlCallback):
             )
         if not self._decisions:
             total_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-            planned = total_epochs // self.storage_period if total_epochs else None
+            planned = (
+                total_epochs // self.storage_period - self.storage_start // self.storage_period
+                if total_epochs
+                else None
+            )
+            if planned is not None and planned <= 0:
+                last = total_epochs // self.storage_period * self.storage_period
+                valid = (
+                    f"`storage_start` must be in [0, {last - 1}]"
+                    if last
+                    else f"`storage_period` must be in [1, {total_epochs}]"
+                )
+                raise ValueError(
+                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} with "
+                    f"`storage_period`={self.storage_period} stores no candidate in "
+                    f"max_epochs={total_epochs}; {valid}."
+                )
+            warmup = (
+                f" after a warm-up of {self.storage_start} epoch(s)" if self.storage_start else ""
+            )
             checked = "; ".join(f"{k}: {v}" for k, v in self.checked.items()) or "none"
             self._decide(
                 trainer,
                 "plan",
-                f"storing a candidate every {self.storage_period} epoch(s) with its outputs on "
-                f"all {n} hold-out points; training is not stopped early",
+                f"storing a candidate every {self.storage_period} epoch(s){warmup} with its "
+                f"outputs on all {n} hold-out points; training is not stopped early",
                 {
                     "holdout_points": n,
                     "planned_candidates": planned,
@@ -619,7 +647,11 @@ class ConformalEarlyStopping(ControlCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         self._check_early_stop(trainer)
-        if (epoch + 1) % self.storage_period != 0 or epoch in self.epochs:
+        if (
+            (epoch + 1) % self.storage_period != 0
+            or epoch + 1 <= self.storage_start
+            or epoch in self.epochs
+        ):
             return
         out, targets = self._holdout_outputs(trainer, pl_module)
         if self.task != "outlier":

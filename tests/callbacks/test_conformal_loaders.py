@@ -162,6 +162,36 @@ def test_quantile_regression_run_all_methods_and_a_moved_run_dir(tmp_path):
         ).fit(QuantileMLP(num_features=8), datamodule=dm)
 
 
+def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_path):
+    dm = RegressionDataModule("concrete", n_total=300, n_test=100, seed=2)
+    ces = ConformalEarlyStopping(task="quantile", storage_period=2, storage_start=3)
+    make_trainer(tmp_path / "w", max_epochs=6, callbacks=[ces]).fit(
+        QuantileMLP(num_features=8), datamodule=dm
+    )
+    # epochs (1-based) 2, 4, 6 are on the schedule; the warm-up of 3 drops 2
+    assert ces.epochs == [3, 5] and len(ces.outputs) == len(ces.paths) == 2
+    plan = next(d for d in ces.decisions if d.action == "plan")
+    assert "after a warm-up of 3 epoch(s)" in plan.reason
+    assert plan.evidence["planned_candidates"] == 2
+    assert ces.state_dict()["config"]["storage_start"] == 3
+    with pytest.raises(
+        ValueError, match=r"`storage_start`=6 .* `storage_start` must be in \[0, 5\]"
+    ):
+        make_trainer(
+            tmp_path / "e",
+            max_epochs=6,
+            callbacks=[ConformalEarlyStopping("quantile", storage_period=2, storage_start=6)],
+        ).fit(QuantileMLP(num_features=8), datamodule=dm)
+    with pytest.raises(ValueError, match=r"`storage_period` must be in \[1, 6\]"):
+        make_trainer(
+            tmp_path / "p",
+            max_epochs=6,
+            callbacks=[ConformalEarlyStopping("quantile", storage_period=7)],
+        ).fit(QuantileMLP(num_features=8), datamodule=dm)
+    with pytest.raises(ValueError, match=r"storage_start"):
+        ConformalEarlyStopping("quantile", storage_start=-1)
+
+
 def test_bad_candidates_dir_truncated_candidate_and_bad_max_epochs(tmp_path):
     dm = _concrete()
     file = tmp_path / "not_a_dir"
