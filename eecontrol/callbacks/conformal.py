@@ -212,10 +212,11 @@ class ConformalEarlyStopping(ControlCallback):
     Args:
         task: ``classification``, ``regression``, ``quantile`` (CQR) or ``outlier``.
         storage_period: epochs between stored candidates (the paper's tau), >= 1.
-        storage_start: epochs trained before the first candidate may be stored, >= 0 (a
-            warm-up fixed in advance, like the schedule: candidates are the epochs
-            ``e > storage_start`` with ``e % storage_period == 0``). Underfit early
-            candidates widen CES sets without ever being the best model; 0 is the paper's
+        storage_start: a warm-up before the first candidate, fixed in advance like the
+            schedule: an int is epochs (>= 0), a float a fraction of ``max_epochs`` in
+            [0, 1) (rounded down, as Lightning's ``limit_*_batches``). Candidates are the
+            epochs ``e > start`` with ``e % storage_period == 0``. Underfit early
+            candidates widen CES sets without being the best model; 0 is the paper's
             schedule. Must leave at least one candidate before ``max_epochs``.
         alpha: the level used for the summary decision at the end of fit, in (0, 1).
         holdout_batch_size: batch size of the hold-out pass (does not change results).
@@ -236,7 +237,7 @@ class ConformalEarlyStopping(ControlCallback):
         self,
         task: str = "classification",
         storage_period: int = 1,
-        storage_start: int = 0,
+        storage_start: int | float = 0,
         alpha: float = 0.1,
         holdout_batch_size: int = 512,
         candidates_dir: str | None = None,
@@ -249,7 +250,10 @@ class ConformalEarlyStopping(ControlCallback):
         super().__init__()
         self.task = check_choice("task", task, TASKS)
         check_range("storage_period", storage_period, low=1, integer=True)
-        check_range("storage_start", storage_start, low=0, integer=True)
+        if isinstance(storage_start, float):
+            check_range("storage_start", storage_start, low=0.0, high=1.0, high_inclusive=False)
+        else:
+            check_range("storage_start", storage_start, low=0, integer=True)
         check_range("alpha", alpha, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         check_range("holdout_batch_size", holdout_batch_size, low=1, integer=True)
         check_range("aps_seed", aps_seed, low=0, integer=True)
@@ -268,7 +272,10 @@ class ConformalEarlyStopping(ControlCallback):
             list(quantiles) if isinstance(quantiles, Sequence) else quantiles
         )
         self.storage_period = int(storage_period)
-        self.storage_start = int(storage_start)
+        self.storage_start: int | float = (
+            storage_start if isinstance(storage_start, float) else int(storage_start)
+        )
+        self._start_epoch = 0 if isinstance(storage_start, float) else int(storage_start)
         self.alpha = float(alpha)
         self.holdout_batch_size = int(holdout_batch_size)
         self.candidates_dir = None if candidates_dir is None else str(candidates_dir)
@@ -590,28 +597,36 @@ class ConformalEarlyStopping(ControlCallback):
                 f"set of {self.outputs[0].shape[0]} points, but the hold-out set now has {n}; "
                 "resume with the same data split."
             )
+        total_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        if isinstance(self.storage_start, float):
+            if total_epochs is None:
+                raise ValueError(
+                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} is a fraction "
+                    "of max_epochs, but the Trainer has none (-1: unlimited); give an integer "
+                    "number of epochs (>= 0) or set max_epochs."
+                )
+            self._start_epoch = math.floor(self.storage_start * total_epochs)
         if not self._decisions:
-            total_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+            start = self._start_epoch
             planned = (
-                total_epochs // self.storage_period - self.storage_start // self.storage_period
+                total_epochs // self.storage_period - start // self.storage_period
                 if total_epochs
                 else None
             )
             if planned is not None and planned <= 0:
                 last = total_epochs // self.storage_period * self.storage_period
                 valid = (
-                    f"`storage_start` must be in [0, {last - 1}]"
+                    f"`storage_start` must be in [0, {last - 1}] epochs"
                     if last
                     else f"`storage_period` must be in [1, {total_epochs}]"
                 )
                 raise ValueError(
-                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} with "
+                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} "
+                    f"({start} epochs) with "
                     f"`storage_period`={self.storage_period} stores no candidate in "
                     f"max_epochs={total_epochs}; {valid}."
                 )
-            warmup = (
-                f" after a warm-up of {self.storage_start} epoch(s)" if self.storage_start else ""
-            )
+            warmup = f" after a warm-up of {start} epoch(s)" if start else ""
             checked = "; ".join(f"{k}: {v}" for k, v in self.checked.items()) or "none"
             self._decide(
                 trainer,
@@ -649,7 +664,7 @@ class ConformalEarlyStopping(ControlCallback):
         self._check_early_stop(trainer)
         if (
             (epoch + 1) % self.storage_period != 0
-            or epoch + 1 <= self.storage_start
+            or epoch + 1 <= self._start_epoch
             or epoch in self.epochs
         ):
             return

@@ -175,7 +175,7 @@ def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_
     assert plan.evidence["planned_candidates"] == 2
     assert ces.state_dict()["config"]["storage_start"] == 3
     with pytest.raises(
-        ValueError, match=r"`storage_start`=6 .* `storage_start` must be in \[0, 5\]"
+        ValueError, match=r"`storage_start`=6 \(6 epochs\) .* must be in \[0, 5\] epochs"
     ):
         make_trainer(
             tmp_path / "e",
@@ -188,8 +188,15 @@ def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_
             max_epochs=6,
             callbacks=[ConformalEarlyStopping("quantile", storage_period=7)],
         ).fit(QuantileMLP(num_features=8), datamodule=dm)
-    with pytest.raises(ValueError, match=r"storage_start"):
-        ConformalEarlyStopping("quantile", storage_start=-1)
+    # a float is a fraction of max_epochs (floor): 0.5 of 6 epochs is a warm-up of 3
+    half = ConformalEarlyStopping(task="quantile", storage_period=2, storage_start=0.5)
+    make_trainer(tmp_path / "f", max_epochs=6, callbacks=[half]).fit(
+        QuantileMLP(num_features=8), datamodule=dm
+    )
+    assert half.epochs == [3, 5]
+    for bad, message in ((-1, r"\[0, inf\)"), (1.0, r"\[0.0, 1.0\)"), ("3", "integer")):
+        with pytest.raises(ValueError, match=r"`storage_start` must be .*" + message):
+            ConformalEarlyStopping("quantile", storage_start=bad)
 
 
 def test_bad_candidates_dir_truncated_candidate_and_bad_max_epochs(tmp_path):
