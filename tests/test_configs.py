@@ -12,6 +12,7 @@ import hydra
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf, open_dict
 
@@ -137,22 +138,47 @@ def test_configs_found_from_a_users_own_hydra_app(tmp_path):
 
 
 def test_slurm_sweep_config_uses_submitit_and_a_server_store(monkeypatch, tmp_path):
-    """hparams_search=digits_curves_slurm: SLURM jobs through submitit, store from the env."""
+    """hparams_search=digits_curves_slurm: SLURM jobs through submitit, the eecontrol_optuna
+    grid sweeper, its study and the curve store on the database of the env var."""
     url = "postgresql://user:secret@dbhost:5432/curves"
     monkeypatch.setenv("EECONTROL_CURVE_STORE", url)
-    cfg = _compose(["hparams_search=digits_curves_slurm", "hydra.launcher.partition=gpu"])
+    cfg = _compose(
+        [
+            "hparams_search=digits_curves_slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.array_parallelism=3",
+        ]
+    )
     launcher = cfg.hydra.launcher
     assert (
         launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     )
-    assert launcher.partition == "gpu" and launcher.array_parallelism == 8
-    assert cfg.hydra.sweeper.params["model.optimizer.lr"].startswith("0.003,")
+    assert launcher.partition == "gpu" and launcher.timeout_min == 60
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("eecontrol_optuna_sweeper.EecontrolOptunaSweeper")
+    assert sweeper.sampler._target_ == "optuna.samplers.GridSampler"
+    assert sweeper.pruner._target_ == "optuna.pruners.NopPruner"
+    assert sweeper.n_trials is None and sweeper.direction == "maximize"
+    assert sweeper.n_jobs == 3  # one batch = the SLURM array's parallelism
+    assert sweeper.storage == url  # the study on the curve store's database...
+    assert OmegaConf.to_container(sweeper)["storage"] == "${oc.env:EECONTROL_CURVE_STORE}"
+    assert sweeper.params["model.optimizer.lr"].startswith("0.003,")
+    # ... in a sweep directory named after the study (rerun = resume)
+    raw_dir = OmegaConf.to_container(cfg.hydra.sweep)["dir"]
+    assert raw_dir.endswith("/multiruns/${hydra.sweeper.study_name}")
+    assert sweeper.study_name == "digits-lr-sweep"
     _resolve_hydra_interpolations(cfg, tmp_path)
-    curve = cfg.callbacks.curve_stopping
-    assert curve.store == url and curve.bounds == [0, 1]
-    cfg_no_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    cb = hydra.utils.instantiate(cfg_no_hydra.callbacks.curve_stopping)
-    assert cb.store_url == url  # the store opens at fit start, on the cluster
+    HydraConfig.instance().set_config(cfg)  # as in a job: ${hydra:...} resolves
+    try:
+        curve = cfg.callbacks.curve_stopping
+        assert curve.store == url and curve.bounds == [0, 1]
+        assert curve.study_name == "digits-lr-sweep-curves"  # never the sweeper's own study
+        assert cfg.hydra.sweep.dir == str(tmp_path / "logs/train/multiruns/digits-lr-sweep")
+        cfg_no_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        cb = hydra.utils.instantiate(cfg_no_hydra.callbacks.curve_stopping)
+        assert cb.store_url == url  # the store opens at fit start, on the cluster
+    finally:
+        HydraConfig.instance().cfg = None
     # the launcher class itself loads (the plugin is installed with the dev/slurm extras)
     launcher_cls = hydra.utils.get_class(launcher._target_)
     assert launcher_cls.__name__ == "SlurmLauncher"

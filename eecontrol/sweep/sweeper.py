@@ -47,6 +47,7 @@ from eecontrol.sweep.space import (
     same_params,
     trial_overrides,
 )
+from eecontrol.sweep.store import storage_url
 from eecontrol.sweep.trial import (
     OBJECTIVE_ATTR,
     PRUNED_ATTR,
@@ -96,7 +97,8 @@ class SweeperCore:
         pruner: a pruner config with ``_target_``, or None (no pruning).
         direction: ``maximize``/``minimize`` (or ``max``/``min``); None: from the app
             config's ``optimized_mode`` (``max``/``min``), the mode of ``optimized_metric``.
-        storage: a database URL; None: SQLite ``optuna.db`` in the sweep directory.
+        storage: a database URL or a SQLite file path; None: SQLite ``optuna.db`` in the
+            sweep directory.
         study_name: the study; None: the sweep directory's name.
         n_trials: finished trials the study should hold (resumed studies count theirs), >= 1;
             None with a grid sampler: every grid point.
@@ -170,8 +172,8 @@ class SweeperCore:
 
     def _storage_url(self) -> str:
         assert self.sweep_dir is not None
-        if self.storage:
-            return str(self.storage)
+        if self.storage:  # a URL, or a SQLite file path as the curve store takes it
+            return storage_url(str(self.storage))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.sweep_dir / DEFAULT_DB).resolve()}"
 

@@ -85,3 +85,16 @@ def test_a_rerun_settles_trials_its_dead_jobs_left_running(tmp_path):
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING]
     assert study.trials[0].value == 0.5
     assert "ended without finishing it" in study.trials[2].system_attrs[FAIL_REASON_ATTR]
+
+
+def test_the_storage_takes_a_url_or_a_sqlite_path_as_the_curve_store_does(tmp_path):
+    """hparams_search=digits_curves_slurm gives both the same EECONTROL_CURVE_STORE."""
+    url = "postgresql+psycopg://user:pw@host/db"
+    for storage, expected in (
+        (url, url),
+        (str(tmp_path / "sub" / "curves.db"), f"sqlite:///{tmp_path / 'sub' / 'curves.db'}"),
+    ):
+        core = SweeperCore(storage=storage)
+        core.setup(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}), launcher=None)
+        assert core._storage_url() == expected
+    assert (tmp_path / "sub").is_dir()  # the path's folder is made, as for the curve store
