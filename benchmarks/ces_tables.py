@@ -27,12 +27,14 @@ CQR_METHODS = ("ces", "ces_union", "naive", "naive_theory", "data_splitting", "f
 PAPER_CQR_METHODS = ("ces", "naive", "naive_theory", "data_splitting", "full")
 
 
-def _maybe(summary: dict, method: str, size: str, cover: str) -> str:
+def _maybe(summary: dict, method: str, size: str, cover: str, fixed: bool = False) -> str:
     if method not in summary:
         return "-"
     cell = summary[method]
     if cell[size] == float("inf"):
         return f"inf (whole line) / {cell[cover]:.3f}"
+    if fixed:  # CQR widths in the scaled outcome: 3 decimals, as the paper's tables
+        return f"{cell[size]:.3f} / {cell[cover]:.3f} (±{cell[cover + '_se']:.3f})"
     return _cell(cell, size, cover)
 
 
@@ -49,7 +51,9 @@ def _cqr_table(rows: list) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, n, hold, epochs, _reps, s in rows:
-        cells = " | ".join(_maybe(s["summary"], m, "width", "coverage") for m in CQR_METHODS)
+        cells = " | ".join(
+            _maybe(s["summary"], m, "width", "coverage", fixed=True) for m in CQR_METHODS
+        )
         paper = s.get("paper")
         ref = (
             " · ".join(f"{paper[m][0]:.3f} / {paper[m][1]:.3f}" for m in PAPER_CQR_METHODS)
