@@ -50,6 +50,7 @@ def _cqr_table(rows: list) -> list[str]:
         "| data, n (hold-out) | epochs, warm-up, T | CES (hull) | CES (exact union) | naive | naive + theory | data splitting | full training | CES - DS width (paired) | paper, 2000 epochs, no warm-up (CES · naive · n+t · DS · full) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = sorted(rows, key=lambda r: (r[0] != "concrete", r[0], r[1], r[5].get("warmup", 0)))
     for name, n, hold, epochs, _reps, s in rows:
         cells = " | ".join(
             _maybe(s["summary"], m, "width", "coverage", fixed=True) for m in CQR_METHODS
