@@ -251,7 +251,11 @@ class ConformalEarlyStopping(ControlCallback):
         self.task = check_choice("task", task, TASKS)
         check_range("storage_period", storage_period, low=1, integer=True)
         if isinstance(storage_start, float):
-            check_range("storage_start", storage_start, low=0.0, high=1.0, high_inclusive=False)
+            if not 0.0 <= storage_start < 1.0:  # also NaN
+                raise ValueError(
+                    "`storage_start` must be an integer number of epochs in [0, inf) or a "
+                    f"fraction of max_epochs in [0.0, 1.0), got {storage_start!r}."
+                )
         else:
             check_range("storage_start", storage_start, low=0, integer=True)
         check_range("alpha", alpha, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)

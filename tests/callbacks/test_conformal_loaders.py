@@ -194,7 +194,12 @@ def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_
         QuantileMLP(num_features=8), datamodule=dm
     )
     assert half.epochs == [3, 5]
-    for bad, message in ((-1, r"\[0, inf\)"), (1.0, r"\[0.0, 1.0\)"), ("3", "integer")):
+    for bad, message in (
+        (-1, r"\[0, inf\)"),
+        (5.0, r"epochs in \[0, inf\) or a fraction of max_epochs in \[0.0, 1.0\), got 5.0"),
+        (float("nan"), r"\[0.0, 1.0\)"),
+        ("3", "integer"),
+    ):
         with pytest.raises(ValueError, match=r"`storage_start` must be .*" + message):
             ConformalEarlyStopping("quantile", storage_start=bad)
 

@@ -321,6 +321,19 @@ CASES = [
         r"`storage_period` must be an integer",
     ),
     Case(
+        "ces-storage-start-negative",
+        "storage_start = -2",
+        lambda t: ConformalEarlyStopping(storage_start=-2),
+        r"`storage_start` must be an integer in \[0, inf\)",
+    ),
+    Case(
+        "ces-storage-start-fraction",
+        "storage_start = 1.5 (a float is a fraction of max_epochs)",
+        lambda t: ConformalEarlyStopping(storage_start=1.5),
+        r"`storage_start` must be an integer number of epochs .* fraction of max_epochs in "
+        r"\[0.0, 1.0\), got 1.5",
+    ),
+    Case(
         "ces-alpha-zero",
         "alpha = 0",
         lambda t: ConformalEarlyStopping(alpha=0.0),
