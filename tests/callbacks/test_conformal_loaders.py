@@ -165,11 +165,15 @@ def test_quantile_regression_run_all_methods_and_a_moved_run_dir(tmp_path):
 def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_path):
     dm = RegressionDataModule("concrete", n_total=300, n_test=100, seed=2)
     ces = ConformalEarlyStopping(task="quantile", storage_period=2, storage_start=3)
-    make_trainer(tmp_path / "w", max_epochs=6, callbacks=[ces]).fit(
-        QuantileMLP(num_features=8), datamodule=dm
-    )
+    model = QuantileMLP(num_features=8)
+    make_trainer(tmp_path / "w", max_epochs=6, callbacks=[ces]).fit(model, datamodule=dm)
     # epochs (1-based) 2, 4, 6 are on the schedule; the warm-up of 3 drops 2
     assert ces.epochs == [3, 5] and len(ces.outputs) == len(ces.paths) == 2
+    saved = sorted(p.name for p in (tmp_path / "w").rglob("candidate_epoch*.pt"))
+    assert saved == ["candidate_epoch0003.pt", "candidate_epoch0005.pt"]
+    x, y = dm.test_set.tensors
+    iv = ces.predictor(model).predict_interval(x, alpha=0.1)  # selects among the two
+    assert iv.lower.shape == y.shape and bool((iv.lower <= iv.upper).all())
     plan = next(d for d in ces.decisions if d.action == "plan")
     assert "after a warm-up of 3 epoch(s)" in plan.reason
     assert plan.evidence["planned_candidates"] == 2
