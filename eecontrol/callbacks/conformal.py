@@ -280,6 +280,7 @@ class ConformalEarlyStopping(ControlCallback):
             storage_start if isinstance(storage_start, float) else int(storage_start)
         )
         self._start_epoch = 0 if isinstance(storage_start, float) else int(storage_start)
+        self._resumed_start: int | None = None  # the checkpoint's warm-up, in epochs
         self.alpha = float(alpha)
         self.holdout_batch_size = int(holdout_batch_size)
         self.candidates_dir = None if candidates_dir is None else str(candidates_dir)
@@ -610,6 +611,15 @@ class ConformalEarlyStopping(ControlCallback):
                     "number of epochs (>= 0) or set max_epochs."
                 )
             self._start_epoch = math.floor(self.storage_start * total_epochs)
+        if self._resumed_start is not None and self._resumed_start != self._start_epoch:
+            self._warn_once(
+                "start",
+                f"the checkpoint's candidates followed a warm-up of {self._resumed_start} "
+                f"epoch(s); `storage_start`={self.storage_start} with max_epochs="
+                f"{total_epochs} now gives {self._start_epoch}. The schedule changes mid-run; "
+                "the guarantee needs one fixed before training (keep max_epochs and "
+                "storage_start of the original run).",
+            )
         if not self._decisions:
             start = self._start_epoch
             planned = (
@@ -894,6 +904,7 @@ class ConformalEarlyStopping(ControlCallback):
             "paths": list(self.paths),
             "outputs": torch.stack(self.outputs) if self.outputs else None,
             "targets": self.targets,
+            "start_epoch": self._start_epoch,
         }
 
     @override
@@ -904,6 +915,7 @@ class ConformalEarlyStopping(ControlCallback):
         outputs = state.get("outputs")
         self.outputs = list(outputs.unbind(0)) if outputs is not None else []
         self.targets = state.get("targets")
+        self._resumed_start = state.get("start_epoch")  # None in checkpoints before 0.1
         if not len(self.epochs) == len(self.paths) == len(self.outputs):
             raise ValueError(
                 "ConformalEarlyStopping: corrupted state: "

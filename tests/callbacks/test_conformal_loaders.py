@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from eecontrol.recipes.regression import QuantileMLP, RegressionDataModule, RegressionMLP
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler, TensorDataset
 
 from eecontrol import ConformalEarlyStopping, ConformalPredictor
@@ -206,6 +206,33 @@ def test_storage_start_skips_the_warm_up_epochs_and_names_an_empty_schedule(tmp_
     ):
         with pytest.raises(ValueError, match=r"`storage_start` must be .*" + message):
             ConformalEarlyStopping("quantile", storage_start=bad)
+
+
+def test_a_resume_that_moves_a_fractional_warm_up_warns(tmp_path):
+    dm = RegressionDataModule("concrete", n_total=300, n_test=100, seed=2)
+    run = tmp_path / "r"
+
+    def fit(max_epochs: int, ces: ConformalEarlyStopping, ckpt_path: str | None = None):
+        save = ModelCheckpoint(dirpath=run / "ckpt", save_last=True)
+        trainer = make_trainer(
+            run, max_epochs=max_epochs, callbacks=[ces, save], enable_checkpointing=True
+        )
+        trainer.fit(QuantileMLP(num_features=8), datamodule=dm, ckpt_path=ckpt_path)
+
+    first = ConformalEarlyStopping(task="quantile", storage_start=0.5)
+    fit(4, first)
+    assert first.epochs == [2, 3]
+    last = run / "ckpt" / "last.ckpt"
+    assert last.exists()
+    again = ConformalEarlyStopping(task="quantile", storage_start=0.5)
+    with pytest.warns(UserWarning, match=r"warm-up of 2 epoch\(s\).* now gives 4"):
+        fit(8, again, str(last))
+    # resumed past epoch 0: the checkpoint's candidates, then the new schedule's (e + 1 > 4)
+    assert again.epochs == [2, 3, 4, 5, 6, 7]
+    same = ConformalEarlyStopping(task="quantile", storage_start=0.5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*warm-up.*")
+        fit(8, same, str(run / "ckpt" / "last.ckpt"))  # same max_epochs: no warning
 
 
 def test_bad_candidates_dir_truncated_candidate_and_bad_max_epochs(tmp_path):
