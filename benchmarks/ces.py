@@ -143,6 +143,30 @@ def train_batched(
 # --- data ---------------------------------------------------------------------------------
 
 
+def split_targets(y: torch.Tensor, n_train: int, n_hold: int) -> tuple[torch.Tensor, ...]:
+    """One split's hold-out targets, and the data-splitting run's early-stopping and
+    calibration targets (the last 2 * n_hold points, halves in order)."""
+    n_tr2 = len(y) - 2 * n_hold
+    return y[n_train:], y[n_tr2 : n_tr2 + n_hold], y[n_tr2 + n_hold :]
+
+
+def summarise(per_rep: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Mean and standard error over the splits of every method's metrics (inf-safe)."""
+    summary: dict[str, Any] = {}
+    for method in per_rep[0]:
+        summary[method] = {}
+        for metric in per_rep[0][method]:
+            vals = [p[method][metric] for p in per_rep]
+            summary[method][metric] = statistics.fmean(vals)
+            finite = all(math.isfinite(v) for v in vals)  # naive_theory may be infinite
+            summary[method][metric + "_se"] = (
+                statistics.stdev(vals) / math.sqrt(len(vals))
+                if len(vals) > 1 and finite
+                else (0.0 if finite else math.nan)
+            )
+    return summary
+
+
 def regression_splits(
     name: str, n: int, reps: int, n_test: int, seed: int, holdout: float
 ) -> dict[str, Any]:
@@ -361,9 +385,7 @@ def run_setting(
                 run,
                 split_run,
                 r,
-                y[r, n_train:],
-                y[r, n_tr2 : n_tr2 + n_hold],
-                y[r, n_tr2 + n_hold :],
+                *split_targets(y[r], n_train, n_hold),
                 yt[r],
                 conditional,
                 seed + r,
@@ -372,18 +394,7 @@ def run_setting(
                 for m in res.values():
                     m["width"] *= float(d["scale"][r])
             per_rep.append(res)
-        summary: dict[str, Any] = {}
-        for method in per_rep[0]:
-            summary[method] = {}
-            for metric in per_rep[0][method]:
-                vals = [p[method][metric] for p in per_rep]
-                summary[method][metric] = statistics.fmean(vals)
-                finite = all(math.isfinite(v) for v in vals)  # naive_theory may be infinite
-                summary[method][metric + "_se"] = (
-                    statistics.stdev(vals) / math.sqrt(len(vals))
-                    if len(vals) > 1 and finite
-                    else (0.0 if finite else math.nan)
-                )
+        summary = summarise(per_rep)
         results.append(
             {
                 "task": task,

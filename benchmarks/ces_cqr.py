@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ces import BatchedMLP, regression_splits
+from ces import BatchedMLP, regression_splits, split_targets, summarise
 
 from eecontrol.core import conformal as core
 
@@ -116,7 +115,9 @@ def train_quantile(
     with torch.no_grad():  # the authors' initialisation: orthogonal weights, zero biases
         for w, b in zip(net.weights, net.biases):
             for r in range(reps):
-                w[r].copy_(torch.nn.init.orthogonal_(torch.empty(w.shape[2], w.shape[1])).T)
+                w[r].copy_(
+                    torch.nn.init.orthogonal_(torch.empty(w.shape[2], w.shape[1]), generator=g).T
+                )
             b.zero_()
     opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     history: dict[str, list[torch.Tensor]] = {k: [] for k in evals}
@@ -242,22 +243,6 @@ def _train_both(
     }
 
 
-def _summarise(per_rep: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for method in per_rep[0]:
-        summary[method] = {}
-        for metric in per_rep[0][method]:
-            vals = [p[method][metric] for p in per_rep]
-            summary[method][metric] = statistics.fmean(vals)
-            finite = all(math.isfinite(v) for v in vals)  # naive_theory may be infinite
-            summary[method][metric + "_se"] = (
-                statistics.stdev(vals) / math.sqrt(len(vals))
-                if len(vals) > 1 and finite
-                else (0.0 if finite else math.nan)
-            )
-    return summary
-
-
 def run_setting(
     data: str,
     n: int,
@@ -282,7 +267,6 @@ def run_setting(
             torch.save(trained, file)
     run, ds_run, y, yt = trained["run"], trained["ds_run"], trained["y"], trained["yt"]
     n_hold, n_train = trained["n_hold"], trained["n_train"]
-    n_tr2 = n - 2 * n_hold
     stored = torch.arange(1, epochs // every + 1) * every  # the epoch of each candidate
     settings = []
     for warmup in warmups:
@@ -293,15 +277,7 @@ def run_setting(
         sub = {k: v[keep] for k, v in run.items()}
         ds_sub = {k: v[keep] for k, v in ds_run.items()}
         per_rep = [
-            evaluate_split(
-                sub,
-                ds_sub,
-                r,
-                y[r, n_train:],
-                y[r, n_tr2 : n_tr2 + n_hold],
-                y[r, n_tr2 + n_hold :],
-                yt[r],
-            )
+            evaluate_split(sub, ds_sub, r, *split_targets(y[r], n_train, n_hold), yt[r])
             for r in range(y.shape[0])
         ]
         settings.append(
@@ -319,7 +295,7 @@ def run_setting(
                 "train_seconds": float(trained["train_seconds"]),
                 "eval_seconds": time.perf_counter() - start,
                 "threads": torch.get_num_threads(),
-                "summary": _summarise(per_rep),
+                "summary": summarise(per_rep),
                 "paper": PAPER_BIO.get(n) if data == "bio" and warmup == 0 else None,
             }
         )
