@@ -27,6 +27,7 @@ GROUPS = [
     "hparams_search",
     "paths",
     "hydra",
+    "debug",
 ]
 
 
@@ -182,3 +183,31 @@ def test_slurm_sweep_config_uses_submitit_and_a_server_store(monkeypatch, tmp_pa
     # the launcher class itself loads (the plugin is installed with the dev/slurm extras)
     launcher_cls = hydra.utils.get_class(launcher._target_)
     assert launcher_cls.__name__ == "SlurmLauncher"
+
+
+DEBUG_EXPECTED = {
+    "default": {"max_epochs": 1, "detect_anomaly": True},
+    "fdr": {"fast_dev_run": True},
+    "limit": {"max_epochs": 3, "limit_train_batches": 3, "limit_val_batches": 3},
+    "overfit": {"max_epochs": 20, "overfit_batches": 3},
+    "profiler": {"profiler": "simple", "max_epochs": 1},
+}
+
+
+def test_every_debug_config_is_tested():
+    assert sorted(DEBUG_EXPECTED) == _options("debug")
+
+
+@pytest.mark.parametrize("option", sorted(DEBUG_EXPECTED))
+def test_debug_config_sets_the_trainer_and_a_csv_logger(option, tmp_path):
+    """debug=<option> (lightning-hydra-template's group): CPU, CSV only, its own task name."""
+    cfg = _compose([f"debug={option}"])
+    for key, value in DEBUG_EXPECTED[option].items():
+        assert cfg.trainer[key] == value, (option, key)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
+    assert cfg.task_name == "debug"
+    assert list(cfg.logger) == ["csv"], "debug runs write CSV only (no W&B run)"
+    assert cfg.hydra.job_logging.root.level == "DEBUG"
+    _resolve_hydra_interpolations(cfg, tmp_path)
+    cfg_no_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    hydra.utils.instantiate(cfg_no_hydra.trainer, logger=False)
