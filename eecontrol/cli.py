@@ -6,9 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from eecontrol import __version__
 from eecontrol.sweep.replay import add_arguments as replay_add_arguments
 from eecontrol.sweep.replay import command as replay_command
+from eecontrol.versions import version_text
+
+
+class _VersionAction(argparse.Action):
+    """Prints :func:`version_text` line by line (argparse's own action rewraps it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         "`eecontrol replay` replays a finished sweep under each stopping policy. "
         "Training itself: eecontrol-train --help.",
     )
-    parser.add_argument("--version", action="version", version=f"eecontrol {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help="eecontrol's version, its installed extras and the main packages' versions",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser(
         "report", help="plots + a self-contained HTML page for a run or a sweep directory"
