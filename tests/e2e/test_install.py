@@ -20,8 +20,10 @@ def test_wheel_install_in_a_new_venv(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # What a user installing a release gets: a wheel built from the tree, installed alone.
+    dist = tmp_path / "dist"
     build = subprocess.run(
-        [str(py), "-m", "pip", "install", "--no-deps", "-v", str(ROOT)],
+        [str(py), "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(dist), str(ROOT)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -29,7 +31,17 @@ def test_wheel_install_in_a_new_venv(tmp_path):
     )
     assert build.returncode == 0, build.stderr[-3000:]
     for warning in ("BuildBackendWarning", "SetuptoolsDeprecationWarning", "is deprecated"):
-        assert warning not in build.stdout + build.stderr, warning  # a clean install
+        assert warning not in build.stdout + build.stderr, warning  # a clean build
+    wheels = list(dist.glob("eecontrol-*.whl"))
+    assert len(wheels) == 1, list(dist.iterdir())
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-deps", str(wheels[0])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
     # Dependencies come from this environment (no download): a .pth adds its site-packages
     # after the new venv's own, so eecontrol itself is the freshly installed copy.
     site = subprocess.run(
@@ -68,3 +80,21 @@ def test_wheel_install_in_a_new_venv(tmp_path):
     )
     assert cfg.returncode == 0, cfg.stderr[-3000:]
     assert "eecontrol.DropoutSchedule" in cfg.stdout and "mode: late" in cfg.stdout
+    # ... and trains: the default recipe, two short epochs, from the installed wheel alone
+    run = subprocess.run(
+        [
+            str(venv / "bin" / "eecontrol-train"),
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "EECONTROL_ROOT": str(tmp_path / "runs")},
+        timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "decisions.jsonl").read_text().strip()
+    assert (runs[0] / "summary.json").exists()
