@@ -10,7 +10,7 @@ drop-path rate at 0.3. For each one:
   no rate-like attribute is left out; Hugging Face's own per-layer drop-path rates are
   reproduced by the per-block rule.
 
-``python -m tests.core.test_coverage_matrix`` prints the README table.
+``python -m tests.core.test_coverage_matrix`` prints the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -547,7 +547,7 @@ def test_models_without_blocks_or_rates_are_refused_clearly():
 
 
 def matrix_markdown() -> str:
-    """The README table, generated from this module's architectures."""
+    """The docs/benchmarks.md table, generated from this module's architectures."""
     lines = [
         "| architecture | kind | blocks | GradES components | block matrices watched "
         "| dropout rates controlled (all) | drop-path blocks |",
@@ -564,7 +564,7 @@ def matrix_markdown() -> str:
 
 
 def test_readme_lists_the_matrix():
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "benchmarks.md").read_text()
     assert matrix_markdown() in readme, "regenerate: python -m tests.core.test_coverage_matrix"
 
 

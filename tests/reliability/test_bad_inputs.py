@@ -1,7 +1,7 @@
 """The bad-input matrix: every case gives a clear error (or a documented warning).
 
 Each row: an id, what is wrong, how to trigger it, and the message it must produce
-(naming the argument and the valid range where there is one). The README's Reliability
+(naming the argument and the valid range where there is one). docs/reliability.md's
 section lists the same ids (checked by ``test_readme_lists_every_case``).
 """
 
@@ -39,7 +39,7 @@ from eecontrol.resume import ResumableCheckpoint, resume_overrides, rewrite_argv
 from eecontrol.train import _checkpoint_path, _OptimizedMetricCheck
 from tests.conftest import digits_data, digits_model, make_trainer
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 
 @dataclass(frozen=True)
@@ -753,7 +753,7 @@ def test_matrix_is_big_enough_and_documented() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
     text = README.read_text()
     missing = [c.id for c in CASES if f"`{c.id}`" not in text]
-    assert not missing, f"README's bad-input table lacks {missing}"
+    assert not missing, f"docs/reliability.md bad-input table lacks {missing}"
 
 
 def markdown_table() -> str:
