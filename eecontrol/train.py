@@ -22,12 +22,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+import eecontrol.conf
+from eecontrol._quiet import silence_third_party_noise
 from eecontrol.callbacks._control import (
     DECISIONS_FILE,
     all_decisions,
     check_monitor_mode,
     control_callbacks,
 )
+from eecontrol.extras import check_launchers, explain_missing_module
 from eecontrol.report.console import print_decisions, print_run_paths
 from eecontrol.report.runreport import report_run, run_summary, write_summary
 from eecontrol.report.wandb import publish_to_wandb
@@ -286,13 +289,21 @@ def main() -> float | None:
     except (ValueError, FileNotFoundError) as err:
         print(f"eecontrol-train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    missing = check_launchers(sys.argv[1:], Path(eecontrol.conf.__file__).parent)
+    if missing:  # before Hydra, whose own message ("Could not find ...") names no extra
+        print(f"eecontrol-train: {missing}", file=sys.stderr)
+        raise SystemExit(2)
     return hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://eecontrol.conf", config_name="train.yaml")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Runs ``train`` for one Hydra job and returns the optimised metric to the sweeper."""
-    metrics, trainer = train(cfg)
+    silence_third_party_noise()  # here, so that sweep jobs in worker processes are quiet too
+    try:
+        metrics, trainer = train(cfg)
+    except ModuleNotFoundError as err:  # an optional package: say which extra installs it
+        raise explain_missing_module(err) from err
     if trainer.is_global_zero:
         _report(cfg, metrics, trainer)
     name = cfg.get("optimized_metric")
