@@ -277,7 +277,7 @@ FORECASTERS: dict[str, Forecaster] = {
     "pfn": Forecaster(
         "pfn",
         1,
-        frozenset(),
+        frozenset({"weights", "spread"}),
         "the learned prior-data fitted network (issue 24)",
         _load_pfn,
         handles_constant=True,
