@@ -160,19 +160,25 @@ def test_e3_truth_above_the_band_at_most_10_percent_plus_noise(frac):
 def test_e4_blind_below_the_forecasters_points_is_said_and_others_decide(seed):
     y = noisy([0.2, 0.5, 0.62, 0.7, 0.74, 0.77], seed, 0.005)
     x = np.arange(1, 7, dtype=float)
-    for n in (1, 2, 3):
-        r = convergence_rule(x[:n], y[:n], 30, min_points=1, bounds=(0, 1))
+    for n in (1, 2, 3):  # the calibrated average needs 4 points: it says it is blind
+        r = convergence_rule(x[:n], y[:n], 30, min_points=1, bounds=(0, 1), forecaster="forecast")
         assert r.decision == "no_decision" and "blind: n < 4" in r.reason, r
         assert r.n_points == n
-        r = sweep_rule(x[:n], y[:n], 30, best=0.9, min_points=1, bounds=(0, 1))
+        r = sweep_rule(x[:n], y[:n], 30, 0.9, min_points=1, bounds=(0, 1), forecaster="forecast")
         assert "blind: n < 4" in r.reason, r
     # a forecaster that needs fewer points decides from them (the ensemble: 3)
     r = convergence_rule(x[:3], y[:3], 30, min_points=1, bounds=(0, 1), forecaster="ensemble")
     assert r.decision in ("stop", "continue") and r.predicted_final is not None, r
     r = sweep_rule(x[:3], y[:3], 30, 0.99, min_points=1, bounds=(0, 1), forecaster="ensemble")
     assert r.decision in ("stop", "continue") and r.probability is not None, r
-    # from 4 points the default forecaster decides
-    assert convergence_rule(x[:4], y[:4], 30, min_points=1, bounds=(0, 1)).n_points == 4
+    # from 4 points the calibrated average decides; the default forecaster from its own minimum
+    r = convergence_rule(x[:4], y[:4], 30, min_points=1, bounds=(0, 1), forecaster="forecast")
+    assert r.decision in ("stop", "continue"), r
+    from eecontrol.core.curves.forecasters import get_forecaster
+
+    k = get_forecaster(default_forecaster()).min_points
+    r = convergence_rule(x[:k], y[:k], 30, min_points=1, bounds=(0, 1))
+    assert r.decision in ("stop", "continue") and r.forecaster == default_forecaster(), r
 
 
 # --- E5: a plateau-then-rise run is not stopped on its plateau ----------------------------
