@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -23,10 +24,10 @@ from eecontrol.core.curves import (
     convergence_rule,
     cross_run_rule,
     fit_curve,
-    forecast,
     in_run_rule,
     sweep_rule,
 )
+from eecontrol.core.curves.forecasters import DEFAULT_FORECASTER, check_forecaster
 from eecontrol.resume import check_store, check_study_name, redact_url
 
 X_AXES = ("step", "check")
@@ -60,11 +61,12 @@ class LearningCurveStopping(ControlCallback):
 
     * in-run, chosen by ``rule``:
 
-      - ``convergence`` (default): the calibrated forecast
-        (:func:`~eecontrol.core.curves.forecast`) extrapolates the curve to the end of
-        training; stop when P(beating the run's best by ``min_delta`` before the end) <
-        ``threshold``. ``min_delta=None`` counts the curve's own noise, so noisy plateaus
-        stop;
+      - ``convergence`` (default): the forecaster (``forecaster``, default the calibrated
+        forecast :func:`~eecontrol.core.curves.forecast`) extrapolates the curve to the
+        end of training; stop when P(beating the run's best by ``min_delta`` before the
+        end) < ``threshold``. ``min_delta=None`` counts the curve's own noise, so noisy
+        plateaus stop; a validation that set the run's best is never a stop, and a target
+        beyond ``bounds`` is clipped to the bound (reaching it counts);
       - ``sweep`` (Domhan et al. 2015, needs ``store``): stop when P(value at the end >
         the best value seen by any run of the sweep) < ``threshold`` (the paper's 5%);
         the run holding the sweep's best is never stopped by it;
@@ -79,8 +81,16 @@ class LearningCurveStopping(ControlCallback):
     Each validation logs ``curve/predicted_final``, ``curve/lower``, ``curve/upper`` and
     the probabilities through ``pl_module.log``, and writes the predicted curve with its
     band to ``curve_prediction.json`` in the run directory; a stop is a decision whose
-    evidence holds both rules' predicted value, band and probability. ``best_so_far`` is
-    the value a sweep should record for a stopped run.
+    evidence holds both rules' predicted value, band and probability. The logged, written
+    and decided numbers come from one forecast: the one the in-run rule decided with (with
+    ``in_run=False`` it is still computed, for the report). ``best_so_far`` is the value a
+    sweep should record for a stopped run.
+
+    Only ``trainer.fit`` builds the curve: ``trainer.validate`` and ``trainer.test`` add no
+    point and decide nothing (they need no horizon, so no train loader). The horizon is
+    ``trainer.estimated_stepping_batches``: ``max_steps`` alone and an ``IterableDataset``
+    of unknown length work; with neither a length nor ``max_steps`` there is no horizon
+    and no in-run decision.
 
     Example::
 
@@ -94,7 +104,9 @@ class LearningCurveStopping(ControlCallback):
             curve's noise for ``convergence``, 0 for ``ensemble``).
         threshold: in-run stop probability, in (0, 1).
         rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
-        min_points: validations before any decision (warm-up), >= 3.
+        min_points: validations before any decision (warm-up), >= 1; below the
+            forecaster's own minimum (4 for ``forecast``, 3 for ``ensemble``, 1 for
+            ``pfn``) the in-run rule says it is blind.
         warmup: fraction of the run's optimizer steps before any stop, in [0, 1).
         band: central mass of the logged band, in (0, 1).
         min_r2: no in-run decision while the best family explains less of the curve, in
@@ -105,6 +117,9 @@ class LearningCurveStopping(ControlCallback):
             predictions and bands are clipped to it, a run whose best sits at the bound
             has nothing left to gain, and no run can beat a finished run at the bound.
         in_run: use the in-run rule.
+        forecaster: the forecaster of the ``convergence`` and ``sweep`` rules, a name in
+            :data:`~eecontrol.core.curves.forecasters.FORECASTERS` (``forecast``,
+            ``ensemble`` or ``pfn``).
         delta: cross-run stop probability, in (0, 1).
         min_finished: finished runs in the store before the cross-run rule decides, >= 2.
         store: curve-store URL or SQLite path shared by the sweep (None: no cross-run
@@ -134,6 +149,7 @@ class LearningCurveStopping(ControlCallback):
         horizon: float | None = None,
         bounds: Sequence[float] | None = None,
         in_run: bool = True,
+        forecaster: str = DEFAULT_FORECASTER,
         delta: float = 0.05,
         min_finished: int = 5,
         store: str | None = None,
@@ -158,7 +174,8 @@ class LearningCurveStopping(ControlCallback):
         check_range(
             "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
-        check_range("min_points", min_points, low=3, integer=True)
+        check_range("min_points", min_points, low=1, integer=True)
+        self.forecaster = check_forecaster(forecaster)
         check_range("warmup", warmup, low=0.0, high=1.0, high_inclusive=False)
         check_range("band", band, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         check_range("min_r2", min_r2, low=0.0, high=1.0)
@@ -223,6 +240,7 @@ class LearningCurveStopping(ControlCallback):
             "horizon": self.horizon,
             "bounds": None if self.bounds is None else list(self.bounds),
             "in_run": self.in_run,
+            "forecaster": self.forecaster,
             "delta": self.delta,
             "min_finished": self.min_finished,
             "store": redact_url(self.store_url),  # no password in checkpoints
@@ -312,7 +330,7 @@ class LearningCurveStopping(ControlCallback):
     def _fit(self) -> CurveFit | None:
         """The ensemble fit (``rule="ensemble"`` only), or None."""
         y = np.asarray(self._values, dtype=float)
-        if self.rule != "ensemble" or len(y) < self.min_points:
+        if self.rule != "ensemble" or len(y) < max(self.min_points, 3):
             return None
         return fit_curve(
             self._x(),
@@ -323,53 +341,26 @@ class LearningCurveStopping(ControlCallback):
             bounds=self.bounds,
         )
 
-    def _predicted_curve(
-        self, fit: CurveFit | None, horizon: float | None
-    ) -> tuple[dict[str, Any] | None, str]:
-        """The predicted curve and band from the last point to the horizon, and a note."""
-        x = self._x()
-        if horizon is None or not x or horizon <= x[-1]:
-            return None, "no training left or unknown horizon"
-        grid = np.linspace(x[-1], horizon, 25)
-        if self.rule == "ensemble":
-            if fit is None or not fit.ok:
-                return None, "no fit" if fit is None else fit.reason
-            pred = fit.predict(grid, quantiles=((1 - self.band) / 2, (1 + self.band) / 2))
-            lo, hi = pred.band(self.band)
-            mean = pred.mean
-            note = fit.reason
-        else:
-            y = np.asarray(self._values, dtype=float)
-            if len(y) < 4 or np.ptp(y) == 0:
-                return None, "fewer than 4 points or a constant curve"
-            fc = forecast(x, y, grid, self.mode, self.bounds)
-            lo, hi = fc.band(self.band)
-            mean = fc.mean
-            note = "calibrated tail forecast"
-        return {
-            "x": grid.tolist(),
-            "mean": mean.tolist(),
-            "lower": np.minimum(lo, hi).tolist(),
-            "upper": np.maximum(lo, hi).tolist(),
-            "band": self.band,
-        }, note
-
     def _write_prediction(
-        self, trainer: pl.Trainer, fit: CurveFit | None, horizon: float | None
+        self, trainer: pl.Trainer, fit: CurveFit | None, in_run: RuleResult | None
     ) -> None:
-        """Writes the observed curve and the predicted curve with its band (rank zero)."""
+        """Writes the observed curve and the predicted curve the in-run rule decided with
+        (its band, forecaster and decision), rank zero."""
         if not trainer.is_global_zero or len(self._values) < self.min_points:
             return
-        predicted, note = self._predicted_curve(fit, horizon)
+        predicted = None if in_run is None or in_run.curve is None else dict(in_run.curve)
         if predicted is not None and fit is not None and fit.ok:
             predicted["families"] = [[f.family, f.weight] for f in fit.fits]
         record: dict[str, Any] = {
             "monitor": self.monitor,
             "x_axis": self.x_axis,
             "rule": self.rule,
+            "forecaster": None if in_run is None else in_run.forecaster,
             "observed": {"x": self._x(), "y": list(self._values)},
             "predicted": predicted,
-            "reason": note,
+            "decision": None if in_run is None else in_run.decision,
+            "probability": None if in_run is None else in_run.probability,
+            "reason": "no in-run rule result" if in_run is None else in_run.reason,
         }
         path = run_dir(trainer) / PREDICTION_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -395,11 +386,16 @@ class LearningCurveStopping(ControlCallback):
         """The evidence prefix of the in-run rule (``in_run`` for the ensemble)."""
         return "in_run" if self.rule == "ensemble" else self.rule
 
-    def _evaluate(self, fit: CurveFit | None, horizon: float | None) -> list[RuleResult]:
+    def _evaluate(
+        self, fit: CurveFit | None, horizon: float | None
+    ) -> tuple[list[RuleResult], RuleResult | None]:
+        """The results of the rules that may stop, and the in-run rule's result (also
+        computed with ``in_run=False`` when the prediction is logged: it is the report)."""
         results: list[RuleResult] = []
+        in_run: RuleResult | None = None
         y = np.asarray(self._values, dtype=float)
         x = self._x()
-        if self.in_run:
+        if self.in_run or self.log_prediction:
             if horizon is None:
                 results.append(
                     RuleResult(
@@ -430,9 +426,12 @@ class LearningCurveStopping(ControlCallback):
                         mode=self.mode,
                         min_delta=self.min_delta,
                         threshold=self.threshold,
-                        min_points=max(self.min_points, 4),
+                        min_points=self.min_points,
                         band=self.band,
                         bounds=self.bounds,
+                        forecaster=self.forecaster,
+                        n_bootstrap=self.n_bootstrap,
+                        seed=self.seed,
                     )
                 )
             elif self._store is not None:
@@ -444,11 +443,18 @@ class LearningCurveStopping(ControlCallback):
                         self._sweep_best(),
                         mode=self.mode,
                         delta=self.threshold,
-                        min_points=max(self.min_points, 4),
+                        min_points=self.min_points,
                         band=self.band,
                         bounds=self.bounds,
+                        forecaster=self.forecaster,
+                        n_bootstrap=self.n_bootstrap,
+                        seed=self.seed,
                     )
                 )
+            if results:
+                in_run = results[0]
+                if not self.in_run:
+                    results = []  # reported, but it does not stop the run
         if self._store is not None:
             results.append(
                 cross_run_rule(
@@ -462,7 +468,7 @@ class LearningCurveStopping(ControlCallback):
                     bounds=self.bounds,
                 )
             )
-        return results
+        return results, in_run
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -473,8 +479,8 @@ class LearningCurveStopping(ControlCallback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # validate()/test(): not a point of the training curve, no decision
         if self.stopped_epoch is not None:
             return
         metrics = trainer.callback_metrics
@@ -511,16 +517,17 @@ class LearningCurveStopping(ControlCallback):
             self._store.report(self._run_id, len(self._values) - 1, value, step)
         horizon = self._horizon(trainer)
         fit = self._fit() if self.in_run or self.log_prediction else None
-        results = self._evaluate(fit, horizon)
+        results, in_run = self._evaluate(fit, horizon)
         evidence: dict[str, Any] = {"value": value, "best_so_far": self.best_so_far}
-        for r in results:
+        for r in ([in_run] if in_run is not None and not self.in_run else []) + results:
             evidence.update(r.evidence())
         self._last = {
             k: (v if isinstance(v, str | None) else float(v)) for k, v in evidence.items()
         }
         if self.log_prediction:
-            self._log(pl_module, results)
-            self._write_prediction(trainer, fit, horizon)
+            shown = results if self.in_run or in_run is None else [in_run, *results]
+            self._log(pl_module, shown)
+            self._write_prediction(trainer, fit, in_run)
         stopping = [r for r in results if r.stop]
         total = trainer.estimated_stepping_batches
         in_warmup = math.isfinite(total) and step < self.warmup * float(total)

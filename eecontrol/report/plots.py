@@ -289,7 +289,7 @@ def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
     ax.plot(obs["x"], obs["y"], "o", markersize=4, label="observed")
     pred = record.get("predicted")
     if pred:
-        ax.plot(pred["x"], pred["mean"], label="predicted (ensemble mean)")
+        ax.plot(pred["x"], pred["mean"], label=f"predicted ({pred.get('forecaster', 'ensemble')})")
         band = round(100 * pred["band"])
         ax.fill_between(pred["x"], pred["lower"], pred["upper"], alpha=0.25, label=f"{band}% band")
     own_stop = any(

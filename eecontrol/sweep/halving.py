@@ -7,8 +7,9 @@ trials that reach a rung (``min_resource * reduction_factor**k`` reports) by the
 best loses at the early rungs. This variant compares them by a prediction of the value at
 the end of training instead: the calibrated forecast of
 :func:`eecontrol.core.curves.predictive.forecast` (its ``quantile``, the median by
-default), never worse than the trial's best value so far. With fewer than 4 reports
-(too few to forecast) it falls back to the best value so far.
+default), never worse than the trial's best value so far; ``forecaster`` picks another
+forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports than the
+forecaster needs (4 for ``forecast``) it falls back to the best value so far.
 
 Scores are kept as trial system attributes in the study's storage (as Optuna's own
 pruner does), so workers of a distributed study share them.
@@ -26,6 +27,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from eecontrol.core.checks import check_bounds, check_range
+from eecontrol.core.curves.forecasters import (
+    DEFAULT_FORECASTER,
+    check_forecaster,
+    get_forecaster,
+)
 
 _KEY = "eecontrol_halving:rung_{}"
 
@@ -46,6 +52,8 @@ class PredictiveHalvingPruner(BasePruner):
         quantile: the forecast quantile that scores a trial, in (0, 1) (0.5: the median;
             higher is more lenient to trials whose future is uncertain).
         bounds: the metric's range ``(low, high)`` (``(0, 1)`` for an accuracy), or None.
+        forecaster: the forecaster that predicts the final value (``forecast``,
+            ``ensemble`` or ``pfn``).
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class PredictiveHalvingPruner(BasePruner):
         min_resource: int = 1,
         quantile: float = 0.5,
         bounds: Sequence[float] | None = None,
+        forecaster: str = DEFAULT_FORECASTER,
     ) -> None:
         check_range("horizon", horizon, low=2, integer=True)
         check_range("reduction_factor", reduction_factor, low=2, integer=True)
@@ -67,6 +76,7 @@ class PredictiveHalvingPruner(BasePruner):
         self.min_resource = int(min_resource)
         self.quantile = float(quantile)
         self.bounds = check_bounds(bounds)
+        self.forecaster = check_forecaster(forecaster)
 
     def rungs(self) -> list[int]:
         """The numbers of reports at which trials are compared (below the horizon)."""
@@ -78,15 +88,14 @@ class PredictiveHalvingPruner(BasePruner):
 
     def score(self, values: np.ndarray, mode: str) -> float:
         """The predicted final value of a curve, on a larger-is-better scale."""
-        from eecontrol.core.curves.predictive import forecast
-
+        fc_fn = get_forecaster(self.forecaster)
         sign = 1.0 if mode == "max" else -1.0
         best = float(np.max(sign * values))
-        if len(values) < 4:
+        if len(values) < fc_fn.min_points:
             return best
         x = np.arange(1, len(values) + 1, dtype=float)
         try:
-            fc = forecast(x, values, float(self.horizon), mode=mode, bounds=self.bounds)
+            fc = fc_fn(x, values, float(self.horizon), mode=mode, bounds=self.bounds)
         except ValueError:
             return best
         predicted = sign * float(fc.quantile(self.quantile)[-1])

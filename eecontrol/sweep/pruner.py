@@ -22,6 +22,7 @@ from eecontrol.core.curves import (
     in_run_rule,
     sweep_rule,
 )
+from eecontrol.core.curves.forecasters import DEFAULT_FORECASTER, check_forecaster
 
 RULES = ("convergence", "sweep", "ensemble")
 REASON_ATTR = "eecontrol_prune_reason"
@@ -38,6 +39,9 @@ class LearningCurvePruner(BasePruner):
     best by ``min_delta`` (None: its noise); ``rule="sweep"`` is Domhan et al.'s rule, P(value
     at the horizon > the best value any trial of the study reported) < ``threshold``;
     ``rule="ensemble"`` is the 11-family ensemble in the convergence question. The
+    convergence and sweep rules forecast with ``forecaster`` (a name in
+    :data:`~eecontrol.core.curves.forecasters.FORECASTERS`); the convergence rule never
+    prunes at a report that set the trial's best. The
     cross-run rule (Baker et al. 2017) trains a nu-SVR on the curves of ``COMPLETE``
     trials (index-aligned) and their numeric ``trial.params``, and compares with the best
     completed trial's value; the fitted predictor is reused while the completed trials and
@@ -59,19 +63,26 @@ class LearningCurvePruner(BasePruner):
     Args:
         horizon: the last step a trial reports (its training length), > 0.
         in_run: use the in-run rule.
-        cross_run: use the cross-run rule.
+        cross_run: use the cross-run rule (at least one of the two must be on).
         min_delta: improvement that counts for the in-run rule, >= 0, or None (the
             trial's noise for ``convergence``, 0 for ``ensemble``).
         threshold: in-run stop probability, in (0, 1).
         rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         delta: cross-run stop probability, in (0, 1).
-        min_points: reports before any decision, >= 3.
+        min_points: reports before any decision, >= 1 (below the forecaster's own
+            minimum the in-run rule is blind and does not prune).
         min_finished: completed trials before the cross-run rule decides, >= 2.
         min_r2: no in-run decision while the best family explains less of the curve.
         n_bootstrap: bootstrap draws per curve family.
         seed: seed of the bootstrap.
         bounds: the metric's range ``[low, high]`` (``[0, 1]`` for an accuracy), or None;
             the in-run prediction is clipped to it, and a cross-run result cannot pass it.
+        forecaster: the forecaster of the ``convergence`` and ``sweep`` rules
+            (``forecast``, ``ensemble`` or ``pfn``).
+
+    Raises:
+        ValueError: for a bad option (named, with its valid range), or with both rules
+            off (it would prune nothing).
 
     Attributes:
         last_reason: ``{trial number: reason}`` of every trial this pruner pruned.
@@ -92,6 +103,7 @@ class LearningCurvePruner(BasePruner):
         n_bootstrap: int = 100,
         seed: int = 0,
         bounds: Sequence[float] | None = None,
+        forecaster: str = DEFAULT_FORECASTER,
     ) -> None:
         # the same checks and messages as LearningCurveStopping's
         check_range("horizon", horizon, low=0, low_inclusive=False)
@@ -99,8 +111,15 @@ class LearningCurvePruner(BasePruner):
             check_range("min_delta", min_delta, low=0.0)
         self.rule = check_choice("rule", rule, RULES)
         check_rule_args(
-            {"threshold": threshold, "delta": delta}, min_points=min_points, least_points=3
+            {"threshold": threshold, "delta": delta}, min_points=min_points, least_points=1
         )
+        if not in_run and not cross_run:
+            raise ValueError(
+                "`in_run` and `cross_run` are both False: LearningCurvePruner would prune "
+                "nothing; set `in_run=True` (the trial's own curve) or `cross_run=True` "
+                "(finished trials), or use optuna.pruners.NopPruner for no pruning."
+            )
+        self.forecaster = check_forecaster(forecaster)
         check_range("min_finished", min_finished, low=2, integer=True)
         check_range("min_r2", min_r2, low=0.0, high=1.0)
         check_range("n_bootstrap", n_bootstrap, low=1, integer=True)
@@ -159,8 +178,11 @@ class LearningCurvePruner(BasePruner):
                 mode=mode,
                 min_delta=self.min_delta,
                 threshold=self.threshold,
-                min_points=max(self.min_points, 4),
+                min_points=self.min_points,
                 bounds=self.bounds,
+                forecaster=self.forecaster,
+                n_bootstrap=self.n_bootstrap,
+                seed=self.seed,
             )
         best = None
         for t in study.get_trials(deepcopy=False):
@@ -176,8 +198,11 @@ class LearningCurvePruner(BasePruner):
             best,
             mode=mode,
             delta=self.threshold,
-            min_points=max(self.min_points, 4),
+            min_points=self.min_points,
             bounds=self.bounds,
+            forecaster=self.forecaster,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
         )
 
     def _cross_run(

@@ -51,6 +51,13 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from eecontrol.core.curves.forecasters import (
+    DEFAULT_FORECASTER,
+    FORECASTERS,
+    check_forecaster,
+    get_forecaster,
+)
+
 MODES = ("max", "min")
 
 
@@ -359,31 +366,41 @@ def guess_bounds(sweep: Sweep) -> tuple[float, float] | None:
 
 
 def default_policies(
-    budget: int, bounds: Sequence[float] | None = None, patience: int = 5
+    budget: int,
+    bounds: Sequence[float] | None = None,
+    patience: int = 5,
+    forecasters: Sequence[str] = (DEFAULT_FORECASTER,),
 ) -> dict[str, Policy]:
     """Every policy the replay compares, by name.
 
     Ours: :class:`~eecontrol.sweep.pruner.LearningCurvePruner` with its in-run rule
-    alone (``ours_in_run``), Domhan et al.'s sweep rule alone (``ours_sweep_rule``, where
-    the pruner has ``rule=``), the cross-run rule alone (``ours_cross_run``), its default
-    combination (``ours_both``), and
-    :class:`~eecontrol.sweep.halving.PredictiveHalvingPruner`
-    (``ours_predictive_halving``).
+    alone (``ours_in_run``), Domhan et al.'s sweep rule alone (``ours_sweep_rule``), the
+    cross-run rule alone (``ours_cross_run``, no forecaster), its default combination
+    (``ours_both``), and :class:`~eecontrol.sweep.halving.PredictiveHalvingPruner`
+    (``ours_predictive_halving``). The forecasting policies come once per forecaster in
+    ``forecasters``: with the default forecaster under these names, with another one
+    under the name plus ``_<forecaster>`` (``ours_in_run_pfn``).
 
     Args:
         budget: validations of a full run (the pruners' horizon).
         bounds: the metric's range for this project's pruners (None: unbounded).
         patience: the EarlyStopping patience.
-    """
-    import inspect
+        forecasters: names in :data:`~eecontrol.core.curves.forecasters.FORECASTERS`.
 
+    Raises:
+        ValueError: for an unknown forecaster (the message lists the valid names).
+    """
     from eecontrol.sweep.halving import PredictiveHalvingPruner
     from eecontrol.sweep.pruner import LearningCurvePruner
 
+    names = [check_forecaster(f) for f in forecasters]
     b = tuple(bounds) if bounds is not None else None
 
     def ours(**kwargs: Any) -> Callable[[], optuna.pruners.BasePruner]:
         return lambda: LearningCurvePruner(horizon=budget, bounds=b, **kwargs)
+
+    def halving(forecaster: str) -> Callable[[], optuna.pruners.BasePruner]:
+        return lambda: PredictiveHalvingPruner(horizon=budget, bounds=b, forecaster=forecaster)
 
     out = {
         "none": Policy(optuna.pruners.NopPruner),
@@ -393,16 +410,16 @@ def default_policies(
         "hyperband": Policy(
             lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=budget)
         ),
-        "ours_in_run": Policy(ours(cross_run=False)),
     }
-    if "rule" in inspect.signature(LearningCurvePruner).parameters:
-        out["ours_sweep_rule"] = Policy(ours(cross_run=False, rule="sweep"))
-    out["ours_cross_run"] = Policy(ours(in_run=False))
-    out["ours_both"] = Policy(ours())
-    if budget >= 2:
-        out["ours_predictive_halving"] = Policy(
-            lambda: PredictiveHalvingPruner(horizon=budget, bounds=b)
-        )
+    for k, f in enumerate(names):
+        tag = "" if f == DEFAULT_FORECASTER else f"_{f}"
+        out[f"ours_in_run{tag}"] = Policy(ours(cross_run=False, forecaster=f))
+        out[f"ours_sweep_rule{tag}"] = Policy(ours(cross_run=False, rule="sweep", forecaster=f))
+        if k == 0:
+            out["ours_cross_run"] = Policy(ours(in_run=False))
+        out[f"ours_both{tag}"] = Policy(ours(forecaster=f))
+        if budget >= 2:
+            out[f"ours_predictive_halving{tag}"] = Policy(halving(f))
     return out
 
 
@@ -505,34 +522,41 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(verbosity)
 
 
+MEMOISED_RULES = ("in_run_rule", "convergence_rule", "sweep_rule")
+
+
 @contextlib.contextmanager
 def memoised_in_run_rule() -> Iterator[None]:
-    """Computes the in-run rule once per curve prefix while replaying.
+    """Computes each rule once per question while replaying.
 
-    The in-run rule's result depends only on the curve so far (its bootstrap is seeded),
-    so every order of a replay asks the same questions; this caches the answers for the
-    duration of the ``with`` block by wrapping ``eecontrol.sweep.pruner.in_run_rule``.
+    The pruner's rules depend only on their arguments (the curve so far, the horizon, the
+    options and, for the sweep rule, the sweep's best; bootstraps are seeded), so every
+    order of a replay asks many of the same questions; this caches the answers for the
+    duration of the ``with`` block by wrapping the rules in ``eecontrol.sweep.pruner``.
     """
     import eecontrol.sweep.pruner as pruner_module
 
-    original = getattr(pruner_module, "in_run_rule", None)
-    if original is None:
-        yield
-        return
+    originals = {n: getattr(pruner_module, n) for n in MEMOISED_RULES if hasattr(pruner_module, n)}
 
-    @functools.cache
-    def cached(x: tuple[float, ...], y: tuple[float, ...], horizon: float, kw: str) -> Any:
-        return original(np.array(x), np.array(y), horizon, **json.loads(kw))
+    def memoise(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.cache
+        def cached(x: tuple[float, ...], y: tuple[float, ...], rest: str, kw: str) -> Any:
+            return original(np.array(x), np.array(y), *json.loads(rest), **json.loads(kw))
 
-    def wrapper(x: Any, y: Any, horizon: float, **kwargs: Any) -> Any:
-        key = json.dumps(kwargs, sort_keys=True, default=list)
-        return cached(tuple(map(float, x)), tuple(map(float, y)), float(horizon), key)
+        def wrapper(x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+            rest = json.dumps([float(a) if a is not None else None for a in args])
+            key = json.dumps(kwargs, sort_keys=True, default=list)
+            return cached(tuple(map(float, x)), tuple(map(float, y)), rest, key)
 
-    pruner_module.in_run_rule = wrapper
+        return wrapper
+
+    for name, original in originals.items():
+        setattr(pruner_module, name, memoise(original))
     try:
         yield
     finally:
-        pruner_module.in_run_rule = original
+        for name, original in originals.items():
+            setattr(pruner_module, name, original)
 
 
 def replay(
@@ -692,6 +716,15 @@ def add_arguments(parser: Any) -> None:
         "--patience", type=int, default=5, help="EarlyStopping patience (default 5)"
     )
     parser.add_argument(
+        "--forecaster",
+        nargs="+",
+        default=[DEFAULT_FORECASTER],
+        metavar="NAME",
+        help=f"replay our forecasting policies with each of these forecasters "
+        f"({', '.join(FORECASTERS)}; default {DEFAULT_FORECASTER}); policies of a "
+        f"forecaster other than the default are named with _NAME (ours_in_run_pfn)",
+    )
+    parser.add_argument(
         "--policies",
         nargs="+",
         default=None,
@@ -718,7 +751,13 @@ def command(args: Any) -> int:
         print(f"eecontrol replay: {err}", file=sys.stderr)
         return 2
     bounds = guess_bounds(sweep)
-    policies = default_policies(sweep.budget, bounds, args.patience)
+    try:
+        policies = default_policies(sweep.budget, bounds, args.patience, args.forecaster)
+        for name in dict.fromkeys(args.forecaster):
+            get_forecaster(name).load()  # a forecaster that cannot load fails here, clearly
+    except (ValueError, ImportError) as err:
+        print(f"eecontrol replay: --forecaster: {err}", file=sys.stderr)
+        return 2
     if args.policies:
         unknown = sorted(set(args.policies) - set(policies))
         if unknown:

@@ -23,8 +23,8 @@ def plateau(n: int = 20) -> list[float]:
     return [0.9 - 0.6 * math.exp(-0.6 * i) + 0.002 * ((-1) ** i) for i in range(1, n + 1)]
 
 
-class Scripted(pl.LightningModule):
-    """Trains a tiny layer; its validation logs ``values[epoch]`` as ``key``."""
+class ScriptedCore(pl.LightningModule):
+    """Trains a tiny layer; its validation logs ``values[epoch]`` as ``key`` (no loaders)."""
 
     def __init__(self, values: list[float], key: str = "val/score", lr: float = 0.01) -> None:
         super().__init__()
@@ -41,6 +41,10 @@ class Scripted(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class Scripted(ScriptedCore):
+    """:class:`ScriptedCore` with its own loaders."""
 
     def _loader(self):
         return DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
@@ -73,8 +77,9 @@ def test_conformance(tmp_path):
             ({"rule": "sweep"}, "`rule`", "needs `store`"),
             ({"threshold": 0.0}, "`threshold`", "(0.0, 1.0)"),
             ({"threshold": float("nan")}, "`threshold`", "(0.0, 1.0)"),
-            ({"min_points": 2}, "`min_points`", "[3, inf)"),
-            ({"min_points": 4.5}, "`min_points`", "[3, inf)"),
+            ({"min_points": 0}, "`min_points`", "[1, inf)"),
+            ({"min_points": 4.5}, "`min_points`", "[1, inf)"),
+            ({"forecaster": "lcpfn"}, "`forecaster`", "['forecast', 'ensemble', 'pfn']"),
             ({"warmup": 1.0}, "`warmup`", "[0.0, 1.0)"),
             ({"band": 1.0}, "`band`", "(0.0, 1.0)"),
             ({"min_r2": 1.5}, "`min_r2`", "[0.0, 1.0]"),
@@ -228,3 +233,134 @@ def test_sweep_rule_stops_a_run_that_cannot_reach_the_sweep_best(tmp_path):
     restored = LearningCurveStopping("val/score", "max", **config)
     restored.load_state_dict(state)
     assert restored.history == cb.history and restored.stop_reason == cb.stop_reason
+
+
+# --- issue 24: E1, E4, E6 in the callback; the forecaster option ----------------------------
+
+E1_CURVE = [0.241, 0.365, 0.461, 0.526, 0.542, 0.433, 0.652]
+
+
+def _noisy(values, seed, sd=0.005):
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(values), generator=rng).mul(sd).tolist()
+    return [min(max(v + e, 0.0), 1.0) for v, e in zip(values, noise)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_e1_e6_the_forecast_that_decides_is_logged_and_written(tmp_path, seed):
+    """Issue 24: the E1 curve (horizon 14 checks) is not stopped at its new best, and the
+    predicted final value in the evidence, the logged metric and curve_prediction.json are
+    one number (the json said 0.697 while the forecast that decided said 0.542)."""
+    values = _noisy(E1_CURVE, seed)
+    assert values[-1] > max(values[:-1]) + 0.05
+    cb = LearningCurveStopping(
+        "val/score", "max", x_axis="check", horizon=14, min_points=5, bounds=[0, 1]
+    )
+    trainer = fit(tmp_path, cb, values, len(values))
+    assert cb.stopped_epoch is None, cb.stop_reason
+    assert len(cb.history["value"]) == 7
+    last = cb.last_prediction
+    assert last["convergence_decision"] == "continue"
+    assert "set the run's best" in last["convergence_reason"]
+    assert last["convergence_forecaster"] == "forecast"
+    record = json.loads((tmp_path / PREDICTION_FILE).read_text())
+    predicted = record["predicted"]
+    assert predicted is not None and predicted["x"][-1] == pytest.approx(14.0)
+    assert predicted["forecaster"] == "forecast"
+    assert predicted["mean"][-1] == pytest.approx(last["convergence_predicted_final"], abs=1e-12)
+    assert predicted["lower"][-1] == pytest.approx(last["convergence_lower"], abs=1e-12)
+    assert predicted["upper"][-1] == pytest.approx(last["convergence_upper"], abs=1e-12)
+    logged = float(trainer.callback_metrics["curve/predicted_final"])
+    assert logged == pytest.approx(last["convergence_predicted_final"], abs=1e-6)
+
+
+def test_e4_blind_checks_are_said_in_the_evidence(tmp_path):
+    cb = LearningCurveStopping("val/score", "max", min_points=1, x_axis="check", horizon=30)
+    fit(tmp_path, cb, [0.2, 0.5, 0.62, 0.7, 0.74], 3)
+    assert cb.stopped_epoch is None and len(cb.history["value"]) == 3
+    assert cb.last_prediction["convergence_decision"] == "no_decision"
+    assert "blind: n < 4" in cb.last_prediction["convergence_reason"]
+    # the ensemble forecasts from 3 points: it decides
+    cb = LearningCurveStopping(
+        "val/score", "max", min_points=1, x_axis="check", horizon=30, forecaster="ensemble"
+    )
+    fit(tmp_path, cb, [0.2, 0.5, 0.62, 0.7, 0.74], 3)
+    assert cb.last_prediction["convergence_decision"] in ("continue", "stop")
+    assert cb.last_prediction["convergence_forecaster"] == "ensemble"
+
+
+def test_forecaster_option_is_validated_and_kept_in_the_config():
+    with pytest.raises(ValueError, match="`forecaster` must be one of \\['forecast', 'ensemble'"):
+        LearningCurveStopping("val/score", "max", forecaster="lcpfn")
+    cb = LearningCurveStopping("val/score", "max", forecaster="ensemble")
+    assert cb.state_dict()["config"]["forecaster"] == "ensemble"
+
+
+# --- issue 23 item 3: validate / test without a train loader; a horizon in steps -----------
+
+
+NoTrainLoader = ScriptedCore  # loaders are passed to fit/validate, not defined on the module
+
+
+def test_validate_and_test_without_a_train_loader_make_no_decision(tmp_path):
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    cb = LearningCurveStopping("val/score", "max", min_points=3)
+    trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[cb])
+    trainer.validate(NoTrainLoader(plateau()), dataloaders=loader)
+    assert cb.history["value"] == [] and cb.decisions == [] and cb.stopped_epoch is None
+    # fit with loaders passed in, then validate again: the curve holds the fit's points only
+    trainer = make_trainer(tmp_path, max_epochs=4, callbacks=[cb])
+    trainer.fit(NoTrainLoader(plateau()), train_dataloaders=loader, val_dataloaders=loader)
+    assert len(cb.history["value"]) == 4
+    trainer.validate(NoTrainLoader(plateau()), dataloaders=loader)
+    assert len(cb.history["value"]) == 4
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """An endless stream of unknown length."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        while True:
+            yield (torch.randn(2, generator=g),)
+
+
+class StepScripted(Scripted):
+    """Logs ``values[k]`` at its k-th validation (several per epoch: an endless stream)."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.k = 0
+
+    def validation_step(self, batch, batch_idx):
+        self.log(self.key, self.values[min(self.k, len(self.values) - 1)], batch_size=1)
+
+    def on_validation_epoch_end(self):
+        self.k += 1
+
+    def train_dataloader(self):
+        return DataLoader(Stream(), batch_size=4)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4)
+
+
+@pytest.mark.parametrize("x_axis", ["step", "check"])
+def test_the_horizon_comes_from_max_steps_with_a_stream_of_unknown_length(tmp_path, x_axis):
+    """Trainer(max_steps=60) on an IterableDataset, validating every 3 steps: the horizon is
+    estimated_stepping_batches (60 steps, or 20 checks) and the flat curve stops."""
+    cb = LearningCurveStopping("val/score", "max", min_points=5, min_delta=0.01, x_axis=x_axis)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=-1,
+        max_steps=60,
+        val_check_interval=3,
+        limit_val_batches=1,
+        callbacks=[cb],
+    )
+    trainer.fit(StepScripted(plateau(20)))
+    assert cb.history["step"][:3] == [3, 6, 9]
+    predicted = json.loads((tmp_path / PREDICTION_FILE).read_text())["predicted"]
+    assert predicted is not None
+    assert predicted["x"][-1] == pytest.approx(60.0 if x_axis == "step" else 20.0)
+    assert cb.stopped_epoch is not None and trainer.global_step < 60

@@ -249,3 +249,46 @@ def test_cross_run_predictor_takes_a_run_with_missing_or_invalid_hyperparameters
     assert model._logs == (True,)  # lr enters as log10: the case a bad value breaks
     for hp in ({}, {"lr": -1.0}, {"lr": 0.0}):
         assert math.isfinite(model.predict(runs[0].values[:4], hp).mean)
+
+
+def test_the_forecaster_registry_and_its_distributions(tasks):
+    """Every registered forecaster that loads returns a PredictiveDistribution whose band
+    holds its mean inside the bounds; bad names and options are clear errors."""
+    from eecontrol.core.curves import (
+        FORECASTERS,
+        PredictiveDistribution,
+        get_forecaster,
+    )
+
+    assert list(FORECASTERS) == ["forecast", "ensemble", "pfn"]
+    with pytest.raises(ValueError, match=r"`forecaster` must be one of \['forecast', 'ensemble'"):
+        get_forecaster("lcpfn")
+    with pytest.raises(ValueError, match="forecaster 'forecast' takes the options"):
+        get_forecaster("forecast")([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.35], 10, n_bootstrap=5)
+    digits = tasks["digits"]
+    b = digits["budget"]
+    x = np.arange(1, b + 1, dtype=float)
+    for name in ("forecast", "ensemble"):
+        f = get_forecaster(name)
+        for c in digits["curves"][:5]:
+            n = 12
+            dist = f(x[:n], c[:n], [20.0, float(b)], mode="max", bounds=(0, 1))
+            assert isinstance(dist, PredictiveDistribution)
+            assert dist.mode == "max" and dist.bounds == (0.0, 1.0) and dist.noise >= 0
+            lo, hi = dist.band(0.8)
+            assert np.all(lo <= dist.mean) and np.all(dist.mean <= hi) and np.all(hi <= 1.0)
+            assert np.all(dist.quantile(0.1) <= dist.quantile(0.9))
+            p = dist.prob_beats(float(c[:n].max()))
+            assert p.shape == (2,) and np.all((p >= 0) & (p <= 1))
+            assert np.all(dist.prob_beats(1.0) == 0.0)  # the bound cannot be beaten
+        # a loss: the good side is low
+        loss = 1.0 - np.asarray(digits["curves"][0][:12])
+        dist = f(x[:12], loss, [float(b)], mode="min", bounds=(0, math.inf))
+        assert dist.prob_beats(float(loss.min()) + 0.5)[0] > dist.prob_beats(float(loss.min()))[0]
+    try:
+        import eecontrol.core.curves.pfn  # noqa: F401
+    except ImportError:
+        with pytest.raises(
+            ImportError, match=r"forecaster 'pfn' needs eecontrol\.core\.curves\.pfn"
+        ):
+            get_forecaster("pfn").load()

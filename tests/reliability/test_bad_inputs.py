@@ -562,9 +562,9 @@ CASES = [
     ),
     Case(
         "curves-min-points",
-        "min_points below 3 (too few to fit a curve)",
-        lambda t: LearningCurveStopping(min_points=2),
-        r"`min_points`.*\[3, inf\)",
+        "min_points below 1 (below the forecaster's own minimum the rule says it is blind)",
+        lambda t: LearningCurveStopping(min_points=0),
+        r"`min_points`.*\[1, inf\)",
     ),
     Case(
         "pruner-horizon",

@@ -29,6 +29,7 @@ def curves() -> dict[int, list[float]]:
         ({"horizon": 10, "min_resource": 0}, "`min_resource`"),
         ({"horizon": 10, "quantile": 1.0}, "`quantile` must be a number in \\(0.0, 1.0\\)"),
         ({"horizon": 10, "bounds": (1, 0)}, "bounds"),
+        ({"horizon": 10, "forecaster": "x"}, "`forecaster` must be one of \\['forecast'"),
     ],
 )
 def test_bad_arguments_name_the_option(kwargs, match):
@@ -103,3 +104,16 @@ def test_minimised_loss_prunes_the_worse_curve():
     good = [1.0 / (1 + 0.3 * i) for i in range(20)]
     assert _report(study, good) == 20
     assert _report(study, [2.0 + 0.01 * i for i in range(20)]) == 4  # worse and rising
+
+
+def test_the_forecaster_scores_and_short_curves_fall_back_to_the_best(curves):
+    """forecaster="ensemble" scores with the ensemble's quantile; below a forecaster's
+    points the score is the best value so far."""
+    curve = np.asarray(curves[min(curves)][:9], dtype=float)
+    default = PredictiveHalvingPruner(50, bounds=(0, 1))
+    ensemble = PredictiveHalvingPruner(50, bounds=(0, 1), forecaster="ensemble")
+    assert ensemble.forecaster == "ensemble" and default.forecaster == "forecast"
+    a, b = default.score(curve, "max"), ensemble.score(curve, "max")
+    assert a >= curve.max() and b >= curve.max() and a != b
+    assert default.score(curve[:3], "max") == curve[:3].max()  # forecast needs 4 points
+    assert ensemble.score(curve[:3], "max") >= curve[:3].max()  # the ensemble takes 3

@@ -69,13 +69,16 @@ def test_in_run_rule_prunes_a_flat_trial():
         ({"horizon": 0}, "`horizon` must be a number in (0, inf)"),
         ({"horizon": 10, "threshold": 1.0}, "`threshold` must be a number in (0.0, 1.0)"),
         ({"horizon": 10, "delta": 0.0}, "`delta` must be a number in (0.0, 1.0)"),
-        ({"horizon": 10, "min_points": 2}, "`min_points` must be an integer in [3, inf)"),
+        ({"horizon": 10, "min_points": 0}, "`min_points` must be an integer in [1, inf)"),
         ({"horizon": 10, "min_finished": 1}, "`min_finished` must be an integer in [2, inf)"),
         ({"horizon": 10, "min_delta": -0.1}, "`min_delta` must be a number in [0.0, inf)"),
         ({"horizon": 10, "min_r2": 1.5}, "`min_r2` must be a number in [0.0, 1.0]"),
         ({"horizon": 10, "n_bootstrap": 0}, "`n_bootstrap` must be an integer in [1, inf)"),
         ({"horizon": 10, "bounds": [1, 1]}, "`bounds` must be [low, high] with low < high"),
         ({"horizon": 10, "rule": "median"}, "`rule` must be one of"),
+        ({"horizon": 10, "forecaster": "lcpfn"}, "`forecaster` must be one of ['forecast'"),
+        # issue 25 item 13: both rules off would prune nothing, silently
+        ({"horizon": 10, "in_run": False, "cross_run": False}, "`in_run` and `cross_run`"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -135,3 +138,29 @@ def test_sweep_rule_prunes_a_trial_that_cannot_reach_the_study_best():
     ]
     assert "sweep's best" in study.trials[1].user_attrs["eecontrol_prune_reason"]
     assert len(study.trials[1].intermediate_values) < 15
+
+
+E1_CURVE = (0.241, 0.365, 0.461, 0.526, 0.542, 0.433, 0.652)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("forecaster", ["forecast", "ensemble"])
+def test_e1_a_trial_is_not_pruned_at_a_new_best(seed, forecaster):
+    """Issue 24 E1 in plain Optuna: the trial reporting the E1 curve (horizon 14) is not
+    pruned at the 0.652 report that set its best."""
+    import random
+
+    rng = random.Random(seed)
+    values = [min(max(v + rng.gauss(0.0, 0.005), 0.0), 1.0) for v in E1_CURVE]
+    assert values[-1] > max(values[:-1]) + 0.05
+    pruner = LearningCurvePruner(
+        horizon=13, cross_run=False, bounds=(0, 1), forecaster=forecaster, n_bootstrap=30
+    )
+    assert pruner.forecaster == forecaster
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    trial = study.ask()
+    decisions = []
+    for step, value in enumerate(values):
+        trial.report(value, step)
+        decisions.append(trial.should_prune())
+    assert len(decisions) == 7 and not decisions[-1], pruner.last_reason

@@ -213,3 +213,57 @@ def test_a_sweep_needs_two_full_runs():
         _finish(runs, [], "m", "max", "src")
     with pytest.raises(ValueError, match="`mode` must be one of"):
         _finish(runs, [], "m", "up", "src")
+
+
+def test_policies_with_each_forecaster(digits):
+    """Issue 24: the replay offers our policies with every forecaster; the default one keeps
+    the plain names, the others carry the forecaster's name, and each pruner uses it."""
+    from eecontrol.sweep.replay import default_policies
+
+    plain = default_policies(digits.budget, (0, 1))
+    both = default_policies(digits.budget, (0, 1), forecasters=("forecast", "ensemble"))
+    assert set(plain) < set(both)
+    extra = sorted(set(both) - set(plain))
+    assert extra == [
+        "ours_both_ensemble",
+        "ours_in_run_ensemble",
+        "ours_predictive_halving_ensemble",
+        "ours_sweep_rule_ensemble",
+    ]
+    for name in extra:
+        assert both[name].pruner().forecaster == "ensemble"
+    assert plain["ours_in_run"].pruner().forecaster == "forecast"
+    with pytest.raises(ValueError, match="`forecaster` must be one of"):
+        default_policies(digits.budget, (0, 1), forecasters=("lcpfn",))
+    # replayed: the ensemble's in-run rule (a small bootstrap) on 3 runs cut to 12 points
+    from eecontrol.sweep.pruner import LearningCurvePruner
+
+    runs = [SweepRun(r.name, r.values[:12], r.hparams) for r in digits.runs[:3]]
+    small = Sweep(runs, digits.metric, digits.mode, "digits[:3, :12]")
+    policy = Policy(
+        lambda: LearningCurvePruner(
+            horizon=12, cross_run=False, forecaster="ensemble", n_bootstrap=10, bounds=(0, 1)
+        )
+    )
+    result = replay(small, {"none": both["none"], "ensemble": policy}, orders=1)
+    assert 0 < result["policies"]["ensemble"]["epochs"] <= result["policies"]["none"]["epochs"]
+
+
+def test_cli_forecaster_option(tmp_path, capsys):
+    js = tmp_path / "t.json"
+    args = ["replay", str(DIGITS), "--orders", "1", "--forecaster", "forecast", "ensemble"]
+    args += ["--policies", "none", "ours_predictive_halving_ensemble", "--json", str(js)]
+    assert main(args) == 0
+    assert set(json.loads(js.read_text())["policies"]) == {
+        "none",
+        "ours_predictive_halving_ensemble",
+    }
+    capsys.readouterr()
+    assert main(["replay", str(DIGITS), "--forecaster", "lcpfn"]) == 2
+    err = capsys.readouterr().err
+    assert "--forecaster" in err and "'forecast', 'ensemble', 'pfn'" in err
+    try:
+        import eecontrol.core.curves.pfn  # noqa: F401
+    except ImportError:
+        assert main(["replay", str(DIGITS), "--forecaster", "pfn"]) == 2
+        assert "forecaster 'pfn' needs eecontrol.core.curves.pfn" in capsys.readouterr().err

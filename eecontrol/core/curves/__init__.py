@@ -11,6 +11,8 @@ The package is split by job:
 * :mod:`~eecontrol.core.curves.predictive`: the calibrated predictive distribution
   (:func:`forecast`): robust families fitted to the curve's tail, with a score table
   learned on recorded real curves;
+* :mod:`~eecontrol.core.curves.forecasters`: the forecasters by name (``forecast``,
+  ``ensemble``, ``pfn``) and the :class:`PredictiveDistribution` protocol they return;
 * :mod:`~eecontrol.core.curves.rules`: the stopping rules (convergence, Domhan et al.'s
   sweep rule, the ensemble's in-run rule) and their :class:`RuleResult`;
 * :mod:`~eecontrol.core.curves.cross_run`: the cross-run predictor of Baker, Gupta,
@@ -43,6 +45,16 @@ from eecontrol.core.curves.families import (
     FamilyFit,
     fit_family,
 )
+from eecontrol.core.curves.forecasters import (
+    DEFAULT_FORECASTER,
+    FORECASTERS,
+    EnsembleForecast,
+    Forecaster,
+    PredictiveDistribution,
+    check_forecaster,
+    ensemble_forecast,
+    get_forecaster,
+)
 from eecontrol.core.curves.predictive import (
     CALIBRATION_FILE,
     Calibration,
@@ -57,7 +69,9 @@ from eecontrol.core.curves.rules import RuleResult, convergence_rule, in_run_rul
 __all__ = [
     "CALIBRATION_FILE",
     "DECISIONS",
+    "DEFAULT_FORECASTER",
     "FAMILIES",
+    "FORECASTERS",
     "MODES",
     "TARGETS",
     "Calibration",
@@ -66,20 +80,26 @@ __all__ = [
     "CurveFamily",
     "CurveFit",
     "CurvePrediction",
+    "EnsembleForecast",
     "FamilyFit",
     "FinishedRun",
     "Forecast",
+    "Forecaster",
+    "PredictiveDistribution",
     "RuleResult",
     "calibration_scores",
     "check_bounds",
+    "check_forecaster",
     "check_probability",
     "convergence_rule",
     "cross_run_rule",
     "curve_features",
     "default_calibration",
+    "ensemble_forecast",
     "fit_curve",
     "fit_family",
     "forecast",
+    "get_forecaster",
     "in_run_rule",
     "noise_sd",
     "sweep_rule",

@@ -2,13 +2,23 @@
 
 Every rule returns a :class:`RuleResult`: ``stop``, ``continue`` or ``no_decision`` with a
 reason and the evidence. Degenerate curves never raise: they give ``no_decision``.
+
+Rules that compare a run with its own best (the convergence rule, the ensemble's in-run
+rule) never stop it at a validation that set that best (beat the previous best by more than
+``min_delta``, as ``EarlyStopping`` counts an improvement): the run just improved, the
+opposite of the evidence a stop claims (issue 24, E1). A target beyond the metric's
+bound (``best + min_delta`` past 1.0 for an accuracy) is clipped to the bound and reaching
+the bound counts as improving; a best at the bound has nothing left to gain (E2). The
+forecast rules take ``forecaster=`` (:mod:`~eecontrol.core.curves.forecasters`) and return
+the predicted curve they decided with (:attr:`RuleResult.curve`), so what is reported is
+what decided (E6); with fewer points than the forecaster needs they say ``blind`` (E4).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +26,18 @@ import numpy as np
 from eecontrol.core.checks import check_rule_args
 from eecontrol.core.curves.ensemble import CurveFit, fit_curve
 from eecontrol.core.curves.families import MODES
-from eecontrol.core.curves.predictive import Calibration, Forecast, forecast
+from eecontrol.core.curves.forecasters import (
+    DEFAULT_FORECASTER,
+    PredictiveDistribution,
+    get_forecaster,
+    prob_improves,
+)
+from eecontrol.core.curves.predictive import Calibration
+
+CURVE_POINTS = 25
+"""Positions of the predicted curve a rule returns (from the last point to the horizon)."""
+DECISION_EVERY = 5
+"""Every 5th of them (5 positions) is where the convergence rule asks for an improvement."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,11 @@ class RuleResult:
         best: the value to beat.
         n_points: points of the curve used.
         min_delta: the improvement that counted (convergence rule), or None.
+        forecaster: the forecaster that decided (forecast rules), or None.
+        curve: the predicted curve the rule decided with, as primitives: ``x``, ``mean``,
+            ``lower``, ``upper`` (lists, from just past the last point to the horizon),
+            ``band`` and ``forecaster``; None when there was no forecast. Its last point is
+            ``predicted_final``, ``lower`` and ``upper``.
     """
 
     decision: str
@@ -49,6 +75,8 @@ class RuleResult:
     best: float | None = None
     n_points: int = 0
     min_delta: float | None = None
+    forecaster: str | None = None
+    curve: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def stop(self) -> bool:
@@ -61,6 +89,7 @@ class RuleResult:
             f"{self.rule}_{k}": v
             for k, v in (
                 ("decision", self.decision),
+                ("reason", self.reason),
                 ("probability", self.probability),
                 ("predicted_final", self.predicted_final),
                 ("lower", self.lower),
@@ -68,9 +97,34 @@ class RuleResult:
                 ("best", self.best),
                 ("n_points", self.n_points),
                 ("min_delta", self.min_delta),
+                ("forecaster", self.forecaster),
             )
-            if k != "min_delta" or v is not None
+            if k not in ("min_delta", "forecaster") or v is not None
         }
+
+
+def _sets_best(y: np.ndarray, mode: str, min_delta: float) -> bool:
+    """Whether the latest point set the curve's best: it beat the previous best by more
+    than ``min_delta`` (an improvement as Lightning's ``EarlyStopping`` counts one; a first
+    point does)."""
+    if len(y) < 2:
+        return True
+    if mode == "max":
+        return bool(y[-1] > y[:-1].max() + min_delta)
+    return bool(y[-1] < y[:-1].min() - min_delta)
+
+
+def _curve_record(
+    grid: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, band: float, name: str
+) -> dict[str, Any]:
+    return {
+        "x": [float(v) for v in grid],
+        "mean": [float(v) for v in mean],
+        "lower": [float(v) for v in np.minimum(lo, hi)],
+        "upper": [float(v) for v in np.maximum(lo, hi)],
+        "band": float(band),
+        "forecaster": name,
+    }
 
 
 def in_run_rule(
@@ -146,30 +200,48 @@ def in_run_rule(
         )
     grid = np.linspace(xa[-1], horizon, n_grid + 1)[1:]
     paths, w = fit.sample_paths(grid, noise=True)
-    target = float(fit.to_gain(best + (min_delta if mode == "max" else -min_delta)))
-    if fit.bounds is not None and target >= fit._gain_bounds()[1]:
-        prob = 0.0  # the best already sits at (or min_delta beyond) the metric's bound
+    target = best + (min_delta if mode == "max" else -min_delta)
+    edge = None if fit.bounds is None else (fit.bounds[1] if mode == "max" else fit.bounds[0])
+    if edge is not None and (best >= edge if mode == "max" else best <= edge):
+        prob = 0.0  # the best already sits at the metric's bound: nothing left to gain
     else:
-        prob = float(np.sum(w[paths.max(axis=1) >= target]))
-    pred = fit.predict([horizon], quantiles=((1 - band) / 2, (1 + band) / 2))
-    lo, hi = (float(v[0]) for v in pred.band(band))
+        if edge is not None and (target >= edge if mode == "max" else target <= edge):
+            target = edge  # clipped: reaching the bound counts (paths are clipped onto it)
+        prob = float(np.sum(w[paths.max(axis=1) >= float(fit.to_gain(target))]))
+    curve_x = np.linspace(xa[-1], horizon, CURVE_POINTS + 1)[1:]
+    pred = fit.predict(curve_x, quantiles=((1 - band) / 2, (1 + band) / 2))
+    lo_c, hi_c = pred.band(band)
+    curve = _curve_record(curve_x, pred.mean, lo_c, hi_c, band, "ensemble")
+    lo, hi = curve["lower"][-1], curve["upper"][-1]
     common = {
         "rule": "in_run",
         "probability": prob,
-        "predicted_final": float(pred.mean[0]),
-        "lower": min(lo, hi),
-        "upper": max(lo, hi),
+        "predicted_final": float(pred.mean[-1]),
+        "lower": lo,
+        "upper": hi,
         "best": best,
         "n_points": n,
+        "forecaster": "ensemble",
+        "curve": curve,
     }
+    if _sets_best(ya, mode, min_delta):
+        return RuleResult("continue", _new_best_reason(best, prob), **common)
     if prob < threshold:
         reason = (
             f"P(beating the best {best:.4g} by {min_delta:g} before {horizon:g}) = {prob:.3f} "
-            f"< threshold {threshold:g}; predicted final {pred.mean[0]:.4g} "
-            f"({band:.0%} band {min(lo, hi):.4g} .. {max(lo, hi):.4g})"
+            f"< threshold {threshold:g}; predicted final {pred.mean[-1]:.4g} "
+            f"({band:.0%} band {lo:.4g} .. {hi:.4g})"
         )
         return RuleResult("stop", reason, **common)
     return RuleResult("continue", f"P(improvement) = {prob:.3f} >= {threshold:g}", **common)
+
+
+def _new_best_reason(best: float, prob: float) -> str:
+    return (
+        f"the latest validation set the run's best ({best:.4g}, beating the previous one by "
+        f"more than min_delta): a run is never stopped at a new best; "
+        f"P(improvement) = {prob:.3f}"
+    )
 
 
 # --- rules on the calibrated forecast -------------------------------------------------------
@@ -187,12 +259,14 @@ def _forecast_or_reason(
     mode: str,
     min_points: int,
     bounds: Sequence[float] | None,
-    calibration: Calibration | None,
-) -> tuple[Forecast | None, RuleResult | None, np.ndarray]:
-    """The forecast at a grid of future positions, or the ``no_decision`` that replaces it."""
+    forecaster: str,
+    options: dict[str, Any],
+) -> tuple[PredictiveDistribution | None, RuleResult | None, np.ndarray]:
+    """The forecast on the rule's curve grid, or the ``no_decision`` that replaces it."""
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
-    check_rule_args({}, min_points=min_points, least_points=4)
+    check_rule_args({}, min_points=min_points, least_points=1)
+    fc_fn = get_forecaster(forecaster)
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(ya)
     if n < min_points:
@@ -202,20 +276,34 @@ def _forecast_or_reason(
         msg = "the curve holds non-finite values"
         return None, RuleResult("no_decision", msg, rule, n_points=n), xa
     best = float(ya.max() if mode == "max" else ya.min())
-    if np.ptp(ya) <= 1e-12 * max(1.0, abs(best)):
+    if n < fc_fn.min_points:
+        msg = (
+            f"blind: n < {fc_fn.min_points} (forecaster {forecaster!r} needs "
+            f"{fc_fn.min_points} points, {n} seen)"
+        )
+        return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
+    if not fc_fn.handles_constant and np.ptp(ya) <= 1e-12 * max(1.0, abs(best)):
         msg = "constant curve: no trend to extrapolate"
         return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
     if not horizon > xa[-1]:
         msg = f"no training left: the horizon {horizon} is not past the last position {xa[-1]}"
         return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
-    grid = np.linspace(xa[-1], horizon, 6)[1:]
-    min_f = PLATEAU_F if rule == "convergence" else 0.0
-    return forecast(xa, ya, grid, mode, bounds, calibration, min_f=min_f), None, grid
+    grid = np.linspace(xa[-1], horizon, CURVE_POINTS + 1)[1:]
+    try:
+        fc = fc_fn(xa, ya, grid, mode=mode, bounds=bounds, **fc_fn.applicable(options))
+    except ValueError as err:
+        msg = f"no forecast: {err}"
+        return None, RuleResult("no_decision", msg, rule, best=best, n_points=n), xa
+    return fc, None, grid
 
 
-def _band_at_horizon(fc: Forecast, band: float) -> tuple[float, float, float]:
+def _summary(
+    fc: PredictiveDistribution, grid: np.ndarray, band: float, forecaster: str
+) -> tuple[float, float, float, dict[str, Any]]:
+    """The mean and band at the horizon, and the predicted curve, from one forecast."""
     lo, hi = fc.band(band)
-    return float(fc.mean[-1]), float(lo[-1]), float(hi[-1])
+    curve = _curve_record(grid, fc.mean, lo, hi, band, forecaster)
+    return curve["mean"][-1], curve["lower"][-1], curve["upper"][-1], curve
 
 
 def convergence_rule(
@@ -229,13 +317,17 @@ def convergence_rule(
     band: float = 0.8,
     bounds: Sequence[float] | None = None,
     calibration: Calibration | None = None,
+    forecaster: str = DEFAULT_FORECASTER,
+    **options: Any,
 ) -> RuleResult:
     """Stops a run unlikely to beat its own best by ``min_delta`` before the horizon.
 
     The probability is the largest, over five positions between the last observation and
-    the horizon, of P(value > best + ``min_delta``) under the calibrated forecast
-    (:func:`~eecontrol.core.curves.predictive.forecast`; a tail without a significant
-    trend, F < :data:`PLATEAU_F`, is forecast flat). With ``min_delta=None`` the
+    the horizon, of P(value > best + ``min_delta``) under the forecaster's predictive
+    distribution (default: the calibrated forecast,
+    :func:`~eecontrol.core.curves.predictive.forecast`, where a tail without a significant
+    trend, F < :data:`PLATEAU_F`, is forecast flat). The target is clipped to ``bounds``
+    (reaching the bound counts); a run is never stopped at a validation that set its best. With ``min_delta=None`` the
     improvement that counts is the curve's own noise (the larger of the robust noise
     estimate and the tail fit's residual spread), so a noisy plateau, whose best is a
     lucky draw, stops instead of waiting for a luckier one.
@@ -247,27 +339,35 @@ def convergence_rule(
         mode: ``max`` or ``min``.
         min_delta: the improvement that counts, >= 0, or None (the curve's noise).
         threshold: stop when the probability is below this, in (0, 1).
-        min_points: no decision before this many points (the warm-up), >= 4.
+        min_points: no decision before this many points (the warm-up), >= 1 (below the
+            forecaster's own minimum the rule says it is blind).
         band: central mass of the reported band at the horizon, in (0, 1).
         bounds: the metric's range ``(low, high)``, or None.
-        calibration: the forecast's score table (default: the shipped one).
+        calibration: the ``forecast`` forecaster's score table (default: the shipped one).
+        forecaster: the name of the forecaster
+            (:data:`~eecontrol.core.curves.forecasters.FORECASTERS`).
+        **options: further options of the forecaster (those it does not take are left out).
 
     Returns:
         A :class:`RuleResult` of rule ``convergence``.
     """
     check_rule_args({"threshold": threshold, "band": band}, min_delta=min_delta)
-    fc, early, _ = _forecast_or_reason(
-        "convergence", x, y, horizon, mode, min_points, bounds, calibration
+    opts = {"calibration": calibration, "min_f": PLATEAU_F, **options}
+    fc, early, grid = _forecast_or_reason(
+        "convergence", x, y, horizon, mode, min_points, bounds, forecaster, opts
     )
     if fc is None:
         assert early is not None
         return early
     ya = np.asarray(y, dtype=float)
     best = float(ya.max() if mode == "max" else ya.min())
-    delta = float(max(fc.noise, fc.fit_sd)) if min_delta is None else float(min_delta)
+    fit_sd = float(getattr(fc, "fit_sd", 0.0))
+    delta = float(max(fc.noise, fit_sd)) if min_delta is None else float(min_delta)
     target = best + delta if mode == "max" else best - delta
-    prob = float(np.max(fc.prob_beats(target)))
-    mean, lo, hi = _band_at_horizon(fc, band)
+    prob = float(
+        np.max(prob_improves(fc, target, best, mode)[DECISION_EVERY - 1 :: DECISION_EVERY])
+    )
+    mean, lo, hi, curve = _summary(fc, grid, band, forecaster)
     common = {
         "rule": "convergence",
         "probability": prob,
@@ -277,7 +377,11 @@ def convergence_rule(
         "best": best,
         "n_points": len(ya),
         "min_delta": delta,
+        "forecaster": forecaster,
+        "curve": curve,
     }
+    if _sets_best(ya, mode, delta):
+        return RuleResult("continue", _new_best_reason(best, prob), **common)
     if prob < threshold:
         reason = (
             f"P(beating the best {best:.4g} by {delta:.3g} before {horizon:g}) = {prob:.3f} "
@@ -299,6 +403,8 @@ def sweep_rule(
     band: float = 0.8,
     bounds: Sequence[float] | None = None,
     calibration: Calibration | None = None,
+    forecaster: str = DEFAULT_FORECASTER,
+    **options: Any,
 ) -> RuleResult:
     """Domhan et al.'s rule: stop when P(value at the horizon > the sweep's best) < ``delta``.
 
@@ -314,17 +420,22 @@ def sweep_rule(
         best: the best value of the sweep so far (None: no other run yet, no decision).
         mode: ``max`` or ``min``.
         delta: stop below this probability, in (0, 1).
-        min_points: no decision before this many points (the warm-up), >= 4.
+        min_points: no decision before this many points (the warm-up), >= 1 (below the
+            forecaster's own minimum the rule says it is blind).
         band: central mass of the reported band at the horizon, in (0, 1).
         bounds: the metric's range ``(low, high)``, or None.
-        calibration: the forecast's score table (default: the shipped one).
+        calibration: the ``forecast`` forecaster's score table (default: the shipped one).
+        forecaster: the name of the forecaster
+            (:data:`~eecontrol.core.curves.forecasters.FORECASTERS`).
+        **options: further options of the forecaster (those it does not take are left out).
 
     Returns:
         A :class:`RuleResult` of rule ``sweep``.
     """
     check_rule_args({"delta": delta, "band": band})
-    fc, early, _ = _forecast_or_reason(
-        "sweep", x, y, horizon, mode, min_points, bounds, calibration
+    opts = {"calibration": calibration, **options}
+    fc, early, grid = _forecast_or_reason(
+        "sweep", x, y, horizon, mode, min_points, bounds, forecaster, opts
     )
     if fc is None:
         assert early is not None
@@ -334,7 +445,7 @@ def sweep_rule(
     own = float(ya.max() if mode == "max" else ya.min())
     if best is None or not math.isfinite(best):
         return RuleResult("no_decision", "no best value in the sweep yet", "sweep", n_points=n)
-    mean, lo, hi = _band_at_horizon(fc, band)
+    mean, lo, hi, curve = _summary(fc, grid, band, forecaster)
     leads = own >= best if mode == "max" else own <= best
     prob = 1.0 if leads else float(fc.prob_beats(best)[-1])
     common = {
@@ -345,6 +456,8 @@ def sweep_rule(
         "upper": hi,
         "best": float(best),
         "n_points": n,
+        "forecaster": forecaster,
+        "curve": curve,
     }
     if leads:
         return RuleResult("continue", f"this run holds the sweep's best ({own:.4g})", **common)
