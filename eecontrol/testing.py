@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from eecontrol.callbacks._control import ControlCallback
 
@@ -105,3 +107,45 @@ def check_callback_conformance(
             raise AssertionError(
                 f"{dict(kwargs)} was accepted; expected a ValueError naming `{argument}`"
             )
+
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """An ``FSDPStrategy`` that runs on CPU processes (gloo), started by spawning, for tests.
+
+    Lightning refuses ``strategy="fsdp"`` with ``accelerator="cpu"`` (it checks the exact
+    class), and its FSDP strategy starts workers by re-running the script, which a test
+    cannot do. This subclass passes the check and spawns its workers as ``ddp_spawn`` does.
+
+    Example::
+
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=CPUFSDPStrategy())
+
+    Args:
+        **kwargs: passed to ``FSDPStrategy`` (``process_group_backend`` defaults to gloo).
+    """
+
+    strategy_name = "cpu_fsdp_spawn"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("process_group_backend", "gloo")
+        super().__init__(**kwargs)
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _MultiProcessingLauncher(self, start_method="spawn")
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        # torch's FSDP wants an accelerator unless `device_id` names the CPU explicitly;
+        # Lightning passes the root device's index, which is None on CPU.
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return super()._setup_model(model)
+        return FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )
