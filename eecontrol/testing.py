@@ -109,7 +109,6 @@ def check_callback_conformance(
             )
 
 
-
 class CPUFSDPStrategy(FSDPStrategy):
     """An ``FSDPStrategy`` that runs on CPU processes (gloo), started by spawning, for tests.
 

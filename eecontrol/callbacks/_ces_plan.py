@@ -119,8 +119,8 @@ def empty_plan_message(plan: StoragePlan, option: object) -> str:
         if last
         else f"`storage_period` must be in [1, {plan.total}]"
     )
-    length = f"max_epochs={plan.total}" if plan.unit == "epochs" else f"{plan.total} steps"
     return (
         f"ConformalEarlyStopping: `storage_start`={option} ({plan.start} {plan.unit}) with "
-        f"`storage_period`={plan.period} stores no candidate in {length}; {valid}."
+        f"`storage_period`={plan.period} stores no candidate in a run of {plan.total} "
+        f"{plan.unit}; {valid}"
     )

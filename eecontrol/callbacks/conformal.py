@@ -28,6 +28,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -669,7 +670,7 @@ class ConformalEarlyStopping(ControlCallback):
         planned = plan.candidates
         if planned == 0 and not self.outputs:
             raise ValueError(
-                empty_plan_message(plan, self.storage_start) + self._length_note(trainer)
+                empty_plan_message(plan, self.storage_start) + self._length_note(trainer) + "."
             )
         if planned is None:
             self._warn_once(
@@ -711,7 +712,7 @@ class ConformalEarlyStopping(ControlCallback):
     def _length_note(self, trainer: pl.Trainer) -> str:
         max_steps = trainer.max_steps
         if self.storage_unit == "epochs" and max_steps not in (None, -1):
-            return f"; max_steps={max_steps} ends it after the epochs counted here"
+            return f" (max_steps={max_steps} ends the run after that many epoch ends)"
         return ""
 
     def _check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> None:
@@ -1121,6 +1122,7 @@ class ConformalPredictor:
             else None
         )
         self._states: list[dict[str, Tensor]] | None = None
+        self._warned_levels: set[float] = set()
 
     @classmethod
     def from_run_dir(
@@ -1205,6 +1207,26 @@ class ConformalPredictor:
         if self.method != "naive_theory":
             return alpha
         return core.naive_corrected_alpha(self.holdout.shape[0], self.holdout.shape[1], alpha)
+
+    def _warn_level(self, alpha: float) -> None:
+        """Says once per level when it is too small for the calibration points (whole line)."""
+        if alpha in self._warned_levels:
+            return
+        self._warned_levels.add(alpha)
+        level = self.level(alpha)
+        _, cal = self._split_indices()
+        if level <= 0:
+            message: str | None = (
+                f"method='naive_theory' corrects alpha={alpha} to {level:.3g} <= 0 for "
+                f"{self.holdout.shape[0]} candidates and {len(cal)} points: every interval is "
+                "the whole line and every set holds every label."
+            )
+        elif self.task == "classification" and self.targets is not None:
+            message = checks.class_counts_message(level, self.targets[cal], self.conditional)
+        else:
+            message = checks.alpha_message(level, len(cal), "calibration points")
+        if message:
+            warnings.warn(f"ConformalPredictor: {message}", UserWarning, stacklevel=3)
 
     def _split_indices(self) -> tuple[Tensor, Tensor]:
         """Selection and calibration indices of a baseline (halves for data splitting)."""
@@ -1295,6 +1317,7 @@ class ConformalPredictor:
                 f"{self.task!r}."
             )
         assert self.targets is not None
+        self._warn_level(alpha)
         test = test.to(torch.float64)
         y = self.targets.to(torch.float64)
         if self.task == "quantile":
@@ -1355,6 +1378,7 @@ class ConformalPredictor:
             )
         p = self.p_values(x)
         sets = core.prediction_sets(p, alpha)  # validates alpha
+        self._warn_level(alpha)
         return p > self.level(alpha) if self.method == "naive_theory" else sets
 
     def predict_interval(
