@@ -84,6 +84,7 @@ KNOWN_TRAINING_ONLY = frozenset(
         "GradientAccumulationScheduler",
         "StochasticWeightAveraging",
         "GradES",
+        "DARTSPlusStopping",  # decides from the architecture weights, trained on training data
         "DropoutSchedule",
         "GradientDiagnostics",
         "ResumableCheckpoint",
@@ -717,6 +718,15 @@ class ConformalEarlyStopping(ControlCallback):
 
     def _check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> None:
         """What can be known before training: outputs' shape, targets, alpha, callback order."""
+        if checks.fsdp_model(trainer) is not None and callable(
+            getattr(pl_module, "ces_outputs", None)
+        ):
+            raise ValueError(
+                f"ConformalEarlyStopping: under FSDP the hold-out pass goes through the FSDP "
+                f"wrapper's forward (the module's own weights are shards), but "
+                f"{type(pl_module).__name__} defines `ces_outputs`, which would bypass it. "
+                "Return the outputs CES needs from forward() instead, or train with DDP."
+            )
         inputs, targets = _split(pl_module, self._first_batch())
         out = self._forward(trainer, pl_module, inputs)  # raises for a wrong output shape
         if out.shape[0] != _batch_len(targets, out):
