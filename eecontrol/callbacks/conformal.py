@@ -699,8 +699,9 @@ class ConformalEarlyStopping(ControlCallback):
             "callbacks_warned": sum(v.endswith("warned") for v in self.checked.values()),
         }
         last = next((d for d in reversed(self._decisions) if d.action == "plan"), None)
-        if last is None or any(
-            last.evidence.get(k) != evidence[k] for k in ("planned_candidates", "run_length")
+        if last is None or any(  # run_length: absent in plans recorded before steps
+            k in last.evidence and last.evidence[k] != evidence[k]
+            for k in ("planned_candidates", "run_length")
         ):
             self._decide(
                 trainer,
