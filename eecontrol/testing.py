@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from eecontrol.callbacks._control import ControlCallback
 
@@ -105,3 +107,80 @@ def check_callback_conformance(
             raise AssertionError(
                 f"{dict(kwargs)} was accepted; expected a ValueError naming `{argument}`"
             )
+
+
+class _FullWeightsLauncher(_MultiProcessingLauncher):
+    """Sends the full (gathered) weights back to the main process, not rank zero's shards."""
+
+    def _collect_rank_zero_results(self, trainer: Any, results: Any) -> Any:
+        import os
+        import tempfile
+
+        from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        checkpoint_callback = trainer.checkpoint_callback
+        best = getattr(checkpoint_callback, "best_model_path", None)
+        state_dict = trainer.strategy.lightning_module_state_dict()  # a collective: all ranks
+        if self._strategy.local_rank != 0:
+            return None
+        weights_path = None
+        if trainer.state.fn == TrainerFn.FITTING:
+            weights_path = os.path.join(tempfile.mkdtemp(), ".temp.ckpt")
+            self._strategy.checkpoint_io.save_checkpoint(state_dict, weights_path)
+        extra = self.get_extra_results(trainer)
+        return _WorkerOutput(best, weights_path, trainer.state, results, extra)
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """An ``FSDPStrategy`` that runs on CPU processes (gloo), started by spawning, for tests.
+
+    Lightning refuses ``strategy="fsdp"`` with ``accelerator="cpu"`` (it checks the exact
+    class), and its FSDP strategy starts workers by re-running the script, which a test
+    cannot do. This subclass passes the check, spawns its workers as ``ddp_spawn`` does and
+    returns the full weights to the main process (``ddp_spawn``'s launcher would send rank
+    zero's shards).
+
+    Example::
+
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=CPUFSDPStrategy())
+
+    Args:
+        **kwargs: passed to ``FSDPStrategy`` (``process_group_backend`` defaults to gloo).
+    """
+
+    strategy_name = "cpu_fsdp_spawn"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("process_group_backend", "gloo")
+        super().__init__(**kwargs)
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _FullWeightsLauncher(self, start_method="spawn")
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        # Lightning gathers with offload_to_cpu=True, which crashes (SIGSEGV) when the
+        # parameters already live on the CPU; gather in place instead.
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        config = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+        assert self.model is not None
+        with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
+            return self.model.state_dict()
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        # torch's FSDP wants an accelerator unless `device_id` names the CPU explicitly;
+        # Lightning passes the root device's index, which is None on CPU.
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return super()._setup_model(model)
+        return FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )

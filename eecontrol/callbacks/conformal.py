@@ -28,6 +28,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ from torch.utils.data import (
 )
 from typing_extensions import override
 
+from eecontrol.callbacks import _ces_checks as checks
+from eecontrol.callbacks._ces_plan import UNITS, StoragePlan, empty_plan_message, resolve_start
+from eecontrol.callbacks._ces_plan import run_length as _run_length
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
 from eecontrol.core import conformal as core
 
@@ -80,6 +84,7 @@ KNOWN_TRAINING_ONLY = frozenset(
         "GradientAccumulationScheduler",
         "StochasticWeightAveraging",
         "GradES",
+        "DARTSPlusStopping",  # decides from the architecture weights, trained on training data
         "DropoutSchedule",
         "GradientDiagnostics",
         "ResumableCheckpoint",
@@ -130,6 +135,11 @@ class CandidateOutputs(nn.Module):
                 "a tensor (or an object with `.logits`), or define `ces_outputs(inputs)`."
             )
         if self.task == "classification":
+            if out.dim() != 2 or out.shape[1] < 2:
+                raise ValueError(
+                    f"task='classification' needs logits (m, K) with K >= 2 classes; the model "
+                    f"returned {tuple(out.shape)}."
+                )
             return torch.softmax(out, dim=-1)
         if self.task == "regression":
             if out.dim() > 2 or (out.dim() == 2 and out.shape[1] != 1):
@@ -177,6 +187,19 @@ def _split(module: nn.Module, batch: Any) -> tuple[Any, Tensor | None]:
     return inputs, targets
 
 
+_NO_TARGETS = (
+    "ConformalEarlyStopping: no targets in the hold-out batches; give (x, y) tuples, a dict "
+    "with a `labels`/`y`/`target` key, or define `ces_targets(batch)` on the module."
+)
+
+
+def _batch_len(targets: Tensor | None, out: Tensor) -> int:
+    """The number of points in a batch: its targets' first dimension, else the outputs'."""
+    if targets is None:
+        return int(out.shape[0])
+    return int(torch.as_tensor(targets).shape[0])
+
+
 def _candidate_path(path: str, base: Path | None) -> Path:
     """A stored candidate's file: relative names are resolved against the candidates dir."""
     p = Path(path)
@@ -186,7 +209,7 @@ def _candidate_path(path: str, base: Path | None) -> Path:
 
 
 class ConformalEarlyStopping(ControlCallback):
-    """Stores CES candidates (checkpoint + hold-out outputs) every ``storage_period`` epochs.
+    """Stores CES candidates (checkpoint + hold-out outputs) every ``storage_period`` epochs or steps.
 
     The guarantee needs a training process that does not look at the hold-out data: this
     callback refuses, at fit start, a Trainer that also has EarlyStopping, a pruning
@@ -211,13 +234,16 @@ class ConformalEarlyStopping(ControlCallback):
 
     Args:
         task: ``classification``, ``regression``, ``quantile`` (CQR) or ``outlier``.
-        storage_period: epochs between stored candidates (the paper's tau), >= 1.
+        storage_period: units (``storage_unit``) between stored candidates (the paper's
+            tau), >= 1.
         storage_start: a warm-up before the first candidate, fixed in advance like the
-            schedule: an int is epochs (>= 0), a float a fraction of ``max_epochs`` in
-            [0, 1) (rounded down, as Lightning's ``limit_*_batches``). Candidates are the
-            epochs ``e > start`` with ``e % storage_period == 0``. Underfit early
-            candidates widen CES sets without being the best model; 0 is the paper's
-            schedule. Must leave at least one candidate before ``max_epochs``.
+            schedule: an int is units (>= 0), a float a fraction of the run's length in
+            [0, 1) (rounded down, as Lightning's ``limit_*_batches``): of the epochs the run
+            reaches (``max_epochs``, fewer when ``max_steps`` ends it first), or of
+            ``trainer.estimated_stepping_batches`` for steps. Candidates are the units
+            ``u > start`` with ``u % storage_period == 0`` (``u`` counts completed units
+            from 1). Underfit early candidates widen CES sets without being the best model;
+            0 is the paper's schedule. Must leave at least one candidate in the run.
         alpha: the level used for the summary decision at the end of fit, in (0, 1).
         holdout_batch_size: batch size of the hold-out pass (does not change results).
         candidates_dir: where candidates go (default ``<run dir>/ces``); the stored paths are
@@ -231,6 +257,10 @@ class ConformalEarlyStopping(ControlCallback):
             no later word names held-out data (``train_holdout_loss`` does not count).
         quantiles: the (low, high) levels of ``task="quantile"`` (the selection losses);
             a module attribute ``quantiles`` must agree.
+        storage_unit: ``epochs`` (default, the paper: stored at epoch ends) or ``steps``
+            (optimizer steps, ``trainer.global_step``: stored after the optimizer step that
+            completes a period). Use ``steps`` for runs counted in steps, e.g.
+            ``Trainer(max_steps=N)`` on a stream (an ``IterableDataset``), which has one epoch.
     """
 
     def __init__(
@@ -246,15 +276,18 @@ class ConformalEarlyStopping(ControlCallback):
         randomized: bool = True,
         train_metric_prefixes: Sequence[str] = ("train",),
         quantiles: Sequence[float] = (0.05, 0.95),
+        storage_unit: str = "epochs",
     ) -> None:
         super().__init__()
         self.task = check_choice("task", task, TASKS)
+        self.storage_unit = check_choice("storage_unit", storage_unit, UNITS)
         check_range("storage_period", storage_period, low=1, integer=True)
         if isinstance(storage_start, float):
             if not 0.0 <= storage_start < 1.0:  # also NaN
+                of = "max_epochs" if storage_unit == "epochs" else "estimated_stepping_batches"
                 raise ValueError(
-                    "`storage_start` must be an integer number of epochs in [0, inf) or a "
-                    f"fraction of max_epochs in [0.0, 1.0), got {storage_start!r}."
+                    f"`storage_start` must be an integer number of {storage_unit} in [0, inf) "
+                    f"or a fraction of {of} in [0.0, 1.0), got {storage_start!r}."
                 )
         else:
             check_range("storage_start", storage_start, low=0, integer=True)
@@ -279,8 +312,10 @@ class ConformalEarlyStopping(ControlCallback):
         self.storage_start: int | float = (
             storage_start if isinstance(storage_start, float) else int(storage_start)
         )
-        self._start_epoch = 0 if isinstance(storage_start, float) else int(storage_start)
-        self._resumed_start: int | None = None  # the checkpoint's warm-up, in epochs
+        self._start = 0 if isinstance(storage_start, float) else int(storage_start)
+        self._resumed_start: int | None = None  # the checkpoint's warm-up, in storage units
+        self._plan: StoragePlan | None = None
+        self._seen_step = -1  # global_step at the last step-unit check
         self.alpha = float(alpha)
         self.holdout_batch_size = int(holdout_batch_size)
         self.candidates_dir = None if candidates_dir is None else str(candidates_dir)
@@ -307,6 +342,7 @@ class ConformalEarlyStopping(ControlCallback):
             "task": self.task,
             "storage_period": self.storage_period,
             "storage_start": self.storage_start,
+            "storage_unit": self.storage_unit,
             "alpha": self.alpha,
             "conditional": self.conditional,
             "aps_seed": self.aps_seed,
@@ -505,42 +541,53 @@ class ConformalEarlyStopping(ControlCallback):
         self._holdout = dataset
         self._collate = getattr(loader, "collate_fn", None)
 
+    def _loader(self, batch_size: int) -> DataLoader:
+        """The whole hold-out set in dataset order."""
+        assert self._holdout is not None
+        return DataLoader(
+            self._holdout,
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=False,
+            **({"collate_fn": self._collate} if self._collate is not None else {}),
+        )
+
     @torch.no_grad()
+    def _forward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> Tensor:
+        """Per-sample outputs of one batch in eval mode, through the FSDP wrapper if any.
+
+        Under FSDP the module's own parameters are shards: a direct call would see them, so
+        the call goes through ``trainer.strategy.model``, which gathers them (every rank
+        runs the same batches, as FSDP's collectives need).
+        """
+        model = checks.fsdp_model(trainer) or pl_module
+        wrapper = CandidateOutputs(model, self.task)  # type: ignore[arg-type]
+        was_training = model.training  # type: ignore[attr-defined]
+        model.eval()  # type: ignore[attr-defined]
+        try:
+            out = wrapper(move_data_to_device(inputs, pl_module.device))
+        finally:
+            model.train(was_training)  # type: ignore[attr-defined]
+        return out.detach().to("cpu", torch.float64)
+
     def _holdout_outputs(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> tuple[Tensor, Tensor | None]:
         """Per-sample outputs on the whole hold-out set, in dataset order (every rank)."""
         if self._holdout is None:
             self._resolve_holdout(trainer)
-        loader = DataLoader(
-            self._holdout,
-            batch_size=self.holdout_batch_size,
-            shuffle=False,
-            drop_last=False,
-            **({"collate_fn": self._collate} if self._collate is not None else {}),
-        )
-        wrapper = CandidateOutputs(pl_module, self.task)
-        was_training = pl_module.training
-        pl_module.eval()
         outs, targets = [], []
-        try:
-            for batch in loader:
-                inputs, y = _split(pl_module, batch)
-                outs.append(
-                    wrapper(move_data_to_device(inputs, pl_module.device))
-                    .detach()
-                    .to("cpu", torch.float64)
-                )
-                if y is not None:
-                    targets.append(torch.as_tensor(y).detach().cpu())
-        finally:
-            pl_module.train(was_training)
+        for batch in self._loader(self.holdout_batch_size):
+            inputs, y = _split(pl_module, batch)
+            outs.append(self._forward(trainer, pl_module, inputs))
+            if y is not None:
+                targets.append(torch.as_tensor(y).detach().cpu())
         out = torch.cat(outs)
         if not torch.isfinite(out).all():
             raise ValueError(
                 f"ConformalEarlyStopping: the model's hold-out outputs at epoch "
-                f"{trainer.current_epoch} contain NaN or inf; the candidate cannot be stored. "
-                "Check the training loss."
+                f"{trainer.current_epoch} (step {trainer.global_step}) contain NaN or inf; the "
+                "candidate cannot be stored. Check the training loss."
             )
         return out, (torch.cat(targets) if targets else None)
 
@@ -602,59 +649,110 @@ class ConformalEarlyStopping(ControlCallback):
                 f"set of {self.outputs[0].shape[0]} points, but the hold-out set now has {n}; "
                 "resume with the same data split."
             )
-        total_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        if isinstance(self.storage_start, float):
-            if total_epochs is None:
-                raise ValueError(
-                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} is a fraction "
-                    "of max_epochs, but the Trainer has none (-1: unlimited); give an integer "
-                    "number of epochs (>= 0) or set max_epochs."
-                )
-            self._start_epoch = math.floor(self.storage_start * total_epochs)
-        if self._resumed_start is not None and self._resumed_start != self._start_epoch:
+        self._plan_storage(trainer, n)
+        self._check_setup(trainer, pl_module, n)
+
+    def _plan_storage(self, trainer: pl.Trainer, n: int) -> None:
+        """Fixes the storage plan for this fit and records it (again when it changed)."""
+        unit = self.storage_unit
+        total = _run_length(trainer, unit)
+        self._start = resolve_start(self.storage_start, total, unit)
+        self._plan = plan = StoragePlan(unit, self.storage_period, self._start, total)
+        self._seen_step = int(trainer.global_step)
+        if self._resumed_start is not None and self._resumed_start != self._start:
             self._warn_once(
                 "start",
                 f"the checkpoint's candidates followed a warm-up of {self._resumed_start} "
-                f"epoch(s); `storage_start`={self.storage_start} with max_epochs="
-                f"{total_epochs} now gives {self._start_epoch}. The schedule changes mid-run; "
-                "the guarantee needs one fixed before training (keep max_epochs and "
-                "storage_start of the original run).",
+                f"{unit[:-1]}(s); `storage_start`={self.storage_start} now gives {self._start} (run "
+                f"length {total} {unit}). The schedule changes mid-run; the guarantee needs one "
+                "fixed before training (keep max_epochs, max_steps and storage_start of the "
+                "original run).",
             )
-        if not self._decisions:
-            start = self._start_epoch
-            planned = (
-                total_epochs // self.storage_period - start // self.storage_period
-                if total_epochs
-                else None
+        planned = plan.candidates
+        if planned == 0 and not self.outputs:
+            raise ValueError(
+                empty_plan_message(plan, self.storage_start) + self._length_note(trainer) + "."
             )
-            if planned is not None and planned <= 0:
-                last = total_epochs // self.storage_period * self.storage_period
-                valid = (
-                    f"`storage_start` must be in [0, {last - 1}] epochs"
-                    if last
-                    else f"`storage_period` must be in [1, {total_epochs}]"
-                )
-                raise ValueError(
-                    f"ConformalEarlyStopping: `storage_start`={self.storage_start} "
-                    f"({start} epochs) with "
-                    f"`storage_period`={self.storage_period} stores no candidate in "
-                    f"max_epochs={total_epochs}; {valid}."
-                )
-            warmup = f" after a warm-up of {start} epoch(s)" if start else ""
-            checked = "; ".join(f"{k}: {v}" for k, v in self.checked.items()) or "none"
+        if planned is None:
+            self._warn_once(
+                "unknown",
+                "the run's length in epochs is not known in advance (a training stream of "
+                "unknown length with max_steps): candidates are stored at epoch ends only, so "
+                "a stream read once stores a single candidate and CES has nothing to select "
+                "between. Use storage_unit='steps' with storage_period=<optimizer steps>.",
+            )
+        elif planned < 2:
+            self._warn_once(
+                "few",
+                f"the plan ({plan.describe()} in a run of {total} {unit}"
+                f"{self._length_note(trainer)}) stores {planned} candidate(s): CES selects "
+                "among candidates and has nothing to select between. Lower storage_period or "
+                "storage_start" + (", or use storage_unit='steps'." if unit == "epochs" else "."),
+            )
+        evidence = {
+            "holdout_points": n,
+            "planned_candidates": planned,
+            "storage_unit": unit,
+            "run_length": total,
+            "task": self.task,
+            "callbacks_checked": "; ".join(f"{k}: {v}" for k, v in self.checked.items()) or "none",
+            "callbacks_warned": sum(v.endswith("warned") for v in self.checked.values()),
+        }
+        last = next((d for d in reversed(self._decisions) if d.action == "plan"), None)
+        if last is None or any(  # run_length: absent in plans recorded before steps
+            k in last.evidence and last.evidence[k] != evidence[k]
+            for k in ("planned_candidates", "run_length")
+        ):
             self._decide(
                 trainer,
                 "plan",
-                f"storing a candidate every {self.storage_period} epoch(s){warmup} with its "
-                f"outputs on all {n} hold-out points; training is not stopped early",
-                {
-                    "holdout_points": n,
-                    "planned_candidates": planned,
-                    "task": self.task,
-                    "callbacks_checked": checked,
-                    "callbacks_warned": sum(v.endswith("warned") for v in self.checked.values()),
-                },
+                f"{plan.describe()} with its outputs on all {n} hold-out points; training is "
+                "not stopped early" + ("" if last is None else " (the plan of a new fit)"),
+                evidence,
             )
+
+    def _length_note(self, trainer: pl.Trainer) -> str:
+        max_steps = trainer.max_steps
+        if self.storage_unit == "epochs" and max_steps not in (None, -1):
+            return f" (max_steps={max_steps} ends the run after that many epoch ends)"
+        return ""
+
+    def _check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> None:
+        """What can be known before training: outputs' shape, targets, alpha, callback order."""
+        if checks.fsdp_model(trainer) is not None and callable(
+            getattr(pl_module, "ces_outputs", None)
+        ):
+            raise ValueError(
+                f"ConformalEarlyStopping: under FSDP the hold-out pass goes through the FSDP "
+                f"wrapper's forward (the module's own weights are shards), but "
+                f"{type(pl_module).__name__} defines `ces_outputs`, which would bypass it. "
+                "Return the outputs CES needs from forward() instead, or train with DDP."
+            )
+        inputs, targets = _split(pl_module, self._first_batch())
+        out = self._forward(trainer, pl_module, inputs)  # raises for a wrong output shape
+        if out.shape[0] != _batch_len(targets, out):
+            raise ValueError(
+                f"ConformalEarlyStopping: the model returned {out.shape[0]} outputs for a "
+                f"hold-out batch of {_batch_len(targets, out)} points; CES needs one per sample."
+            )
+        if self.task != "outlier" and targets is None:
+            raise ValueError(_NO_TARGETS)
+        message = checks.alpha_message(self.alpha, n, "hold-out points")
+        if message:
+            self._warn_once("alpha", message)
+        late = checks.late_stoppers(trainer, self)
+        if late:
+            self._warn_once(
+                "order",
+                f"{', '.join(late)} is listed after ConformalEarlyStopping in the Trainer's "
+                "callbacks, so a stop it makes at an epoch end happens after CES's hook of that "
+                "epoch: CES cannot report it when it happens (it says so at the end of fit). "
+                "List stopping callbacks before ConformalEarlyStopping.",
+            )
+
+    def _first_batch(self) -> Any:
+        assert self._holdout is not None
+        return next(iter(self._loader(batch_size=min(2, len(self._holdout)))))  # type: ignore[arg-type]
 
     def _learning_rates(self, trainer: pl.Trainer) -> list[float]:
         return [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
@@ -673,40 +771,66 @@ class ConformalEarlyStopping(ControlCallback):
         self._lrs = lrs
 
     @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.storage_unit != "steps" or self._plan is None:
+            return
+        step = int(trainer.global_step)
+        if step <= self._seen_step:  # accumulating micro-batches: no optimizer step yet
+            return
+        due = self._plan.due(step, self._seen_step)
+        self._seen_step = step
+        if due and step not in self.steps:
+            self._store(trainer, pl_module, f"candidate_step{step:08d}.pt")
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         self._check_early_stop(trainer)
-        if (
-            (epoch + 1) % self.storage_period != 0
-            or epoch + 1 <= self._start_epoch
-            or epoch in self.epochs
-        ):
+        if self.storage_unit != "epochs" or self._plan is None:
             return
+        if not self._plan.due(epoch + 1) or epoch in self.epochs:
+            return
+        self._store(trainer, pl_module, f"candidate_epoch{epoch:04d}.pt")
+
+    def _store(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+        """Stores the current model as a candidate: its weights and its hold-out outputs."""
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
         out, targets = self._holdout_outputs(trainer, pl_module)
         if self.task != "outlier":
             if targets is None:
-                raise ValueError(
-                    "ConformalEarlyStopping: no targets in the hold-out batches; give (x, y) "
-                    "tuples, a dict with a `labels`/`y`/`target` key, or define "
-                    "`ces_targets(batch)` on the module."
-                )
+                raise ValueError(_NO_TARGETS)
             if self.targets is None:
                 self.targets = targets
+                if self.task == "classification":
+                    message = checks.class_counts_message(self.alpha, targets, self.conditional)
+                    if message:
+                        self._warn_once("alpha", message)
         assert self._dir is not None
-        name = f"candidate_epoch{epoch:04d}.pt"
+        # every rank: under FSDP gathering the full state dict is a collective
+        full = trainer.strategy.lightning_module_state_dict()
         if trainer.is_global_zero:
             self._dir.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
-            torch.save(
-                {"state_dict": state, "epoch": epoch, "step": int(trainer.global_step)},
-                self._dir / name,
-            )
-        self.epochs.append(int(epoch))
-        self.steps.append(int(trainer.global_step))
+            state = {k: v.detach().cpu() for k, v in full.items()}
+            torch.save({"state_dict": state, "epoch": epoch, "step": step}, self._dir / name)
+        self.epochs.append(epoch)
+        self.steps.append(step)
         self.paths.append(name)
         self.outputs.append(out)
-        pl_module.log("ces/holdout_loss", self._holdout_loss(len(self.outputs) - 1), on_epoch=True)
-        pl_module.log("ces/candidates", float(len(self.epochs)), on_epoch=True)
+        for key, value in (
+            ("ces/holdout_loss", self._holdout_loss(len(self.outputs) - 1)),
+            ("ces/candidates", float(len(self.epochs))),
+        ):
+            if self.storage_unit == "epochs":
+                pl_module.log(key, value, on_epoch=True)
+            else:
+                pl_module.log(key, value, on_step=True, on_epoch=False)
 
     def _check_early_stop(self, trainer: pl.Trainer) -> None:
         """Warns when something stops training before ``max_epochs`` (CES never does)."""
@@ -715,18 +839,31 @@ class ConformalEarlyStopping(ControlCallback):
             return
         if trainer.current_epoch + 1 >= max_epochs:  # type: ignore[operator]
             return
+        self._warn_stopped(trainer, f"at epoch {trainer.current_epoch} of {max_epochs}")
+
+    def _warn_stopped(self, trainer: pl.Trainer, when: str) -> None:
         stoppers = [
             type(cb).__name__
             for cb in trainer.callbacks
-            if getattr(cb, "stopped_epoch", None) not in (None, 0)
+            if cb is not self and getattr(cb, "stopped_epoch", None) not in (None, 0)
         ]
         self._warn_once(
             "stop",
-            f"training was stopped at epoch {trainer.current_epoch} of {max_epochs} "
+            f"training was stopped {when} "
             f"(by {', '.join(stoppers) if stoppers else 'trainer.should_stop set by hand'}). "
             "CES keeps the candidates stored so far; if the stop depended on hold-out metrics, "
             "the conformal guarantee is void.",
         )
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Whatever the callbacks' order: did the run end before its planned length?
+        plan = self._plan
+        if plan is None or plan.total is None or not trainer.should_stop:
+            return
+        done = trainer.current_epoch if plan.unit == "epochs" else trainer.global_step
+        if done < plan.total:
+            self._warn_stopped(trainer, f"at {plan.unit[:-1]} {done} of {plan.total}")
 
     def _holdout_loss(self, index: int) -> float:
         out = self.outputs[index]
@@ -751,8 +888,23 @@ class ConformalEarlyStopping(ControlCallback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(self.epochs) < 2:
+            planned = None if self._plan is None else self._plan.candidates
+            self._warn_once(
+                "stored",
+                f"only {len(self.epochs)} candidate(s) stored (the plan: {planned}); CES "
+                "selects among candidates and has nothing to select between"
+                + ("" if self.epochs else ", and no ConformalPredictor can be built")
+                + ". Lower storage_period or storage_start, or train longer.",
+            )
         if not self.epochs:
             return
+        if self.task == "quantile":
+            message = checks.swapped_quantiles_message(
+                self.outputs[-1], self.epochs[-1], self.quantiles
+            )
+            if message:
+                self._warn_once("swapped", message)
         losses = [self._holdout_loss(i) for i in range(len(self.epochs))]
         best = min(range(len(losses)), key=losses.__getitem__)
         if trainer.is_global_zero and self._dir is not None:
@@ -769,15 +921,22 @@ class ConformalEarlyStopping(ControlCallback):
                     indent=1,
                 )
             )
-        if not any(d.action == "candidates" for d in self._decisions):
+        last = next((d for d in reversed(self._decisions) if d.action == "candidates"), None)
+        if last is None or last.evidence.get("candidates") != len(self.epochs):
+            where = (
+                f"epoch {self.epochs[best]}"
+                if self.storage_unit == "epochs"
+                else f"step {self.steps[best]} (epoch {self.epochs[best]})"
+            )
             self._decide(
                 trainer,
                 "candidates",
                 f"{len(self.epochs)} candidates stored; the naive early-stopping choice would be "
-                f"epoch {self.epochs[best]}, CES selects per test point at prediction time",
+                f"{where}, CES selects per test point at prediction time",
                 {
                     "candidates": len(self.epochs),
                     "naive_best_epoch": self.epochs[best],
+                    "naive_best_step": self.steps[best],
                     "naive_best_holdout_loss": losses[best],
                     "last_holdout_loss": losses[-1],
                 },
@@ -882,6 +1041,7 @@ class ConformalEarlyStopping(ControlCallback):
         return {
             "task": self.task,
             "epochs": list(self.epochs),
+            "steps": list(self.steps),
             "paths": list(self.paths),
             "root": None if self._dir is None else str(self._dir.resolve()),
             "outputs": torch.stack(self.outputs),
@@ -904,7 +1064,7 @@ class ConformalEarlyStopping(ControlCallback):
             "paths": list(self.paths),
             "outputs": torch.stack(self.outputs) if self.outputs else None,
             "targets": self.targets,
-            "start_epoch": self._start_epoch,
+            "start": self._start,
         }
 
     @override
@@ -915,7 +1075,8 @@ class ConformalEarlyStopping(ControlCallback):
         outputs = state.get("outputs")
         self.outputs = list(outputs.unbind(0)) if outputs is not None else []
         self.targets = state.get("targets")
-        self._resumed_start = state.get("start_epoch")  # None in checkpoints before 0.1
+        # the resolved warm-up in storage units ("start_epoch" in older checkpoints)
+        self._resumed_start = state.get("start", state.get("start_epoch"))
         if not len(self.epochs) == len(self.paths) == len(self.outputs):
             raise ValueError(
                 "ConformalEarlyStopping: corrupted state: "
@@ -972,6 +1133,7 @@ class ConformalPredictor:
             else None
         )
         self._states: list[dict[str, Tensor]] | None = None
+        self._warned_levels: set[float] = set()
 
     @classmethod
     def from_run_dir(
@@ -1056,6 +1218,26 @@ class ConformalPredictor:
         if self.method != "naive_theory":
             return alpha
         return core.naive_corrected_alpha(self.holdout.shape[0], self.holdout.shape[1], alpha)
+
+    def _warn_level(self, alpha: float) -> None:
+        """Says once per level when it is too small for the calibration points (whole line)."""
+        if alpha in self._warned_levels:
+            return
+        self._warned_levels.add(alpha)
+        level = self.level(alpha)
+        _, cal = self._split_indices()
+        if level <= 0:
+            message: str | None = (
+                f"method='naive_theory' corrects alpha={alpha} to {level:.3g} <= 0 for "
+                f"{self.holdout.shape[0]} candidates and {len(cal)} points: every interval is "
+                "the whole line and every set holds every label."
+            )
+        elif self.task == "classification" and self.targets is not None:
+            message = checks.class_counts_message(level, self.targets[cal], self.conditional)
+        else:
+            message = checks.alpha_message(level, len(cal), "calibration points")
+        if message:
+            warnings.warn(f"ConformalPredictor: {message}", UserWarning, stacklevel=3)
 
     def _split_indices(self) -> tuple[Tensor, Tensor]:
         """Selection and calibration indices of a baseline (halves for data splitting)."""
@@ -1146,6 +1328,7 @@ class ConformalPredictor:
                 f"{self.task!r}."
             )
         assert self.targets is not None
+        self._warn_level(alpha)
         test = test.to(torch.float64)
         y = self.targets.to(torch.float64)
         if self.task == "quantile":
@@ -1206,6 +1389,7 @@ class ConformalPredictor:
             )
         p = self.p_values(x)
         sets = core.prediction_sets(p, alpha)  # validates alpha
+        self._warn_level(alpha)
         return p > self.level(alpha) if self.method == "naive_theory" else sets
 
     def predict_interval(

@@ -12,10 +12,19 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from eecontrol.callbacks._ces_checks import fsdp_model
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.callbacks._darts_schedule import (
+    CHECK_UNITS,
+    check_ops,
+    has_validation,
+    never_stops_message,
+    planned_checks,
+)
 from eecontrol.core.darts import (
     CRITERIA,
     SCOPES,
@@ -49,8 +58,12 @@ class DARTSPlusStopping(ControlCallback):
 
     The check runs once per epoch in ``on_train_epoch_end`` (after the epoch's
     architecture updates, before ``ModelCheckpoint`` saves the epoch's checkpoint, so a
-    resumed run continues the stability counter exactly). Under DDP the weights of rank
-    zero are broadcast, so every rank derives the same genotype and decides the same.
+    resumed run continues the stability counter exactly). Step-based searches
+    (``Trainer(max_steps=N)``, a stream, which has a single epoch) check at every
+    ``check_period``-th validation (``check_unit="validations"``) or optimizer step
+    (``check_unit="steps"``); ``patience`` then counts checks, and ``min_epochs`` completed
+    checks. Under DDP the weights of rank zero are broadcast, so every rank derives the
+    same genotype and decides the same; under FSDP the full (unsharded) weights are read.
 
     The protocol the LightningModule implements:
 
@@ -91,6 +104,11 @@ class DARTSPlusStopping(ControlCallback):
             search spaces (default: DARTS's).
         artifact_dir: sub-directory of the run directory for the artefacts.
         prog_bar: show the skip count and the counter in the progress bar.
+        check_unit: when the criteria are checked: ``epochs`` (default, the paper: at each
+            epoch end), ``validations`` (at the end of each validation during fit) or
+            ``steps`` (after optimizer steps, ``trainer.global_step``). With a unit other
+            than epochs, ``patience`` and ``min_epochs`` count checks.
+        check_period: check every this many units, an integer >= 1.
     """
 
     def __init__(
@@ -107,6 +125,8 @@ class DARTSPlusStopping(ControlCallback):
         derive: Derivation | None = None,
         artifact_dir: str = "darts_plus",
         prog_bar: bool = True,
+        check_unit: str = "epochs",
+        check_period: int = 1,
     ) -> None:
         super().__init__()
         check_range("max_skip", max_skip, low=1, integer=True)
@@ -114,10 +134,9 @@ class DARTSPlusStopping(ControlCallback):
         check_range("min_epochs", min_epochs, low=0, integer=True)
         self.criterion = check_choice("criterion", criterion, CRITERIA)
         self.scope = check_choice("scope", scope, SCOPES)
-        if isinstance(learnable_ops, str):
-            raise ValueError(
-                f"`learnable_ops` must be a list of op names, got the string {learnable_ops!r}."
-            )
+        self.check_unit = check_choice("check_unit", check_unit, CHECK_UNITS)
+        check_range("check_period", check_period, low=1, integer=True)
+        check_ops(learnable_ops, none_op, skip_op)
         if not artifact_dir or os.path.isabs(artifact_dir) or ".." in Path(artifact_dir).parts:
             raise ValueError(
                 f"`artifact_dir` must be a relative sub-directory name, got {artifact_dir!r}."
@@ -132,15 +151,18 @@ class DARTSPlusStopping(ControlCallback):
         self.derive = derive
         self.artifact_dir = str(artifact_dir)
         self.prog_bar = prog_bar
+        self.check_period = int(check_period)
         # progress (state)
         self._history: list[dict[str, Any]] = []
         self._alphas: dict[str, list[Tensor]] = {}
         self._fired: dict[str, int | None] = {"skip": None, "stable": None}
         self._genotype: dict[str, Any] | None = None
         self._tracker_state: dict[str, Any] = {"signature": None, "stable_epochs": 0}
+        self._validations = 0  # validations seen during fit (check_unit="validations")
         # per fit
         self._criteria: DartsPlusCriteria | None = None
         self._space: SearchSpace | None = None
+        self._seen_step = -1
 
     @override
     def _config(self) -> dict[str, Any]:
@@ -153,6 +175,8 @@ class DARTSPlusStopping(ControlCallback):
             "stop_training": self.stop_training,
             "learnable_ops": None if self.learnable_ops is None else list(self.learnable_ops),
             "skip_op": self.skip_op,
+            "check_unit": self.check_unit,
+            "check_period": self.check_period,
         }
 
     @override
@@ -183,7 +207,18 @@ class DARTSPlusStopping(ControlCallback):
 
     # --- protocol -------------------------------------------------------------------
 
-    def _read_alphas(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+    def _read_alphas(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        """The full architecture weights, on CPU (gathered from the shards under FSDP)."""
+        wrapped = fsdp_model(trainer)
+        if wrapped is None:
+            return self._read_module_alphas(pl_module)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        # a collective: every rank calls it at the same hook
+        with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False):
+            return self._read_module_alphas(pl_module)
+
+    def _read_module_alphas(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         missing = []
         if not callable(getattr(pl_module, "arch_parameters", None)):
             missing.append("arch_parameters()")
@@ -232,34 +267,81 @@ class DARTSPlusStopping(ControlCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._build_space(pl_module, self._read_alphas(pl_module))
+        self._build_space(pl_module, self._read_alphas(trainer, pl_module))
+        self._seen_step = int(trainer.global_step)
+        if self.check_unit == "validations" and (
+            trainer.limit_val_batches == 0 or not has_validation(trainer)
+        ):
+            raise ValueError(
+                "DARTSPlusStopping: `check_unit`='validations' but this fit runs no validation "
+                "(no val_dataloader or limit_val_batches=0); the criteria would never be "
+                "checked. Use check_unit='epochs' or 'steps', or give a validation loader."
+            )
+        if self.stop_training:
+            message = never_stops_message(self, trainer, planned_checks(self, trainer))
+            if message:
+                rank_zero_warn(f"DARTSPlusStopping: {message}", category=UserWarning)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.check_unit != "epochs":
             return
         epoch = int(trainer.current_epoch)
+        if (epoch + 1) % self.check_period:
+            return
         if self._history and self._history[-1]["epoch"] >= epoch:
             return  # already checked (a resumed run replaying an epoch end)
-        alphas = self._read_alphas(pl_module)
+        self._run_check(trainer, pl_module, epoch)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.check_unit != "steps":
+            return
+        step = int(trainer.global_step)
+        if step <= self._seen_step:  # no optimizer step since the last batch (accumulation)
+            return
+        due = step // self.check_period * self.check_period > max(self._seen_step, 0)
+        self._seen_step = step
+        if due and not (self._history and self._history[-1]["step"] >= step):
+            self._run_check(trainer, pl_module, len(self._history))
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_unit != "validations" or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._validations += 1
+        if self._validations % self.check_period == 0:
+            self._run_check(trainer, pl_module, len(self._history))
+
+    def _run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
+        """One DARTS+ check; ``index`` is the epoch (epochs unit) or the check's number."""
+        alphas = self._read_alphas(trainer, pl_module)
         if trainer.world_size > 1:
             alphas = trainer.strategy.broadcast(alphas, src=0)
         if self._criteria is None:
             self._build_space(pl_module, alphas)
         assert self._criteria is not None
-        result = self._criteria.update(alphas, epoch)
+        result = self._criteria.update(alphas, index)
         self._tracker_state = self._criteria.state_dict()
         self._record(trainer, alphas, result)
         self._log_metrics(pl_module, result)
         self._report_criteria(trainer, result)
         if self.stop_training:
+            first = self.stopped_epoch is None
             stopped = self._stop(
                 trainer,
                 result.stop,
                 self._stop_reason(result),
                 self._evidence(result),
             )
-            if stopped and self.stopped_epoch == epoch:
+            if stopped and first:
                 self._genotype = result.genotype.to_dict()
                 self._export_genotype(trainer, "stop")
         if trainer.is_global_zero:
@@ -279,7 +361,8 @@ class DARTSPlusStopping(ControlCallback):
             self._genotype = r.genotype.to_dict()
         self._history.append(
             {
-                "epoch": r.epoch,
+                "epoch": int(trainer.current_epoch) if self.check_unit != "epochs" else r.epoch,
+                "check": r.epoch,
                 "step": int(trainer.global_step),
                 "skips": dict(r.skips),
                 "stable_epochs": r.stable_epochs,
@@ -289,17 +372,28 @@ class DARTSPlusStopping(ControlCallback):
                 "genotype": r.genotype.to_dict(),
             }
         )
-        log.info("DARTSPlusStopping epoch %d: %s", r.epoch, r.genotype)
+        log.info("DARTSPlusStopping %s: %s", self._at(r), r.genotype)
+
+    def _at(self, r: CheckResult) -> str:
+        """Where a check happened, in words: ``epoch 3`` or ``check 3 (step 40)``."""
+        if self.check_unit == "epochs":
+            return f"epoch {r.epoch}"
+        return f"check {r.epoch} (step {self._history[-1]['step']})"
+
+    @property
+    def _counted(self) -> str:
+        return "epochs" if self.check_unit == "epochs" else "checks"
 
     def _log_metrics(self, pl_module: pl.LightningModule, r: CheckResult) -> None:
         values = {f"darts_plus/skip_{name}": float(n) for name, n in r.skips.items()}
         values["darts_plus/stable_epochs"] = float(r.stable_epochs)
+        per_step = self.check_unit == "steps"
         for key, value in values.items():
             pl_module.log(
                 key,
                 value,
-                on_step=False,
-                on_epoch=True,
+                on_step=per_step,
+                on_epoch=not per_step,
                 prog_bar=self.prog_bar and key != "darts_plus/skip_reduce",
                 batch_size=1,
                 sync_dist=pl_module.trainer.world_size > 1,
@@ -335,7 +429,7 @@ class DARTSPlusStopping(ControlCallback):
                 r.stable_met,
                 "stable_criterion",
                 f"criterion 2: the {self.scope} ranking has not changed for "
-                f"{r.stable_epochs} epochs (>= {self.patience})",
+                f"{r.stable_epochs} {self._counted} (>= {self.patience})",
             ),
         ):
             if met and self._fired[key] is None:
@@ -344,7 +438,7 @@ class DARTSPlusStopping(ControlCallback):
                 self._decide(
                     trainer,
                     action,
-                    f"{why} at epoch {r.epoch}"
+                    f"{why} at {self._at(r)}"
                     + ("" if stops else f" (criterion={self.criterion!r}: not stopping on it)"),
                     self._evidence(r),
                 )
@@ -354,7 +448,7 @@ class DARTSPlusStopping(ControlCallback):
             name
             for name, ok in (
                 (f"{r.skips.get('normal', 0)} {self.skip_op} in the normal cell", r.skip_met),
-                (f"ranking stable for {r.stable_epochs} epochs", r.stable_met),
+                (f"ranking stable for {r.stable_epochs} {self._counted}", r.stable_met),
             )
             if ok
         ]
@@ -430,6 +524,7 @@ class DARTSPlusStopping(ControlCallback):
             "fired": dict(self._fired),
             "genotype": self._genotype,
             "tracker": dict(self._tracker_state),
+            "validations": self._validations,
         }
 
     @override
@@ -440,6 +535,7 @@ class DARTSPlusStopping(ControlCallback):
         self._fired = {"skip": fired.get("skip"), "stable": fired.get("stable")}
         self._genotype = state.get("genotype")
         self._tracker_state = dict(state.get("tracker") or {"signature": None, "stable_epochs": 0})
+        self._validations = int(state.get("validations", 0))
         if self._criteria is not None:
             self._criteria.load_state_dict(self._tracker_state)
 

@@ -119,10 +119,20 @@ class SearchSpace:
             object.__setattr__(self, "none_op", None)
         if not self.candidate_indices:
             raise ValueError(f"`op_names` has no op other than `none`: {list(self.op_names)}.")
+        if self.none_op is not None and self.none_op == self.skip_op:
+            raise ValueError(
+                f"`none_op` and `skip_op` must be different op names, got {self.none_op!r} for "
+                "both: the none op is never chosen, so criterion 1 could never count it."
+            )
         if self.learnable_ops is None:
             learn = tuple(o for o in self.op_names if o.startswith(LEARNABLE_PREFIXES))
         else:
             learn = tuple(self.learnable_ops)
+            if not learn:
+                raise ValueError(
+                    "`learnable_ops` must be None or a non-empty list of op names from "
+                    f"{list(self.op_names)}, got []."
+                )
             unknown = [o for o in learn if o not in self.op_names]
             if unknown:
                 raise ValueError(
@@ -409,6 +419,13 @@ class DartsPlusCriteria:
             raise ValueError(f"`criterion` must be one of {list(CRITERIA)}, got {criterion!r}.")
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {list(SCOPES)}, got {scope!r}.")
+        if scope != "genotype" and criterion != "skip" and not space.learnable_ops:
+            raise ValueError(
+                f"criterion 2 (criterion={criterion!r}, scope={scope!r}) ranks the learnable "
+                f"ops, but `op_names` {list(space.op_names)} has none named sep_conv*, "
+                "dil_conv* or conv*: the ranking would be empty and never change. Give "
+                "`learnable_ops`, or use scope='genotype' or criterion='skip'."
+            )
         self.space = space
         self.max_skip = int(max_skip)
         self.patience = int(patience)

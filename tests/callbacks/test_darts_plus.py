@@ -107,6 +107,12 @@ def test_conformance(tmp_path):
             ({"scope": "reduce"}, "`scope`", "['both', 'normal', 'genotype']"),
             ({"learnable_ops": "sep_conv_3x3"}, "`learnable_ops`", "list of op names"),
             ({"artifact_dir": "/abs"}, "`artifact_dir`", "relative sub-directory"),
+            ({"learnable_ops": []}, "`learnable_ops`", "non-empty list of op names"),
+            ({"none_op": "skip_connect"}, "`none_op` and `skip_op`", "different op names"),
+            ({"none_op": "x", "skip_op": "x"}, "`none_op` and `skip_op`", "different op names"),
+            ({"skip_op": ""}, "`skip_op`", "non-empty op name"),
+            ({"check_unit": "batches"}, "`check_unit`", "['epochs', 'validations', 'steps']"),
+            ({"check_period": 0}, "`check_period`", "[1, inf)"),
         ],
         after_fit=(cb, {"criterion": "skip", "min_epochs": 1}),
     )
@@ -314,3 +320,124 @@ def test_real_search_of_the_recipe_and_retrain_from_its_export(tmp_path, one_thr
     retrain.fit(classifier, datamodule=digits_data(batch_size=32))
     out = retrain.test(classifier, datamodule=digits_data(batch_size=32), verbose=False)
     assert 0.0 <= out[0]["test/acc"] <= 1.0
+
+
+# --- step-based searches (issue 23.5) --------------------------------------------------
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """The digits training split as an endless stream in a fixed order (no length)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self):
+        while True:
+            for i in range(len(self.dataset)):
+                yield self.dataset[i]
+
+
+class StreamScriptedDarts(ScriptedDarts):
+    """ScriptedDarts on a stream: the script advances every ``every`` optimizer steps."""
+
+    def __init__(self, script, every: int) -> None:
+        super().__init__(script)
+        self.every = every
+
+    def on_train_epoch_start(self) -> None:  # one epoch on a stream: script by steps instead
+        pass
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        skips, order = self.scripts[0][
+            min(self.global_step // self.every, len(self.scripts[0]) - 1)
+        ]
+        alphas = scripted(skips, order)
+        with torch.no_grad():
+            self.alphas_normal.copy_(alphas["normal"])
+            self.alphas_reduce.copy_(alphas["reduce"])
+
+
+def _stream_fit(tmp_path, cb, script, every, **kwargs):
+    dm = digits_data(batch_size=32)
+    dm.setup()
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=kwargs.pop("max_steps", 24),
+        callbacks=[cb],
+        **kwargs,
+    )
+    val = torch.utils.data.DataLoader(dm.val_set, batch_size=128)
+    train = torch.utils.data.DataLoader(Stream(dm.train_set), batch_size=32)
+    trainer.fit(StreamScriptedDarts(script, every), train, val)
+    return trainer
+
+
+@pytest.mark.parametrize("unit", ["validations", "steps"])
+def test_a_search_on_a_stream_checks_per_validation_or_steps_and_stops(tmp_path, unit):
+    # alphas follow script entry global_step // 4; the check after step 12 is the first to
+    # see entry 2, the checks after steps 16 and 20 see it unchanged: patience 2 -> stop at 20
+    script = [(0, 0), (1, 1), (1, 2)]
+    cb = DARTSPlusStopping(
+        criterion="stable",
+        patience=2,
+        min_epochs=0,
+        check_unit=unit,
+        check_period=4 if unit == "steps" else 1,
+    )
+    kwargs = {"val_check_interval": 4, "limit_val_batches": 1} if unit == "validations" else {}
+    trainer = _stream_fit(tmp_path, cb, script, every=4, **kwargs)
+    assert [h["step"] for h in cb.history] == [4, 8, 12, 16, 20]
+    assert [h["check"] for h in cb.history] == [0, 1, 2, 3, 4]
+    assert [h["epoch"] for h in cb.history] == [0] * 5  # one epoch: a stream
+    assert [h["stable_epochs"] for h in cb.history] == [0, 0, 0, 1, 2]
+    assert cb.stopped_step == 20 and trainer.global_step == 20  # max_steps is 24
+    assert [d.action for d in cb.decisions] == ["stable_criterion", "stop"]
+    assert "not changed for 2 checks" in cb.decisions[0].reason
+    assert "check 4 (step 20)" in cb.decisions[0].reason
+    exported = json.loads((tmp_path / "darts_plus" / "genotype.json").read_text())
+    assert Genotype.load(exported) == cb.genotype
+
+
+def test_epoch_checks_on_a_stream_warn_that_the_search_can_never_stop(tmp_path):
+    with pytest.warns(UserWarning, match=r"stream .* epoch ends only.* can never stop"):
+        trainer = _stream_fit(
+            tmp_path,
+            DARTSPlusStopping(criterion="stable", patience=2, min_epochs=0),
+            [(0, 0), (1, 1), (1, 2)],
+            every=4,
+            val_check_interval=4,
+            limit_val_batches=1,
+        )
+    assert trainer.global_step == 24  # four validations, one epoch end: never stopped
+    with pytest.warns(UserWarning, match=r"makes 3 check\(s\).* needs at least 4 checks"):
+        fit(
+            tmp_path / "few",
+            [(0, 0)],
+            DARTSPlusStopping(criterion="stable", patience=3, min_epochs=0),
+            max_epochs=3,
+        )
+    with pytest.raises(
+        ValueError, match=r"`check_unit`='validations' but this fit runs no validation"
+    ):
+        fit(tmp_path / "noval", [(0, 0)], DARTSPlusStopping(check_unit="validations"), max_epochs=2)
+
+
+def test_a_real_step_based_search_checks_at_every_validation(tmp_path, one_thread):
+    from eecontrol.recipes.darts import DartsSearchDataModule, DartsSearchModule
+
+    pl.seed_everything(0)
+    torch.set_num_threads(1)
+    model = DartsSearchModule(c=2, layers=3, steps=4, arch_lr=3e-2)
+    cb = DARTSPlusStopping(criterion="stable", min_epochs=0, patience=10, check_unit="validations")
+    # manual optimization, two optimizers: 2 optimizer steps per batch; 4 batches, 4 validations
+    trainer = make_trainer(
+        tmp_path, max_steps=8, val_check_interval=1, limit_val_batches=1, callbacks=[cb]
+    )
+    trainer.fit(model, datamodule=DartsSearchDataModule(batch_size=16))
+    assert trainer.global_step == 8 and cb.stopped_step is None  # max_steps ends epoch 0
+    assert [h["step"] for h in cb.history] == [2, 4, 6, 8]
+    assert [h["epoch"] for h in cb.history] == [0, 0, 0, 0]
+    assert cb.genotype == model.genotype()  # the last check saw the final weights
+    alphas = np.load(tmp_path / "darts_plus" / "alphas.npz")
+    assert alphas["normal"].shape == (4, 14, 8)
+    assert not np.array_equal(alphas["normal"][0], alphas["normal"][-1])  # the search moved

@@ -239,3 +239,16 @@ def test_counter_scopes_and_state_roundtrip():
         DartsPlusCriteria(SPACE4, criterion="any")
     with pytest.raises(ValueError, match="'normal' cell"):
         DartsPlusCriteria(SPACE4).update({"reduce": torch.zeros(14, 8)}, 0)
+
+
+def test_op_options_that_silence_a_criterion_are_errors():
+    with pytest.raises(ValueError, match=r"`learnable_ops` must be None or a non-empty list"):
+        SearchSpace(DARTS_OPS, learnable_ops=())
+    with pytest.raises(ValueError, match=r"`none_op` and `skip_op` must be different"):
+        SearchSpace(DARTS_OPS, none_op="skip_connect", skip_op="skip_connect")
+    pools = SearchSpace(("none", "max_pool_3x3", "skip_connect"), steps=2)
+    assert pools.learnable_ops == ()  # no conv: criterion 2 would rank nothing
+    with pytest.raises(ValueError, match=r"criterion 2 .* ranks the learnable ops"):
+        DartsPlusCriteria(pools, criterion="stable")
+    DartsPlusCriteria(pools, criterion="skip")  # criterion 1 alone needs no ranking
+    DartsPlusCriteria(pools, criterion="either", scope="genotype")

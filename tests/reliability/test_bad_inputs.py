@@ -772,3 +772,96 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+# --- issue 23 (step-based units) and 25 (silent options): CES and DARTS+ ----------------
+# A separate block (ces-darts branch); fold into CASES once the README lists the ids.
+
+
+def _quantile_single_output(tmp: Path) -> None:
+    from eecontrol.recipes.regression import RegressionMLP
+
+    trainer = make_trainer(tmp, max_epochs=2, callbacks=[ConformalEarlyStopping("quantile")])
+    trainer.fit(RegressionMLP(num_features=8), datamodule=RegressionDataModule(n_total=200))
+
+
+def _scripted_darts() -> nn.Module:
+    from tests.callbacks.test_darts_plus import ScriptedDarts
+
+    return ScriptedDarts([(0, 0)])
+
+
+def _stopper_after_ces(tmp: Path) -> None:
+    stop = EarlyStopping(monitor="train/loss", patience=100, check_on_train_epoch_end=True)
+    _fit(tmp, [ConformalEarlyStopping(), stop])
+
+
+CES_DARTS_CASES = [
+    Case(
+        "darts-learnable-ops-empty",
+        "DARTSPlusStopping learnable_ops = [] (criterion 2 would rank nothing)",
+        lambda t: DARTSPlusStopping(learnable_ops=[]),
+        r"`learnable_ops` must be None .* or a non-empty list of op names",
+    ),
+    Case(
+        "darts-none-is-skip",
+        "DARTSPlusStopping none_op == skip_op",
+        lambda t: DARTSPlusStopping(none_op="skip_connect"),
+        r"`none_op` and `skip_op` must be different op names, got 'skip_connect' for both",
+    ),
+    Case(
+        "darts-check-unit",
+        "unknown check unit",
+        lambda t: DARTSPlusStopping(check_unit="batches"),
+        r"`check_unit` must be one of \['epochs', 'validations', 'steps'\]",
+    ),
+    Case(
+        "darts-check-validations-without-validation",
+        "check_unit='validations' in a fit without validation",
+        lambda t: _fit(
+            t,
+            [DARTSPlusStopping(check_unit="validations")],
+            _scripted_darts(),
+            limit_val_batches=0,
+        ),
+        r"`check_unit`='validations' but this fit runs no validation",
+    ),
+    Case(
+        "ces-storage-unit",
+        "unknown storage unit",
+        lambda t: ConformalEarlyStopping(storage_unit="batches"),
+        r"`storage_unit` must be one of \['epochs', 'steps'\]",
+    ),
+    Case(
+        "ces-start-past-max-steps",
+        "storage_start past the end that max_steps sets",
+        lambda t: _fit(t, [ConformalEarlyStopping(storage_start=1)], max_steps=2),
+        r"`storage_start`=1 .* stores no candidate in a run of 1 epochs; `storage_start` "
+        r"must be in \[0, 0\] epochs \(max_steps=2 ends the run",
+    ),
+    Case(
+        "ces-quantile-single-output",
+        "a one-output model with task='quantile': fails at setup, before training",
+        _quantile_single_output,
+        r"task='quantile' needs the lower and upper quantiles, shape \(m, 2\)",
+    ),
+    Case(
+        "ces-alpha-too-small",
+        "alpha below 1/(n + 1) for the hold-out size",
+        lambda t: _fit(t, [ConformalEarlyStopping(alpha=0.002)]),
+        r"alpha=0.002 is too small for 270 hold-out points.* 1/\(n \+ 1\) = 0.00369",
+        warning=True,
+    ),
+    Case(
+        "ces-stopper-after",
+        "a stopping callback listed after CES",
+        _stopper_after_ces,
+        r"EarlyStopping is listed after ConformalEarlyStopping",
+        warning=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CES_DARTS_CASES, ids=[c.id for c in CES_DARTS_CASES])
+def test_ces_and_darts_bad_input_is_reported_clearly(case: Case, tmp_path: Path) -> None:
+    test_bad_input_is_reported_clearly(case, tmp_path)
