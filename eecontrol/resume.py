@@ -748,12 +748,20 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ...
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ResumeError(
-            f"{path} is not a loadable checkpoint (torch.load(weights_only=True) refused it: "
-            f"{type(err).__name__}: {first[:300]}); nothing was run."
-        ) from None
+    except Exception:  # UnpicklingError, RuntimeError, EOFError, ...: the reason, without mmap
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            text = str(err)
+            # torch's own reason (e.g. "Unsupported global: GLOBAL posix.system"), not its
+            # advice to load with weights_only=False
+            if "WeightsUnpickler error:" in text:
+                text = "refused to unpickle: " + text.split("WeightsUnpickler error:", 1)[1]
+            first = " ".join(text.split("Check the documentation")[0].split()) or "error"
+            raise ResumeError(
+                f"{path} is not a loadable checkpoint (torch.load(weights_only=True) refused "
+                f"it: {type(err).__name__}: {first[:300]}); nothing was run."
+            ) from None
     if not isinstance(ckpt, dict):
         raise ResumeError(f"{path} is not a Lightning checkpoint (a {type(ckpt).__name__}).")
     written = datetime.datetime.fromtimestamp(path.stat().st_mtime).isoformat(
