@@ -90,6 +90,10 @@ class ResumableCheckpoint(ModelCheckpoint):
         kwargs.setdefault("save_on_train_epoch_end", True)
         kwargs.setdefault("enable_version_counter", False)  # always overwrite last.ckpt
         super().__init__(dirpath=dirpath, every_n_train_steps=every_n_train_steps, **kwargs)
+        # Lightning resolves dirpath (realpath): the directory as given, to refuse a link there
+        self._given_dir = (
+            Path(dirpath) if dirpath is not None and not is_remote(str(dirpath)) else None
+        )
         self.handle_signals = bool(handle_signals)
         self.received_signal: int | None = None
         self._trainer: pl.Trainer | None = None
@@ -159,6 +163,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         target = Path(filepath)
         if trainer.is_global_zero:
             refuse_symlinks(target, "a checkpoint")
+            if self._given_dir is not None:
+                refuse_symlinks(self._given_dir / target.name, "a checkpoint")
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
             trainer.save_checkpoint(tmp, self.save_weights_only)

@@ -253,15 +253,16 @@ def _fit_and_test(
 ) -> dict[str, float]:
     if cfg.get("train", True):
         ckpt_path = _checkpoint_path(cfg.get("ckpt_path"), Path(trainer.default_root_dir))
+        saved: dict[str, Any] = {}
         if ckpt_path is not None and "://" not in ckpt_path:
             info = describe_checkpoint(Path(ckpt_path))  # a one-line error if not loadable
-            pending = _checkpoint_pending_row(Path(ckpt_path))
+            saved = _resumable_state(Path(ckpt_path))
             for lg in loggers:  # rows logged after the checkpoint are logged again
                 if isinstance(lg, ResumableCSVLogger):
-                    lg.truncate(info["global_step"], pending)
+                    lg.truncate(info["global_step"], saved.get("eecontrol_pending_row"))
         # weights_only=True: a checkpoint (local or a URL) can never run code when loaded
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        _restore_metrics(trainer)
+        _restore_metrics(trainer, saved.get("eecontrol_metrics") or {})
     train_metrics = dict(trainer.callback_metrics)
     if cfg.get("test", False):
         trainer.test(model=model, datamodule=datamodule, verbose=False)
@@ -271,18 +272,23 @@ def _fit_and_test(
     return metrics
 
 
-def _checkpoint_pending_row(path: Path) -> dict[str, Any] | None:
-    """The epoch-end training row saved by :class:`ResumableCheckpoint` (None if absent)."""
+def _resumable_state(path: Path) -> dict[str, Any]:
+    """The :class:`ResumableCheckpoint` state in a checkpoint (empty if absent).
+
+    Read from the file, not from the restored callback: Lightning restores a callback's
+    state only under the same state key, which holds the checkpoint directory (a run
+    directory copied elsewhere has another).
+    """
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if "ResumableCheckpoint" in str(key) and isinstance(state, dict):
-            return state.get("eecontrol_pending_row")
-    return None
+        if str(key).startswith(ResumableCheckpoint.__name__) and isinstance(state, dict):
+            return state
+    return {}
 
 
-def _restore_metrics(trainer: pl.Trainer) -> None:
+def _restore_metrics(trainer: pl.Trainer, saved: dict[str, float]) -> None:
     """Fills the metrics a resumed fit did not log again from the checkpoint.
 
     A run killed after its last epoch (during test or report) resumes with nothing left to
@@ -291,11 +297,9 @@ def _restore_metrics(trainer: pl.Trainer) -> None:
     """
     import torch
 
-    for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(cb, ResumableCheckpoint):
-            for key, value in cb.restored_metrics.items():
-                if key not in trainer.callback_metrics:
-                    trainer.callback_metrics[key] = torch.tensor(value)
+    for key, value in saved.items():
+        if key not in trainer.callback_metrics:
+            trainer.callback_metrics[key] = torch.tensor(value)
 
 
 def _checkpoint_path(value: Any, run_dir: Path) -> str | None:
