@@ -134,7 +134,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "++trainer.limit_train_batches=2",
             "++trainer.limit_val_batches=2",
             "callbacks=[default,curve_stopping]",
-            f"callbacks.curve_stopping.store={query_url}",
+            f"callbacks.curve_stopping.store='{query_url}'",  # quoted: it has "="
             "callbacks.curve_stopping.study_name=query-form",
             "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
         ],
@@ -151,7 +151,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "-m",
             "hparams_search=digits_optuna",
             "hydra/launcher=basic",
-            f"hydra.sweeper.storage={query_url}",
+            f"hydra.sweeper.storage='{query_url}'",
             "hydra.sweeper.study_name=secret-sweep",
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.n_jobs=1",
@@ -159,7 +159,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "++trainer.limit_train_batches=2",
             "++trainer.limit_val_batches=2",
             "callbacks=[default,curve_stopping]",
-            f"callbacks.curve_stopping.store={postgres.url}",
+            f"callbacks.curve_stopping.store='{postgres.url}'",
             "callbacks.curve_stopping.study_name=userinfo-form",
             "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
         ],
@@ -180,7 +180,8 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
     names = {p.name for p in files}
     assert {"last.ckpt", "overrides.yaml", "config.yaml", "hparams.yaml", "multirun.yaml"} <= names
     assert any(p.suffix == ".wandb" for p in files) and "train.log" in names
-    assert "password=***" in next(p for p in files if p.name == "overrides.yaml").read_text()
+    [single] = list((tmp_path / "logs" / "train" / "runs").glob("*/.hydra/overrides.yaml"))
+    assert "password=***" in single.read_text()  # the override is kept, its value hidden
     leaked = _leaks(
         tmp_path / "logs",
         [postgres.secret, token],
