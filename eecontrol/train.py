@@ -30,6 +30,7 @@ from eecontrol.callbacks._control import (
     check_monitor_mode,
     control_callbacks,
 )
+from eecontrol.core.checks import check_bool
 from eecontrol.extras import check_launchers, explain_missing_module
 from eecontrol.report.console import print_decisions, print_run_paths
 from eecontrol.report.runreport import report_run, run_summary, write_summary
@@ -37,9 +38,18 @@ from eecontrol.report.wandb import publish_to_wandb
 from eecontrol.resume import (
     CHECKPOINT_DIR,
     LAST,
+    CheckpointWriteError,
+    ResumableCheckpoint,
     ResumableCSVLogger,
-    checkpoint_step,
+    ResumeError,
+    RunLock,
+    RunLockedError,
+    UnsafeRunDirError,
+    check_run_dir,
+    describe_checkpoint,
+    env_secrets,
     redact_secrets,
+    redact_text,
     rewrite_argv,
 )
 from eecontrol.sweep.trial import pruning_callbacks, record_objective
@@ -56,13 +66,52 @@ def _instantiate_group(cfg: DictConfig | None, what: str, base: type) -> list[An
         raise TypeError(f"`{what}` config must be a mapping of name -> config, got {type(cfg)}.")
     for key, conf in cfg.items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
-            obj = hydra.utils.instantiate(conf)
+            check_bool_options(conf, f"{what}.{key}")
+            # _convert_="all": plain dicts and lists, never omegaconf containers, reach the
+            # objects (and so their checkpoints, which load with weights_only=True)
+            obj = hydra.utils.instantiate(conf, _convert_="all")
             if not isinstance(obj, base):
                 raise TypeError(
                     f"`{what}.{key}` instantiated {type(obj).__name__}, not a {base.__name__}."
                 )
             items.append(obj)
     return items
+
+
+def _bool_parameters(target: str) -> dict[str, bool]:
+    """The parameters of ``target`` (a class or function path) annotated ``bool``.
+
+    Returns ``{name: none_ok}`` (``none_ok`` for ``bool | None``); empty when the target
+    cannot be inspected.
+    """
+    import inspect
+
+    try:
+        obj = hydra.utils.get_object(target)
+        params = inspect.signature(obj).parameters
+    except (ImportError, AttributeError, ValueError, TypeError, Exception):
+        return {}
+    out: dict[str, bool] = {}
+    for name, param in params.items():
+        ann = param.annotation
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        text = str(text).replace(" ", "")
+        if text == "bool":
+            out[name] = False
+        elif text in ("bool|None", "None|bool", "Optional[bool]", "typing.Optional[bool]"):
+            out[name] = True
+    return out
+
+
+def check_bool_options(conf: DictConfig, where: str) -> None:
+    """Every option of a ``_target_`` config whose parameter is a ``bool`` must be a real bool.
+
+    ``"no"``, ``"false"`` or ``"0"`` (a quoted YAML string, or a command-line value Hydra
+    reads as a string) would be true to ``bool()``: a ``ValueError`` names the option instead.
+    """
+    for name, none_ok in _bool_parameters(str(conf.get("_target_"))).items():
+        if name in conf:
+            check_bool(f"{where}.{name}", conf[name], none_ok=none_ok)
 
 
 class _OptimizedMetricCheck(Callback):
@@ -164,8 +213,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     os.environ.setdefault("WANDB_SILENT", "true")
     _lightning_logs_to_file()
 
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    for group in ("data", "model"):
+        if isinstance(cfg.get(group), DictConfig) and "_target_" in cfg[group]:
+            check_bool_options(cfg[group], group)
+    # _convert_="all": a model's save_hyperparameters stores plain containers, never omegaconf
+    # objects (a checkpoint holding one does not load with weights_only=True)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks: list[Callback] = _one_progress_bar(
         _instantiate_group(cfg.get("callbacks"), "callbacks", Callback)
     )
@@ -176,29 +230,79 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     )
     if cfg.get("train", True) and cfg.get("optimized_metric"):
         trainer.callbacks.append(_OptimizedMetricCheck(str(cfg.optimized_metric)))
-    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))  # no URL passwords
-    for lg in loggers:
-        lg.log_hyperparams(hparams)  # type: ignore[arg-type]
-
+    lock = RunLock(trainer.default_root_dir) if trainer.is_global_zero else None
+    if lock is not None:
+        lock.acquire()  # one writer per run directory (a second resume gets a clear error)
     try:
-        if cfg.get("train", True):
-            ckpt_path = _checkpoint_path(cfg.get("ckpt_path"), Path(trainer.default_root_dir))
-            if ckpt_path is not None and "://" not in ckpt_path:
-                step = checkpoint_step(ckpt_path)  # rows logged after it are logged again
-                for lg in loggers:
-                    if isinstance(lg, ResumableCSVLogger):
-                        lg.truncate(step)
-            # weights_only=True: a checkpoint (local or a URL) can never run code when loaded
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        train_metrics = dict(trainer.callback_metrics)
-        if cfg.get("test", False):
-            trainer.test(model=model, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in {**train_metrics, **trainer.callback_metrics}.items()}
-        if trainer.is_global_zero:
-            finalize_run(trainer, metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode"))
+        hparams = redact_secrets(  # no URL password, no secret read from the environment
+            OmegaConf.to_container(cfg, resolve=True), env_secrets(OmegaConf.to_yaml(cfg))
+        )
+        for lg in loggers:
+            lg.log_hyperparams(hparams)  # type: ignore[arg-type]
+        metrics = _fit_and_test(cfg, trainer, model, datamodule, loggers)
     finally:
         finish_wandb()
+        if lock is not None:
+            lock.release()
     return metrics, trainer
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    loggers: list[Logger],
+) -> dict[str, float]:
+    if cfg.get("train", True):
+        ckpt_path = _checkpoint_path(cfg.get("ckpt_path"), Path(trainer.default_root_dir))
+        saved: dict[str, Any] = {}
+        if ckpt_path is not None and "://" not in ckpt_path:
+            info = describe_checkpoint(Path(ckpt_path))  # a one-line error if not loadable
+            saved = _resumable_state(Path(ckpt_path))
+            for lg in loggers:  # rows logged after the checkpoint are logged again
+                if isinstance(lg, ResumableCSVLogger):
+                    lg.truncate(info["global_step"], saved.get("eecontrol_pending_row"))
+        # weights_only=True: a checkpoint (local or a URL) can never run code when loaded
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        _restore_metrics(trainer, saved.get("eecontrol_metrics") or {})
+    train_metrics = dict(trainer.callback_metrics)
+    if cfg.get("test", False):
+        trainer.test(model=model, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in {**train_metrics, **trainer.callback_metrics}.items()}
+    if trainer.is_global_zero:
+        finalize_run(trainer, metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode"))
+    return metrics
+
+
+def _resumable_state(path: Path) -> dict[str, Any]:
+    """The :class:`ResumableCheckpoint` state in a checkpoint (empty if absent).
+
+    Read from the file, not from the restored callback: Lightning restores a callback's
+    state only under the same state key, which holds the checkpoint directory (a run
+    directory copied elsewhere has another).
+    """
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith(ResumableCheckpoint.__name__) and isinstance(state, dict):
+            return state
+    return {}
+
+
+def _restore_metrics(trainer: pl.Trainer, saved: dict[str, float]) -> None:
+    """Fills the metrics a resumed fit did not log again from the checkpoint.
+
+    A run killed after its last epoch (during test or report) resumes with nothing left to
+    train, so ``trainer.callback_metrics`` would miss ``val/...`` (and ``optimized_metric``);
+    the values at the checkpoint are the uninterrupted run's.
+    """
+    import torch
+
+    for key, value in saved.items():
+        if key not in trainer.callback_metrics:
+            trainer.callback_metrics[key] = torch.tensor(value)
 
 
 def _checkpoint_path(value: Any, run_dir: Path) -> str | None:
@@ -284,26 +388,100 @@ def main() -> float | None:
     run continues in its directory with the config it started with.
     """
     root = Path(os.environ.get("EECONTROL_ROOT", ".")) / "logs" / "train" / "runs"
+    lock = None
     try:
         sys.argv = [sys.argv[0], *rewrite_argv(sys.argv[1:], root)]
-    except (ValueError, FileNotFoundError) as err:
-        print(f"eecontrol-train: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        explicit = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
+        if explicit and Path(explicit[-1]).is_dir() and "-m" not in sys.argv:
+            # an existing run directory (a resume): no link in it, and one writer, checked
+            # before Hydra opens train.log and rewrites .hydra/ there
+            check_run_dir(Path(explicit[-1]))
+            if _launch_rank() == 0:  # DDP children get hydra.run.dir of rank 0's run
+                lock = RunLock(explicit[-1])
+                lock.acquire()
+    except (ValueError, FileNotFoundError, UnsafeRunDirError, RunLockedError) as err:
+        print(f"eecontrol-train: {redact_text(str(err))}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(err, RunLockedError) else 2) from None
     missing = check_launchers(sys.argv[1:], Path(eecontrol.conf.__file__).parent)
     if missing:  # before Hydra, whose own message ("Could not find ...") names no extra
+        if lock is not None:
+            lock.release()
         print(f"eecontrol-train: {missing}", file=sys.stderr)
         raise SystemExit(2)
-    return hydra_main()
+    try:
+        return hydra_main()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _launch_rank() -> int:
+    """This process's rank as launchers set it before Lightning runs (0 when none is set)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "0")
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
+
+
+# errors that end a run with one line on stderr (no traceback): the message says it all
+_ONE_LINE_ERRORS = (CheckpointWriteError, UnsafeRunDirError, RunLockedError, ResumeError)
+
+
+def _one_line_error(err: BaseException) -> BaseException | None:
+    seen = err
+    while seen is not None:
+        if isinstance(seen, _ONE_LINE_ERRORS):
+            return seen
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return None
+
+
+def redact_hydra_files() -> None:
+    """Rewrites the ``.hydra`` yamls of this job (and ``multirun.yaml``) without credentials.
+
+    Hydra writes them before the job starts; URL passwords, ``password=`` query parameters
+    and secret values read with ``${oc.env:...}`` are replaced by ``***`` (atomically; a
+    link there is replaced, never followed). The job's own config keeps the real values.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    files = list((out / str(hc.output_subdir)).glob("*.yaml")) if hc.output_subdir else []
+    files += (
+        [Path(hc.sweep.dir) / "multirun.yaml"] if hc.mode and "MULTIRUN" in str(hc.mode) else []
+    )
+    for file in files:
+        if not file.is_file() or file.is_symlink():
+            continue
+        text = file.read_text()
+        clean = redact_text(text, env_secrets(text))
+        if clean != text:
+            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+            tmp.write_text(clean)
+            os.replace(tmp, file)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://eecontrol.conf", config_name="train.yaml")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Runs ``train`` for one Hydra job and returns the optimised metric to the sweeper."""
     silence_third_party_noise()  # here, so that sweep jobs in worker processes are quiet too
+    redact_hydra_files()
+    # what W&B and other tools record as the command line: without credentials (the
+    # config has been composed from the real values already)
+    sys.argv = [redact_text(a, env_secrets(a)) for a in sys.argv]
     try:
         metrics, trainer = train(cfg)
     except ModuleNotFoundError as err:  # an optional package: say which extra installs it
         raise explain_missing_module(err) from err
+    except Exception as err:
+        known = _one_line_error(err)
+        if known is None:
+            raise
+        log.error("eecontrol-train: %s", redact_text(str(known)))
+        print(f"eecontrol-train: {redact_text(str(known))}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     if trainer.is_global_zero:
         _report(cfg, metrics, trainer)
     name = cfg.get("optimized_metric")

@@ -113,3 +113,24 @@ def check_bounds(bounds: Sequence[float] | None) -> tuple[float, float] | None:
     if math.isnan(lo) or math.isnan(hi) or not lo < hi:
         raise ValueError(f"`bounds` must be [low, high] with low < high, got {bounds!r}.")
     return lo, hi
+
+
+def check_bool(name: str, value: Any, *, none_ok: bool = False) -> bool | None:
+    """Raises a ``ValueError`` naming ``name`` unless ``value`` is a real ``bool``.
+
+    Strings such as ``"no"``, ``"false"`` or ``"0"`` (a quoted YAML value, a command-line
+    value read as a string) are refused rather than read as true by ``bool()``; so are
+    numbers.
+
+    Args:
+        name: the option's name as the user writes it.
+        value: the value given.
+        none_ok: whether None is valid too.
+
+    Returns:
+        The value.
+    """
+    if isinstance(value, bool) or (none_ok and value is None):
+        return value
+    valid = "true or false" + (" (or null)" if none_ok else "")
+    raise ValueError(f"`{name}` must be {valid}, got {value!r} (a {type(value).__name__}).")

@@ -39,8 +39,13 @@ _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]*:)(?P<pw>[^@
 
 
 def redact(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for logs and files)."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url))
+    """A database URL with its password replaced by ``***`` (for logs and files).
+
+    Both forms: ``user:PASSWORD@host`` and credential query parameters (``?password=``).
+    """
+    from eecontrol.resume import redact_text
+
+    return redact_text(_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url)))
 
 
 def open_storage(url: str, timeout: float = 60.0) -> RDBStorage:

@@ -116,7 +116,8 @@ def test_resume_argument_becomes_the_runs_own_overrides(tmp_path):
     with pytest.raises(FileNotFoundError, match="never reached its first checkpoint"):
         resume_overrides(str(run), tmp_path)
     (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    # a loadable checkpoint: the resume reads its step and epoch (and refuses garbage)
+    torch.save({"global_step": 0, "epoch": 0}, run / "checkpoints" / "last.ckpt")
     argv = rewrite_argv(["resume=last", "trainer.max_epochs=9"], run.parent)
     assert argv == [
         "experiment=early_dropout",

@@ -90,3 +90,104 @@ def test_no_secret_is_written_to_the_run_directory(tmp_path, postgres):  # noqa:
         assert value not in out.stdout and value not in out.stderr
         leaked = [str(p) for p in files if value.encode() in p.read_bytes()]
         assert leaked == [], f"{value[:8]}... leaked into {leaked}"
+
+
+# --- issue 25 item 7: every credential form, every file a run and a sweep write ----------
+
+
+def _leaks(root: Path, values: list[str], *texts: str) -> list[str]:
+    """Where any of ``values`` appears: files under ``root`` (links not followed) and texts."""
+    hits = []
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            data = p.read_bytes()
+            hits += [f"{p.relative_to(root)}: {v[:6]}..." for v in values if v.encode() in data]
+    for i, text in enumerate(texts):
+        hits += [f"output {i}: {v[:6]}..." for v in values if v in text]
+    return hits
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres):  # noqa: F811
+    """URL userinfo, a ``password=`` query parameter and a ``${oc.env:...}`` token, given on
+    the command line, reach no file of a run (checkpoint, ``.hydra/``, hparams.yaml, W&B
+    offline files, train.log) or of a sweep (``multirun.yaml``, every job's files) and
+    neither the console; the stores were really used with them."""
+    from urllib.parse import urlparse
+
+    token = "tok-" + secrets.token_hex(12)
+    host = postgres.url.split("?host=", 1)[1]
+    query_url = f"postgresql+psycopg://sweeper@/sweeps?host={host}&password={postgres.secret}"
+    assert urlparse(postgres.url).password == postgres.secret  # the userinfo form
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "EECONTROL_TEST_TOKEN": token,
+        "EECONTROL_ROOT": str(tmp_path),
+    }
+    train = str(Path(sys.executable).parent / "eecontrol-train")
+    run = subprocess.run(
+        [
+            train,
+            "trainer.max_epochs=2",
+            "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=2",
+            "callbacks=[default,curve_stopping]",
+            f"callbacks.curve_stopping.store='{query_url}'",  # quoted: it has "="
+            "callbacks.curve_stopping.study_name=query-form",
+            "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    sweep = subprocess.run(
+        [
+            train,
+            "-m",
+            "hparams_search=digits_optuna",
+            "hydra/launcher=basic",
+            f"hydra.sweeper.storage='{query_url}'",
+            "hydra.sweeper.study_name=secret-sweep",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=1",
+            "trainer.max_epochs=1",
+            "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=2",
+            "callbacks=[default,curve_stopping]",
+            f"callbacks.curve_stopping.store='{postgres.url}'",
+            "callbacks.curve_stopping.study_name=userinfo-form",
+            "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    import optuna
+
+    # the stores were used with the real credentials
+    assert len(optuna.load_study(study_name="secret-sweep", storage=postgres.url).trials) == 2
+    for study in ("query-form", "userinfo-form"):
+        assert optuna.get_all_study_names(postgres.url).count(study) == 1, study
+    files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"last.ckpt", "overrides.yaml", "config.yaml", "hparams.yaml", "multirun.yaml"} <= names
+    assert any(p.suffix == ".wandb" for p in files) and "train.log" in names
+    [single] = list((tmp_path / "logs" / "train" / "runs").glob("*/.hydra/overrides.yaml"))
+    assert "password=***" in single.read_text()  # the override is kept, its value hidden
+    leaked = _leaks(
+        tmp_path / "logs",
+        [postgres.secret, token],
+        run.stdout,
+        run.stderr,
+        sweep.stdout,
+        sweep.stderr,
+    )
+    assert leaked == []
