@@ -32,6 +32,34 @@ def late_stoppers(trainer: pl.Trainer, ces: Callback) -> list[str]:
     return [type(cb).__name__ for cb in after if can_stop(cb)]
 
 
+def order_message(trainer: pl.Trainer, ces: Callback) -> str | None:
+    """Names stopping callbacks listed after ``ces`` (None when there are none)."""
+    late = late_stoppers(trainer, ces)
+    if not late:
+        return None
+    return (
+        f"{', '.join(late)} is listed after ConformalEarlyStopping in the Trainer's callbacks, "
+        "so a stop it makes at an epoch end happens after CES's hook of that epoch: CES cannot "
+        "report it when it happens (it says so at the end of fit). List stopping callbacks "
+        "before ConformalEarlyStopping."
+    )
+
+
+def refuse_fsdp_bypass(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Refuses ``ces_outputs`` under FSDP: that hook would run on the shards, past the wrapper.
+
+    Raises:
+        ValueError: naming FSDP and what to do instead.
+    """
+    if fsdp_model(trainer) is not None and callable(getattr(pl_module, "ces_outputs", None)):
+        raise ValueError(
+            "ConformalEarlyStopping: under FSDP the hold-out pass goes through the FSDP "
+            "wrapper's forward (the module's own weights are shards), but "
+            f"{type(pl_module).__name__} defines `ces_outputs`, which would bypass it. Return "
+            "the outputs CES needs from forward() instead, or train with DDP."
+        )
+
+
 def fsdp_model(trainer: pl.Trainer) -> object | None:
     """The FSDP-wrapped model when the strategy is FSDP, else None."""
     try:

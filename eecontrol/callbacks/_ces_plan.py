@@ -124,3 +124,62 @@ def empty_plan_message(plan: StoragePlan, option: object) -> str:
         f"`storage_period`={plan.period} stores no candidate in a run of {plan.total} "
         f"{plan.unit}; {valid}"
     )
+
+
+def length_note(plan: StoragePlan, max_steps: int | None) -> str:
+    """Says that ``max_steps`` shortened an epoch plan (empty otherwise)."""
+    if plan.unit == "epochs" and max_steps not in (None, -1):
+        return f" (max_steps={max_steps} ends the run after that many epoch ends)"
+    return ""
+
+
+def plan_messages(
+    plan: StoragePlan,
+    option: object,
+    resumed_start: int | None,
+    max_steps: int | None,
+    resumed: bool,
+) -> list[tuple[str, str]]:
+    """The warnings a plan deserves at fit start, as ``(key, message)`` pairs.
+
+    Raises:
+        ValueError: for a plan that stores no candidate (a fresh run only).
+    """
+    out: list[tuple[str, str]] = []
+    unit, total = plan.unit, plan.total
+    note = length_note(plan, max_steps)
+    if resumed_start is not None and resumed_start != plan.start:
+        out.append(
+            (
+                "start",
+                f"the checkpoint's candidates followed a warm-up of {resumed_start} "
+                f"{unit[:-1]}(s); `storage_start`={option} now gives {plan.start} (run length "
+                f"{total} {unit}). The schedule changes mid-run; the guarantee needs one fixed "
+                "before training (keep max_epochs, max_steps and storage_start of the original "
+                "run).",
+            )
+        )
+    planned = plan.candidates
+    if planned == 0 and not resumed:
+        raise ValueError(empty_plan_message(plan, option) + note + ".")
+    if planned is None:
+        out.append(
+            (
+                "unknown",
+                "the run's length in epochs is not known in advance (a training stream of "
+                "unknown length with max_steps): candidates are stored at epoch ends only, so "
+                "a stream read once stores a single candidate and CES has nothing to select "
+                "between. Use storage_unit='steps' with storage_period=<optimizer steps>.",
+            )
+        )
+    elif planned < 2:
+        out.append(
+            (
+                "few",
+                f"the plan ({plan.describe()} in a run of {total} {unit}{note}) stores "
+                f"{planned} candidate(s): CES selects among candidates and has nothing to "
+                "select between. Lower storage_period or storage_start"
+                + (", or use storage_unit='steps'." if unit == "epochs" else "."),
+            )
+        )
+    return out

@@ -53,7 +53,7 @@ from torch.utils.data import (
 from typing_extensions import override
 
 from eecontrol.callbacks import _ces_checks as checks
-from eecontrol.callbacks._ces_plan import UNITS, StoragePlan, empty_plan_message, resolve_start
+from eecontrol.callbacks._ces_plan import UNITS, StoragePlan, plan_messages, resolve_start
 from eecontrol.callbacks._ces_plan import run_length as _run_length
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
 from eecontrol.core import conformal as core
@@ -659,36 +659,11 @@ class ConformalEarlyStopping(ControlCallback):
         self._start = resolve_start(self.storage_start, total, unit)
         self._plan = plan = StoragePlan(unit, self.storage_period, self._start, total)
         self._seen_step = int(trainer.global_step)
-        if self._resumed_start is not None and self._resumed_start != self._start:
-            self._warn_once(
-                "start",
-                f"the checkpoint's candidates followed a warm-up of {self._resumed_start} "
-                f"{unit[:-1]}(s); `storage_start`={self.storage_start} now gives {self._start} (run "
-                f"length {total} {unit}). The schedule changes mid-run; the guarantee needs one "
-                "fixed before training (keep max_epochs, max_steps and storage_start of the "
-                "original run).",
-            )
+        for key, message in plan_messages(
+            plan, self.storage_start, self._resumed_start, trainer.max_steps, bool(self.outputs)
+        ):
+            self._warn_once(key, message)
         planned = plan.candidates
-        if planned == 0 and not self.outputs:
-            raise ValueError(
-                empty_plan_message(plan, self.storage_start) + self._length_note(trainer) + "."
-            )
-        if planned is None:
-            self._warn_once(
-                "unknown",
-                "the run's length in epochs is not known in advance (a training stream of "
-                "unknown length with max_steps): candidates are stored at epoch ends only, so "
-                "a stream read once stores a single candidate and CES has nothing to select "
-                "between. Use storage_unit='steps' with storage_period=<optimizer steps>.",
-            )
-        elif planned < 2:
-            self._warn_once(
-                "few",
-                f"the plan ({plan.describe()} in a run of {total} {unit}"
-                f"{self._length_note(trainer)}) stores {planned} candidate(s): CES selects "
-                "among candidates and has nothing to select between. Lower storage_period or "
-                "storage_start" + (", or use storage_unit='steps'." if unit == "epochs" else "."),
-            )
         evidence = {
             "holdout_points": n,
             "planned_candidates": planned,
@@ -711,23 +686,9 @@ class ConformalEarlyStopping(ControlCallback):
                 evidence,
             )
 
-    def _length_note(self, trainer: pl.Trainer) -> str:
-        max_steps = trainer.max_steps
-        if self.storage_unit == "epochs" and max_steps not in (None, -1):
-            return f" (max_steps={max_steps} ends the run after that many epoch ends)"
-        return ""
-
     def _check_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> None:
         """What can be known before training: outputs' shape, targets, alpha, callback order."""
-        if checks.fsdp_model(trainer) is not None and callable(
-            getattr(pl_module, "ces_outputs", None)
-        ):
-            raise ValueError(
-                f"ConformalEarlyStopping: under FSDP the hold-out pass goes through the FSDP "
-                f"wrapper's forward (the module's own weights are shards), but "
-                f"{type(pl_module).__name__} defines `ces_outputs`, which would bypass it. "
-                "Return the outputs CES needs from forward() instead, or train with DDP."
-            )
+        checks.refuse_fsdp_bypass(trainer, pl_module)
         inputs, targets = _split(pl_module, self._first_batch())
         out = self._forward(trainer, pl_module, inputs)  # raises for a wrong output shape
         if out.shape[0] != _batch_len(targets, out):
@@ -740,15 +701,9 @@ class ConformalEarlyStopping(ControlCallback):
         message = checks.alpha_message(self.alpha, n, "hold-out points")
         if message:
             self._warn_once("alpha", message)
-        late = checks.late_stoppers(trainer, self)
-        if late:
-            self._warn_once(
-                "order",
-                f"{', '.join(late)} is listed after ConformalEarlyStopping in the Trainer's "
-                "callbacks, so a stop it makes at an epoch end happens after CES's hook of that "
-                "epoch: CES cannot report it when it happens (it says so at the end of fit). "
-                "List stopping callbacks before ConformalEarlyStopping.",
-            )
+        message = checks.order_message(trainer, self)
+        if message:
+            self._warn_once("order", message)
 
     def _first_batch(self) -> Any:
         assert self._holdout is not None
