@@ -9,11 +9,13 @@ on every rank through ``trainer.strategy.reduce_boolean_decision``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,6 +159,102 @@ def reduce_stop(trainer: pl.Trainer, should_stop: bool) -> bool:
     return agreed
 
 
+def manual_optimization(trainer: pl.Trainer) -> bool:
+    """Whether the trainer's module steps its optimizers itself (``automatic_optimization=False``)."""
+    module = trainer.lightning_module
+    return module is not None and not module.automatic_optimization
+
+
+def plan_step(trainer: pl.Trainer) -> int:
+    """The run's progress in the unit of :func:`planned_steps` (and of
+    ``trainer.estimated_stepping_batches``).
+
+    Automatic optimization: optimizer steps done (``trainer.global_step``). Manual
+    optimization: training batches done, since ``global_step`` there advances once per
+    ``optimizer.step()`` call (twice per batch with two optimizers) while
+    ``estimated_stepping_batches`` counts batches. Read in ``on_train_batch_start`` and
+    ``on_before_optimizer_step``, it is the index of the current step of the plan.
+    """
+    if not manual_optimization(trainer):
+        return int(trainer.global_step)
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
+
+def plan_unit(trainer: pl.Trainer) -> str:
+    """What one step of :func:`plan_step` is, for messages."""
+    if manual_optimization(trainer):
+        return "training batches (manual optimization)"
+    return "optimizer steps"
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether ``module`` (or a submodule) runs through ``torch.compile``.
+
+    Lightning unwraps ``trainer.fit(torch.compile(model))`` and keeps the compile settings
+    in ``model._compiler_ctx``; ``nn.Module.compile()`` in place sets
+    ``_compiled_call_impl``; a compiled submodule is an ``OptimizedModule``.
+    """
+    if module is None:
+        return False
+    if getattr(module, "_compiler_ctx", None):
+        return True
+    for sub in module.modules():
+        if getattr(sub, "_compiled_call_impl", None) is not None:
+            return True
+        if type(sub).__name__ == "OptimizedModule":
+            return True
+    return False
+
+
+def recompile_limit() -> int:
+    """torch's limit of compiled versions per function (``recompile_limit``, formerly
+    ``cache_size_limit``); past it the function runs eagerly, with only torch's warning."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    return int(getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 8)))
+
+
+def log_every_n(trainer: pl.Trainer) -> int:
+    """The loggers' cadence in steps (``trainer.log_every_n_steps``, at least 1)."""
+    return max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
+
+
+def planned_steps(trainer: pl.Trainer, owner: str) -> int:
+    """The run's length in :func:`plan_step` units, from ``estimated_stepping_batches``.
+
+    Under manual optimization with several optimizers and ``max_steps``, Lightning counts
+    ``max_steps`` in ``optimizer.step()`` calls while the plan counts batches: the length is
+    then ``ceil(max_steps / n_optimizers)`` batches (each batch steps each optimizer once),
+    which is said in a warning since Lightning cannot know how often a batch steps.
+
+    Args:
+        trainer: the trainer, at ``on_fit_start`` or later.
+        owner: the callback's name, for messages.
+
+    Raises:
+        ValueError: if the length is not finite.
+    """
+    total = trainer.estimated_stepping_batches
+    n_opt = len(trainer.optimizers)
+    if manual_optimization(trainer) and n_opt > 1 and trainer.max_steps not in (None, -1):
+        by_steps = math.ceil(trainer.max_steps / n_opt)
+        if by_steps < total:
+            rank_zero_warn(
+                f"{owner}: manual optimization with {n_opt} optimizers and max_steps="
+                f"{trainer.max_steps}: Lightning counts max_steps in optimizer.step() calls, "
+                f"this plan counts training batches; assuming every batch steps each optimizer "
+                f"once, the run lasts {by_steps} batches (not {total})."
+            )
+            total = by_steps
+    if not math.isfinite(total) or total < 1:
+        raise ValueError(
+            f"{owner} needs a finite training length: set `max_epochs` or `max_steps` on the "
+            f"Trainer (estimated optimizer steps: {total})."
+        )
+    return int(total)
+
+
 def run_dir(trainer: pl.Trainer) -> Path:
     """Returns the directory where a run's decisions and artefacts go.
 
@@ -250,6 +348,12 @@ class ControlCallback(Callback):
         self.stopped_epoch: int | None = None
         self.stopped_step: int | None = None
         self.stop_reason: str | None = None
+        #: ``"fresh"``, ``"resumed"`` (state loaded from a checkpoint) or ``"continued"``
+        #: (``fit`` again on the same Trainer without a checkpoint), set at ``on_fit_start``.
+        self.fit_kind: str | None = None
+        self._initial_progress: dict[str, Any] | None = None
+        self._loaded_for_fit = False
+        self._fit_trainer: str | None = None
 
     # --- identity and configuration -------------------------------------------------
 
@@ -378,15 +482,68 @@ class ControlCallback(Callback):
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def _snapshot_initial(self) -> None:
+        """Keeps the progress of a callback that has not run yet (what a fresh fit starts from)."""
+        if self._initial_progress is None:
+            self._initial_progress = copy.deepcopy(self._progress_state())
+
+    def _reset_progress(self) -> None:
+        """Returns progress to the state of a new instance (a fresh fit of a reused callback).
+
+        The default clears decisions and the stop and loads the progress snapshot taken
+        before the instance's first fit or checkpoint load. Subclasses with per-fit fields
+        that ``_load_progress_state`` does not set extend it.
+        """
+        self._decisions = []
+        self.stopped_epoch = None
+        self.stopped_step = None
+        self.stop_reason = None
+        if self._initial_progress is not None:
+            self._load_progress_state(copy.deepcopy(self._initial_progress))
+
+    def _begin_fit(self, trainer: pl.Trainer) -> None:
+        """Classifies this fit (fresh, resumed, continued) and starts a reused instance fresh.
+
+        A fit is *resumed* when this callback's state was loaded since its last fit (a
+        checkpoint passed as ``ckpt_path``, or ``load_state_dict``), *continued* when the
+        same Trainer fits again without a checkpoint (progress, stop and plans carry on,
+        as Lightning's loops do), and *fresh* otherwise: an instance reused with a new
+        Trainer (a loop over folds or seeds) drops the previous fit's decisions, stop and
+        progress, and says so in one line.
+        """
+        token = trainer.__dict__.setdefault("_eecontrol_trainer_id", uuid.uuid4().hex)
+        if self._loaded_for_fit:
+            self.fit_kind = "resumed"
+        elif self._fit_trainer is None:
+            self.fit_kind = "fresh"
+            self._snapshot_initial()
+        elif self._fit_trainer == token:
+            self.fit_kind = "continued"
+        else:
+            self.fit_kind = "fresh"
+            dropped = len(self._decisions)
+            self._reset_progress()
+            rank_zero_info(
+                f"eecontrol [{type(self).__name__}]: a new Trainer without a checkpoint: "
+                f"starting fresh (the previous fit's {dropped} decision(s), stop and progress "
+                f"are dropped; pass ckpt_path to resume instead)."
+            )
+        self._loaded_for_fit = False
+        self._fit_trainer = token
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after a checkpoint's callback states are restored.
+        # Runs after a checkpoint's callback states are restored. The first eecontrol
+        # callback starts the fit of all of them, so the journal sees every reset.
         if control_callbacks(trainer)[0] is self:
+            for cb in control_callbacks(trainer):
+                cb._begin_fit(trainer)
             _write_journal(trainer)
         if self.stopped_epoch is not None:
+            how = "continued fit" if self.fit_kind == "continued" else "resume"
             rank_zero_info(
                 f"eecontrol [{type(self).__name__}]: this run was stopped at epoch "
-                f"{self.stopped_epoch} ({self.stop_reason}); not training again after resume."
+                f"{self.stopped_epoch} ({self.stop_reason}); not training again after {how}."
             )
             trainer.should_stop = True
 
@@ -420,6 +577,8 @@ class ControlCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
+        self._snapshot_initial()
+        self._loaded_for_fit = True
         if not isinstance(state_dict, Mapping) or "version" not in state_dict:
             raise ValueError(
                 f"{name}: the checkpoint's callback state has no 'version' key: it was written "

@@ -8,10 +8,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, check_choice, check_range
+from eecontrol.callbacks._control import (
+    ControlCallback,
+    check_choice,
+    check_range,
+    is_compiled,
+    log_every_n,
+    manual_optimization,
+    plan_step,
+    plan_unit,
+    planned_steps,
+    recompile_limit,
+)
 from eecontrol.core.drop_targets import (
     DEFAULT_FLOAT_ATTRIBUTES,
     DropTargets,
@@ -27,7 +38,7 @@ TARGETS = ("dropout", "drop_path", "both")
 
 #: Below this share of the model's dropout-like rates controlled, the set-up report warns.
 MIN_COVERAGE = 0.9
-PER_BLOCK = ("linear", "uniform")
+PER_BLOCK = ("linear", "efficientnet", "uniform")
 
 
 class DropoutSchedule(ControlCallback):
@@ -35,9 +46,15 @@ class DropoutSchedule(ControlCallback):
 
     Liu et al., "Dropout Reduces Underfitting" (ICML 2023). Early dropout (dropout only
     before the cutoff) helps underfitting models; late dropout (only after it) helps
-    overfitting ones. The rate is a function of ``trainer.global_step`` only, so it is the
-    same on every DDP rank and continues exactly after a resume; it is applied once per
-    optimizer step (on the first micro-batch of an accumulation group).
+    overfitting ones. The rate is a function of the optimizer step only (``global_step``;
+    under manual optimization the training batch, the unit of
+    ``trainer.estimated_stepping_batches``, since ``global_step`` there counts every
+    ``optimizer.step()`` call), so it is the same on every DDP rank and continues exactly
+    after a resume; it is applied once per optimizer step (on the first micro-batch of an
+    accumulation group). The plan works from ``max_steps`` alone, with an
+    ``IterableDataset`` of unknown length too (``cutoff_unit`` ``fraction`` or ``steps``).
+    The rate goes to the loggers at their cadence (``log_every_n_steps``), not per
+    micro-batch.
 
     Example::
 
@@ -49,20 +66,24 @@ class DropoutSchedule(ControlCallback):
         schedule: ``constant``, or ``linear`` (early: p decays to exactly 0 at the cutoff;
             late, our extension: 0 until the cutoff, then a ramp up to p at the end).
         cutoff: where the phase changes, in units of ``cutoff_unit``.
-        cutoff_unit: ``fraction`` of the run's optimizer steps (cutoff in [0, 1]) or
-            ``epochs`` (cutoff in [0, max_epochs]).
+        cutoff_unit: ``fraction`` of the run's optimizer steps
+            (``trainer.estimated_stepping_batches``; cutoff in [0, 1]), ``steps``
+            (optimizer steps, a whole number in [0, total steps]) or ``epochs`` (cutoff in
+            [0, max_epochs]; needs training data of known length).
         target: ``dropout``, ``drop_path`` (stochastic depth) or ``both``.
         drop_path_rate: the stochastic-depth rate while on, in [0, 1) (default: ``p``).
         drop_path_per_block: ``linear`` (block i of d gets ``linspace(0, rate, d)[i]``, the
-            blocks found by structure, ``nn.Identity`` blocks counted, as in the reference
-            code and timm) or ``uniform``.
+            blocks found by structure, ``nn.Identity`` slots counted, as in the reference
+            code and timm's ViT, Swin and ConvNeXt), ``efficientnet`` (``rate * i / d``,
+            as timm's EfficientNet and MobileNetV3 builders) or ``uniform``.
         float_attributes: names or globs of rate attributes to set (Hugging Face style;
             default: every name that says dropout, ints such as ``attention_dropout=0``
             included). The set-up report (console, ``decisions.jsonl``, loggers) lists
             what is controlled and every rate-like attribute left out; under 90%
             controlled is a warning.
         setters: the module families to recognise (default: every built-in family).
-        prog_bar: show the current rate in the progress bar.
+        prog_bar: show the current rate in Lightning's progress bar (sent when it changes;
+            eecontrol's progress bars show it anyway).
     """
 
     def __init__(
@@ -93,6 +114,8 @@ class DropoutSchedule(ControlCallback):
                 raise ValueError(f"`cutoff` is required with mode={mode!r}; got None.")
             if cutoff_unit == "fraction":
                 check_range("cutoff", cutoff, low=0.0, high=1.0)
+            elif cutoff_unit == "steps":
+                check_range("cutoff", cutoff, low=0, integer=True)
             else:
                 check_range("cutoff", cutoff, low=0.0)
         if drop_path_rate is not None:
@@ -118,6 +141,7 @@ class DropoutSchedule(ControlCallback):
         self._dropout_schedule: DropSchedule | None = None
         self._drop_path_schedule: DropSchedule | None = None
         self._rates: dict[str, float] = {}
+        self._bar_rates: dict[str, float] = {}
         self.report: RateReport | None = None
 
     @override
@@ -151,16 +175,9 @@ class DropoutSchedule(ControlCallback):
             out["drop_path"] = self._drop_path_schedule.rate(step)
         return out
 
-    def _build_schedules(self, trainer: pl.Trainer) -> tuple[int, int, int]:
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) or total < 1:
-            raise ValueError(
-                "DropoutSchedule needs a finite training length: set `max_epochs` or "
-                f"`max_steps` on the Trainer (estimated optimizer steps: {total})."
-            )
-        total = int(total)
-        accumulate = max(int(trainer.accumulate_grad_batches), 1)
-        steps_per_epoch = max(math.ceil(float(trainer.num_training_batches) / accumulate), 1)
+    def _build_schedules(self, trainer: pl.Trainer) -> tuple[int, int | None, int]:
+        total = planned_steps(trainer, "DropoutSchedule")
+        steps_per_epoch = _steps_per_epoch(trainer)
         if self.mode == "standard" or self.cutoff is None:
             cutoff_step = 0
         else:
@@ -189,6 +206,38 @@ class DropoutSchedule(ControlCallback):
         self._rates = rates
         return rates
 
+    def rate_values(self, start: int, total: int) -> int:
+        """How many distinct rate settings the schedule makes from ``start`` to ``total``."""
+        seen = {tuple(sorted(self.rates(t).items())) for t in range(start, max(total, start + 1))}
+        return len(seen)
+
+    def _compile_cost(self, pl_module: pl.LightningModule, total: int, start: int) -> int | None:
+        """Under ``torch.compile``: says what the schedule costs in recompiles (or None).
+
+        torch guards on a dropout module's float rate (``p``, ``attention_dropout``,
+        ``drop_prob``), so every distinct rate compiles the model again (measured with the
+        ``aot_eager`` backend: one compile per distinct value; a value seen before reuses
+        its graph). Past torch's ``recompile_limit`` the model silently runs eagerly.
+        """
+        if not is_compiled(pl_module):
+            return None
+        values = self.rate_values(start, total)
+        limit = recompile_limit()
+        message = (
+            f"DropoutSchedule under torch.compile: the schedule sets {values} distinct rate "
+            f"value(s) over this run; torch guards on dropout rates, so each compiles the "
+            f"model once more (validation in eval mode compiles its own)."
+        )
+        if values >= limit:
+            rank_zero_warn(
+                f"{message} torch's recompile_limit is {limit}: past it the model runs "
+                f"eagerly. Raise it (torch._dynamo.config.recompile_limit = {2 * values + 2}) "
+                f"or use schedule='constant' (2 values)."
+            )
+        else:
+            rank_zero_info(message)
+        return values
+
     def _phase_of(self, rates: dict[str, float]) -> str:
         return "on" if any(r > 0.0 for r in rates.values()) else "off"
 
@@ -205,20 +254,25 @@ class DropoutSchedule(ControlCallback):
                 f"or pass a RateSetter."
             )
         total, steps_per_epoch, cutoff_step = self._build_schedules(trainer)
-        step = int(trainer.global_step)
+        step = plan_step(trainer)
+        compile_note = self._compile_cost(pl_module, total, step)
+        self._bar_rates = {}
         rates = self._apply(step)
-        if not self._decisions:
+        if not self._decisions or self.fit_kind == "continued":
             self._phase = self._phase_of(rates)
             counts = ", ".join(f"{v} {k}" for k, v in self._targets.summary().items())
             depth = f" over {self._targets.depth} blocks" if self._targets.drop_path else ""
             self._decide(
                 trainer,
                 "schedule",
-                f"{self.mode} {self.schedule} schedule over {total} optimizer steps, phase "
-                f"changes at step {cutoff_step}; dropout {self._phase} at start; controls "
+                f"{self.mode} {self.schedule} schedule over {total} {plan_unit(trainer)}, "
+                f"phase changes at step {cutoff_step}; dropout {self._phase} at step {step}; "
+                "controls "
                 f"{counts}{depth}; left out: {left or 'nothing'}",
                 {
                     "total_steps": total,
+                    "unit": plan_unit(trainer),
+                    "start_step": step,
                     "steps_per_epoch": steps_per_epoch,
                     "cutoff_step": cutoff_step,
                     **{f"{k}_targets": len(getattr(self._targets, k)) for k in self.kinds},
@@ -228,35 +282,39 @@ class DropoutSchedule(ControlCallback):
                     "left_out": left,
                     "left_out_count": len(self.report.left_out),
                     "controlled_by_family": json.dumps(self._targets.summary(), sort_keys=True),
+                    "compiled_rate_values": compile_note,
                 },
             )
+        self._applied_step = -1  # the first micro-batch applies (again) and logs
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = int(trainer.global_step)
-        if step != self._applied_step:
-            rates = self._apply(step)
-            phase = self._phase_of(rates)
-            if phase != self._phase:
-                previous, self._phase = self._phase, phase
-                self._decide(
-                    trainer,
-                    f"{'+'.join(self.kinds)}_{phase}",
-                    f"{self.mode} {self.schedule} schedule: phase {previous} -> {phase} at "
-                    f"optimizer step {step}",
-                    {f"{k}_rate": v for k, v in rates.items()},
-                )
-        for kind, rate in self._rates.items():
-            pl_module.log(
-                f"{kind}/rate",
-                rate,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=self.prog_bar,
-                batch_size=1,
+        step = plan_step(trainer)
+        if step == self._applied_step:
+            return  # a later micro-batch of the same optimizer step
+        rates = self._apply(step)
+        phase = self._phase_of(rates)
+        if phase != self._phase:
+            previous, self._phase = self._phase, phase
+            self._decide(
+                trainer,
+                f"{'+'.join(self.kinds)}_{phase}",
+                f"{self.mode} {self.schedule} schedule: phase {previous} -> {phase} at "
+                f"optimizer step {step}",
+                {f"{k}_rate": v for k, v in rates.items()},
             )
+        # Loggers at their cadence, once per optimizer step; pl_module.log per micro-batch
+        # cost several percent of a small model's step.
+        if trainer.loggers and step % log_every_n(trainer) == 0:
+            metrics = {f"{kind}/rate": rate for kind, rate in rates.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=int(trainer.global_step))
+        if self.prog_bar and rates != self._bar_rates:
+            self._bar_rates = dict(rates)
+            for kind, rate in rates.items():
+                pl_module.log(f"{kind}/rate", rate, logger=False, prog_bar=True, batch_size=1)
 
     @override
     def progress_fields(self) -> dict[str, str]:
@@ -278,3 +336,20 @@ class DropoutSchedule(ControlCallback):
     @override
     def _load_progress_state(self, state: dict[str, Any]) -> None:
         self._phase = state.get("phase")
+
+
+def _steps_per_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps per epoch (training batches under manual optimization), or None.
+
+    None when the training data has no length (an ``IterableDataset``). With ``max_steps``
+    the loaders are not loaded yet at ``on_fit_start``; they are loaded here (as
+    ``estimated_stepping_batches`` does without ``max_steps``).
+    """
+    batches = float(trainer.num_training_batches)
+    if not math.isfinite(batches):
+        trainer.fit_loop.setup_data()
+        batches = float(trainer.num_training_batches)
+    if not math.isfinite(batches):
+        return None
+    accumulate = 1 if manual_optimization(trainer) else max(int(trainer.accumulate_grad_batches), 1)
+    return max(math.ceil(batches / accumulate), 1)

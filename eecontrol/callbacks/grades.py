@@ -10,10 +10,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.callbacks._control import (
+    ControlCallback,
+    check_choice,
+    check_range,
+    is_compiled,
+    log_every_n,
+    plan_step,
+    plan_unit,
+    planned_steps,
+    recompile_limit,
+    run_dir,
+)
 from eecontrol.core.gradstats import (
     AUTO,
     NO_GRADIENT,
@@ -77,11 +88,20 @@ class GradES(ControlCallback):
     GradES (Wen et al., "GradES: Significantly Faster Training in Transformers with
     Gradient-Based Early Stopping", arXiv 2509.01842). Every ``interval`` optimizer steps
     the statistic of every unfrozen component is read in ``on_before_optimizer_step``
-    (gradients accumulated and unscaled, not yet clipped) in one fused reduction; after the
-    grace period a component whose statistic is below its threshold is frozen
+    (gradients accumulated and unscaled; with automatic optimization not yet clipped by
+    ``gradient_clip_val``, with manual optimization as ``optimizer.step()`` receives them,
+    i.e. after any ``self.clip_gradients`` in ``training_step``) in one fused reduction;
+    after the grace period a component whose statistic is below its threshold is frozen
     (``requires_grad_(False)``, ``grad = None``, optimizer state dropped), so its
     weight-gradient GEMMs and optimizer updates stop. Training stops when the frozen
     fraction of components reaches ``max_frozen_ratio``.
+
+    Steps are optimizer steps (``global_step``), the unit of
+    ``trainer.estimated_stepping_batches``; under manual optimization they are training
+    batches, since ``global_step`` there advances once per ``optimizer.step()`` call. With
+    several optimizers each component is read once per batch, at the step of the optimizer
+    that holds it. Frozen fraction and trainable fraction go to the loggers once per
+    optimizer step at their cadence (``log_every_n_steps``), not per micro-batch.
 
     Example::
 
@@ -115,7 +135,8 @@ class GradES(ControlCallback):
         log_components: send each component's statistic to the loggers at every reading
             that falls on ``trainer.log_every_n_steps`` (to W&B also a histogram of all
             components' ``log10`` statistic, ``grades/<statistic>/log10_histogram``).
-        prog_bar: show the frozen count in the progress bar.
+        prog_bar: show the frozen fraction in Lightning's progress bar (sent when it
+            changes; eecontrol's progress bars show the frozen count anyway).
     """
 
     def __init__(
@@ -175,6 +196,9 @@ class GradES(ControlCallback):
         self._trainable_at_start = 0
         self._last_values: dict[str, float | None] = {}
         self._last_step = -1
+        self._read_at_step: set[int] = set()
+        self._owner: dict[int, set[int]] = {}
+        self._bar_frozen = -1
         self._stop_due = False
         self._warned: set[str] = set()
         self._coverage: Coverage | None = None
@@ -312,7 +336,7 @@ class GradES(ControlCallback):
                 f"(< {MIN_COVERAGE:.0%}); the rest keeps training after the run reports all "
                 f"components frozen. Left out: {left}."
             )
-        if any(d.action == "setup" for d in self._decisions):
+        if any(d.action == "setup" for d in self._decisions) and self.fit_kind != "continued":
             return  # a resumed run keeps its original report
         self._decide(
             trainer,
@@ -331,6 +355,9 @@ class GradES(ControlCallback):
                 "outside_blocks": ", ".join(cov.outside),
                 "frozen_before_fit": cov.frozen_before,
                 "discovery": "structure" if self.patterns is None else "patterns",
+                "total_steps": self._total_steps,
+                "grace_step": int(self.grace * self._total_steps),
+                "unit": plan_unit(trainer),
             },
         )
 
@@ -356,13 +383,10 @@ class GradES(ControlCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) or total < 1:
-            raise ValueError(
-                "GradES needs a finite training length to place the grace period: set "
-                f"`max_epochs` or `max_steps` on the Trainer (estimated optimizer steps: {total})."
-            )
-        self._total_steps = int(total)
+        self._total_steps = planned_steps(trainer, "GradES (to place the grace period)")
+        self._owner = {}
+        self._read_at_step = set()
+        self._bar_frozen = -1
         self._discover(trainer, pl_module)
         self._grace_step = int(self.grace * self._total_steps)
         self._start_step = (
@@ -372,6 +396,41 @@ class GradES(ControlCallback):
         )
         # Frozen parameters go before the first step (DDP has already wrapped the model).
         self._apply_restored(trainer, pl_module)
+        self._compile_cost(pl_module)
+
+    def freeze_steps_bound(self) -> int:
+        """The most optimizer steps at which components can still freeze in this run."""
+        readings = math.ceil(max(self._total_steps - self._grace_step, 0) / self.interval)
+        return min(len(self._names) - len(self._frozen), readings)
+
+    def _compile_cost(self, pl_module: pl.LightningModule) -> None:
+        """Under ``torch.compile``: says how many recompiles freezing can cost.
+
+        torch guards on ``requires_grad`` of every parameter, so each step at which
+        components freeze compiles the model once more (measured with ``aot_eager``); past
+        torch's ``recompile_limit`` the model silently runs eagerly. ``interval`` bounds
+        the steps at which freezing can happen.
+        """
+        if not is_compiled(pl_module):
+            return
+        bound = self.freeze_steps_bound()
+        limit = recompile_limit()
+        message = (
+            f"GradES under torch.compile: freezing changes requires_grad, which torch "
+            f"guards on, so each step at which components freeze compiles the model once "
+            f"more: at most {bound} recompiles in this run ({len(self._names)} components, "
+            f"a reading every {self.interval} step(s) after the grace step {self._grace_step} "
+            f"of {self._total_steps})."
+        )
+        if bound + 1 >= limit:
+            needed = max(math.ceil((self._total_steps - self._grace_step) / (limit - 2)), 1)
+            rank_zero_warn(
+                f"{message} torch's recompile_limit is {limit}: past it the model runs "
+                f"eagerly. Raise it (torch._dynamo.config.recompile_limit = {bound + 2}) or "
+                f"set interval >= {needed} so that freezes fall on at most {limit - 2} steps."
+            )
+        else:
+            rank_zero_info(message)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -393,17 +452,53 @@ class GradES(ControlCallback):
                     return float(group["lr"])
         return None
 
+    def _owned_by(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> set[int] | None:
+        """Components read at ``optimizer``'s step: all (one optimizer), or those it holds.
+
+        With several optimizers (manual optimization) a component is read at the step of
+        the optimizer that holds its parameters, after that optimizer's backward; one held
+        by none is read at the first optimizer's step.
+        """
+        optimizers = [getattr(o, "_optimizer", o) for o in trainer.optimizers]
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
+        if len(optimizers) <= 1:
+            return None
+        if not self._owner:
+            where = {
+                id(p): k
+                for k, opt in enumerate(optimizers)
+                for group in opt.param_groups
+                for p in group["params"]
+            }
+            self._owner = {k: set() for k in range(len(optimizers))}
+            for i, comp in enumerate(self._components):
+                self._owner[where.get(id(comp.params[0]), 0)].add(i)
+        index = next((k for k, o in enumerate(optimizers) if o is optimizer), None)
+        return self._owner.get(index, set()) if index is not None else None
+
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        step = int(trainer.global_step)
-        if step == self._last_step or self._stats is None or self._rule is None:
-            return  # once per optimizer step (several optimizers), and only after setup
-        self._last_step = step
+        if self._stats is None or self._rule is None:
+            return  # only after setup
+        step = plan_step(trainer)
+        if step != self._last_step:
+            self._last_step = step
+            self._read_at_step = set()
+            if trainer.loggers and step % log_every_n(trainer) == 0:
+                self._log_fractions(trainer)
         if step < self._start_step - 1:
             return
-        active = [i for i, n in enumerate(self._names) if n not in self._frozen]
+        owned = self._owned_by(trainer, optimizer)
+        active = [
+            i
+            for i, n in enumerate(self._names)
+            if n not in self._frozen
+            and i not in self._read_at_step
+            and (owned is None or i in owned)
+        ]
+        self._read_at_step.update(active)  # once per step, several optimizers included
         if not active:
             return
         if step >= self._start_step and step % self.interval == 0:
@@ -415,6 +510,15 @@ class GradES(ControlCallback):
         if self._stats.snapshot_due(step, self.interval):
             self._stats.snapshot(active)
 
+    def _log_fractions(self, trainer: pl.Trainer) -> None:
+        """Frozen and trainable fraction to the loggers (not through ``pl_module.log``)."""
+        metrics = {
+            "grades/frozen_fraction": self.frozen_fraction,
+            "grades/trainable_fraction": self.trainable_fraction,
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=int(trainer.global_step))
+
     def _decide_on(
         self,
         trainer: pl.Trainer,
@@ -424,7 +528,7 @@ class GradES(ControlCallback):
         values: list[float | None],
     ) -> None:
         assert self._rule is not None and self._stats is not None
-        self._last_values = {self._names[i]: v for i, v in zip(active, values)}
+        self._last_values.update({self._names[i]: v for i, v in zip(active, values)})
         to_freeze: list[tuple[int, float, float]] = []
         missing: list[str] = []
         for idx, value in zip(active, values):
@@ -437,20 +541,21 @@ class GradES(ControlCallback):
                 to_freeze.append((idx, smoothed, threshold))
         if missing:
             self._warn_failures(step)
-        if self.log_components and step % max(trainer.log_every_n_steps, 1) == 0:
+        if self.log_components and trainer.loggers and step % log_every_n(trainer) == 0:
             metrics = {
-                f"grades/{self.statistic}/{name}": v
-                for name, v in self._last_values.items()
+                f"grades/{self.statistic}/{self._names[i]}": v
+                for i, v in zip(active, values)
                 if v is not None
             }
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
-            self._log_histogram(trainer, step)
+                logger.log_metrics(metrics, step=int(trainer.global_step))
+            self._log_histogram(trainer, int(trainer.global_step))
         for idx, smoothed, threshold in to_freeze:
             comp = self._components[idx]
             lr = self._lr_of(trainer, comp)
             numel = freeze_parameters(comp.params, trainer.optimizers)
             self._stats.clear([idx])
+            self._last_values.pop(comp.name, None)
             self._frozen[comp.name] = {
                 "step": step,
                 "epoch": int(trainer.current_epoch),
@@ -476,6 +581,8 @@ class GradES(ControlCallback):
             )
         if to_freeze:
             self._write_timeline(trainer)
+            if trainer.loggers:
+                self._log_fractions(trainer)
             if self.frozen_fraction >= self.max_frozen_ratio:
                 self._stop_due = True
 
@@ -532,21 +639,15 @@ class GradES(ControlCallback):
     ) -> None:
         if not self._names:
             return
-        pl_module.log(
-            "grades/frozen_fraction",
-            self.frozen_fraction,
-            on_step=True,
-            on_epoch=False,
-            prog_bar=self.prog_bar,
-            batch_size=1,
-        )
-        pl_module.log(
-            "grades/trainable_fraction",
-            self.trainable_fraction,
-            on_step=True,
-            on_epoch=False,
-            batch_size=1,
-        )
+        if self.prog_bar and len(self._frozen) != self._bar_frozen:
+            self._bar_frozen = len(self._frozen)  # sent when it changes, not per micro-batch
+            pl_module.log(
+                "grades/frozen_fraction",
+                self.frozen_fraction,
+                logger=False,
+                prog_bar=True,
+                batch_size=1,
+            )
         if self._stop_due and self.stopped_epoch is None:
             self._stop_due = False
             self._stop(
@@ -621,6 +722,17 @@ class GradES(ControlCallback):
             "snapshots": self._stats.state_dict(),
             "last_step": self._last_step,
         }
+
+    @override
+    def _reset_progress(self) -> None:
+        super()._reset_progress()
+        self._frozen = {}
+        self._pending_state = {}
+        self._last_step = -1
+        self._read_at_step = set()
+        self._last_values = {}
+        self._stop_due = False
+        self._warned = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles configuration and progress, not the model's parameters."""

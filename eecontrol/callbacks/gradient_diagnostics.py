@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, check_range
+from eecontrol.callbacks._control import ControlCallback, check_range, plan_step
 from eecontrol.core.schedules import direction_error, direction_variance
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -117,7 +117,7 @@ class GradientDiagnostics(ControlCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = int(trainer.global_step)
+        step = plan_step(trainer)  # optimizer steps; training batches if manual
         if step % self.every_n_steps != 0 or step == self._last_step:
             return
         self._last_step = step

@@ -14,10 +14,11 @@ A *setter* recognises one family of modules and knows which attribute holds its 
 - ``torchvision_stochastic_depth``: torchvision ``StochasticDepth`` (attribute ``p``).
 
 Stochastic depth is set per *block*, as the paper's reference code and timm do:
-block ``i`` of ``depth`` gets ``torch.linspace(0, rate, depth)[i]``, where the blocks are
-found by structure (the repeated modules holding the drop-path modules, blocks built
-with ``nn.Identity`` in place of a zero-rate DropPath included) and every drop-path
-module of a block (timm ViT/Swin have two) shares its block's rate.
+block ``i`` of ``depth`` gets ``torch.linspace(0, rate, depth)[i]`` (or ``rate * i /
+depth``, timm's EfficientNet/MobileNet rule), where the blocks are found by structure
+(the modules holding a drop-path slot, slots built as ``nn.Identity`` in place of a
+zero-rate DropPath included, whatever the block's class) and every drop-path module of
+a block (timm ViT/Swin have two) shares its block's rate.
 
 Add a family by passing another :class:`RateSetter`. :func:`rate_report` lists every
 attribute that looks like a drop rate and says which are controlled.
@@ -154,11 +155,18 @@ class DropTargets:
             setattr(module, attr, float(rate))
 
     def drop_path_rates(self, rate: float, per_block: str = "linear") -> list[float]:
-        """The rate of every drop-path target: its block's ``linspace(0, rate, depth)``."""
-        if per_block != "linear":
+        """The rate of every drop-path target, from its block ``i`` of ``depth``.
+
+        ``linear``: ``linspace(0, rate, depth)[i]`` (the paper's code, timm ViT, Swin,
+        ConvNeXt); ``efficientnet``: ``rate * i / depth`` (timm's EfficientNet and
+        MobileNet builders); ``uniform``: ``rate`` everywhere.
+        """
+        if per_block == "uniform":
             return [float(rate)] * len(self.drop_path)
         depth = self.depth or len(self.drop_path)
         blocks = self.drop_path_block or list(range(len(self.drop_path)))
+        if per_block == "efficientnet":
+            return [float(rate) * b / depth for b in blocks]
         per_depth = depth_rates(rate, depth)
         return [per_depth[b] for b in blocks]
 
@@ -252,12 +260,16 @@ def _config_targets(model: nn.Module, setters: Sequence[RateSetter], found: Drop
 def assign_blocks(model: nn.Module, targets: DropTargets) -> None:
     """Gives every drop-path target its block index and the model's depth.
 
-    A drop-path module's block is its nearest ancestor that sits, with at least one more
-    module of the same class, in an ``nn.ModuleList`` / ``nn.Sequential`` (timm and
-    the reference ``blocks``, ConvNeXt stages, Hugging Face ``layer`` lists). Every module
-    of those classes is a block, in module order, including blocks without a drop-path
-    module (built with ``nn.Identity`` for rate 0, such as block 0). A drop-path module
-    outside any block counts as a block of its own.
+    A block is a module that holds a drop-path slot: the module whose attribute is a
+    drop-path target (timm ``drop_path``, ViT ``drop_path1``/``drop_path2``), lifted to
+    the nearest ancestor that is an item of an ``nn.ModuleList`` / ``nn.Sequential``
+    (a stage's block, also in a one-block stage; a block whose branches each hold a drop
+    path counts once). A slot built as ``nn.Identity`` for rate 0 (timm's block 0, the
+    first block of an EfficientNet or MobileNetV3 whatever its class) is a block too: an
+    ``nn.Identity`` under an attribute name that drop-path targets use, or in a container
+    that holds drop-path targets. A target that is itself a container item (a
+    ``ModuleList`` of per-block drop paths) is its own block; one outside any container
+    counts as a block of its own. Blocks are numbered in module order.
 
     Args:
         model: the model the targets were found in.
@@ -266,50 +278,39 @@ def assign_blocks(model: nn.Module, targets: DropTargets) -> None:
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
 
-    def parent(name: str) -> str | None:
-        return None if not name else (name.rsplit(".", 1)[0] if "." in name else "")
+    def parent(name: str) -> str:
+        return name.rsplit(".", 1)[0] if "." in name else ""
 
-    def ancestors(name: str) -> list[str]:
-        out, node = [], name
+    def is_container(name: str) -> bool:
+        return isinstance(modules.get(name), nn.ModuleList | nn.Sequential)
+
+    def block_of_slot(slot: str) -> str:
+        """The block holding the drop-path slot ``slot`` (a module name)."""
+        if is_container(parent(slot)):
+            return slot  # an item of a list of per-block drop paths
+        node = parent(slot)
         while node:
-            out.append(node)
-            node = parent(node) or ""
-        return out
+            if is_container(parent(node)):
+                return node
+            node = parent(node)
+        return parent(slot) or slot
 
-    # each module's nearest ancestor repeated in a ModuleList / Sequential gives a class;
-    # a module whose ancestors include a class found for another module uses that one
-    # (a one-block ConvNeXt stage: its block, not the stage)
-    candidates: set[type] = set()
-    for name, *_ in targets.drop_path:
-        for node in ancestors(name):
-            container = modules.get(parent(node) or "")
-            if isinstance(container, nn.ModuleList | nn.Sequential):
-                cls = type(modules[node])
-                if sum(type(c) is cls for c in container.children()) >= 2:
-                    candidates.add(cls)
-                    break
-    classes: set[type] = set()
-    for name, *_ in targets.drop_path:
-        for node in ancestors(name):
-            if type(modules[node]) in candidates:
-                classes.add(type(modules[node]))
-                break
-    blocks = []
+    target_names = [name for name, *_ in targets.drop_path]
+    slot_attrs = {n.rsplit(".", 1)[-1] for n in target_names if not is_container(parent(n))}
+    slot_lists = {parent(n) for n in target_names if is_container(parent(n))}
+    slots = list(target_names)
     for name, module in modules.items():
-        if name and type(module) in classes and not any(name.startswith(b + ".") for b in blocks):
-            blocks.append(name)
-    standalone = []
-    for name, *_ in targets.drop_path:
-        if not any(name == b or name.startswith(b + ".") for b in blocks):
-            standalone.append(name)
-    ordered = sorted(set(blocks) | set(standalone), key=lambda n: order[n])
+        if not name or type(module) is not nn.Identity:
+            continue
+        if parent(name) in slot_lists or (
+            not is_container(parent(name)) and name.rsplit(".", 1)[-1] in slot_attrs
+        ):
+            slots.append(name)
+    ordered = sorted({block_of_slot(s) for s in slots}, key=lambda n: order[n])
     index = {n: i for i, n in enumerate(ordered)}
     targets.block_names = ordered
     targets.depth = len(ordered)
-    targets.drop_path_block = [
-        index[next((b for b in blocks if name == b or name.startswith(b + ".")), name)]
-        for name, *_ in targets.drop_path
-    ]
+    targets.drop_path_block = [index[block_of_slot(n)] for n in target_names]
 
 
 @dataclass

@@ -180,6 +180,12 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _bias_names(weight: str) -> tuple[str, ...]:
+    """The names a bias of the packed tensor ``weight`` goes by in the same module."""
+    stem = weight[: -len("_weight")] if weight.endswith("_weight") else weight
+    return (f"{weight}_bias", f"{stem}_bias", weight.replace("weight", "bias"))
+
+
 def weight_groups(
     model: nn.Module, eligible: Callable[[str, nn.Parameter], bool]
 ) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
@@ -187,7 +193,8 @@ def weight_groups(
 
     One group per module holding one weight tensor (``nn.Linear``, Hugging Face
     ``Conv1D``, convolutions: weight + bias); one per tensor for a module holding several
-    (packed MoE experts: ``<experts>.gate_up_proj`` with ``gate_up_proj_bias``); one for
+    (packed MoE experts: ``<experts>.gate_up_proj`` with ``gate_up_proj_bias``, which is
+    2-D in GPT-OSS and still a bias, never a component of its own); one for
     the packed input projection of ``nn.MultiheadAttention`` (``<attention>.in_proj``:
     ``in_proj_weight`` or ``q/k/v_proj_weight`` when key/value sizes differ, with
     ``in_proj_bias``, ``bias_k`` and ``bias_v``, which are shared by Q, K and V). LoRA
@@ -218,6 +225,11 @@ def weight_groups(
                 )
             continue
         weights = [(k, p) for k, p in direct if p.dim() >= 2 and not is_table(k, module)]
+        # A packed tensor's bias is its bias whatever its rank: GPT-OSS experts keep
+        # (experts, out) biases, ``gate_up_proj_bias`` of ``gate_up_proj``.
+        names = {k for k, _ in weights}
+        bias_of = {b: k for k in names for b in _bias_names(k) if b in names and b != k}
+        weights = [(k, p) for k, p in weights if k not in bias_of]
         if not weights:
             continue
         if len(weights) == 1:
@@ -226,11 +238,10 @@ def weight_groups(
             groups.setdefault(owner, []).extend((_join(mod_name, k), p) for k, p in weights + rest)
             continue
         for k, p in weights:
-            stem = k[: -len("_weight")] if k.endswith("_weight") else k
             biases = [
                 (b, q)
                 for b, q in direct
-                if q.dim() < 2 and b in (f"{k}_bias", f"{stem}_bias", k.replace("weight", "bias"))
+                if b in _bias_names(k) and b != k and (q.dim() < 2 or bias_of.get(b) == k)
             ]
             groups.setdefault(_lora_owner(_join(mod_name, k)), []).extend(
                 (_join(mod_name, n), q) for n, q in [(k, p), *biases]

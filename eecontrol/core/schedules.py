@@ -28,7 +28,7 @@ from torch import Tensor
 
 MODES = ("standard", "early", "late")
 SCHEDULES = ("constant", "linear")
-CUTOFF_UNITS = ("fraction", "epochs")
+CUTOFF_UNITS = ("fraction", "epochs", "steps")
 
 
 def _linspace_at(start: float, stop: float, num: int, i: int) -> float:
@@ -90,15 +90,20 @@ def drop_rate(
 
 
 def cutoff_to_step(
-    cutoff: float, unit: str, steps_per_epoch: int, total_steps: int, max_epochs: int | None
+    cutoff: float,
+    unit: str,
+    steps_per_epoch: int | None,
+    total_steps: int,
+    max_epochs: int | None,
 ) -> int:
-    """Converts a cutoff in epochs or as a fraction of training to an optimizer step.
+    """Converts a cutoff in epochs, steps or as a fraction of training to an optimizer step.
 
     Args:
         cutoff: the cutoff value.
-        unit: ``epochs`` (``cutoff * steps_per_epoch``, as the reference) or ``fraction``
-            (``cutoff * total_steps``, rounded).
-        steps_per_epoch: optimizer steps per epoch.
+        unit: ``epochs`` (``cutoff * steps_per_epoch``, as the reference), ``fraction``
+            (``cutoff * total_steps``, rounded) or ``steps`` (the optimizer step itself).
+        steps_per_epoch: optimizer steps per epoch (needed with ``epochs`` only; None when
+            epochs have no known length, e.g. an ``IterableDataset``).
         total_steps: optimizer steps in the run.
         max_epochs: the run's epochs, for the error message, or None.
 
@@ -116,6 +121,25 @@ def cutoff_to_step(
                 f"`cutoff` must be in [0, 1] with cutoff_unit='fraction', got {cutoff!r}."
             )
         return round(cutoff * total_steps)
+    if unit == "steps":
+        if cutoff < 0 or cutoff != int(cutoff):
+            raise ValueError(
+                f"`cutoff` must be a whole number of optimizer steps >= 0 with "
+                f"cutoff_unit='steps', got {cutoff!r}."
+            )
+        if cutoff > total_steps:
+            raise ValueError(
+                f"`cutoff={int(cutoff)}` optimizer steps lies beyond training ({total_steps} "
+                f"optimizer steps); valid range with cutoff_unit='steps': [0, {total_steps}]."
+            )
+        return int(cutoff)
+    if steps_per_epoch is None:
+        raise ValueError(
+            f"`cutoff={cutoff}` with cutoff_unit='epochs' needs epochs of known length, but the "
+            "training data has no length (an IterableDataset: one epoch is the whole stream). "
+            "Give the cutoff with cutoff_unit='steps' (optimizer steps) or 'fraction' (of "
+            "trainer.estimated_stepping_batches)."
+        )
     step = round(cutoff * steps_per_epoch)
     if step > total_steps:
         epochs = max_epochs if max_epochs is not None else total_steps / max(steps_per_epoch, 1)

@@ -220,3 +220,23 @@ def test_ddp_one_rank_stops_all_stop(tmp_path):
     assert results[0] == results[1], "ranks disagree"
     assert results[0]["stopped"] == 1 and results[0]["epoch"] == 2
     assert [d["action"] for d in results[0]["decisions"]] == ["stop"]
+
+
+def test_any_control_callback_reused_with_a_new_trainer_starts_fresh(tmp_path):
+    """The base class alone: a stopped run's stop and progress do not leak into a new fit
+    (before, the second fit trained 0 steps "after resume" with nothing resumed)."""
+    cb = StopAtEpoch(epoch=1)
+    steps = []
+    for fold in range(2):
+        trainer = make_trainer(
+            tmp_path / f"fold{fold}", max_epochs=5, limit_train_batches=2, callbacks=[cb]
+        )
+        trainer.fit(digits_model(), datamodule=digits_data())
+        steps.append(trainer.global_step)
+    assert steps == [4, 4]  # 2 epochs of 2 steps, then the stop, in each fold
+    assert cb.fit_kind == "fresh" and cb.stopped_epoch == 1
+    assert cb.checks == 2 and [d.action for d in cb.decisions] == ["stop"]
+    # the same Trainer again (continued training): the stop holds, nothing trains
+    trainer.fit_loop.max_epochs = 6
+    trainer.fit(trainer.lightning_module, datamodule=digits_data())
+    assert cb.fit_kind == "continued" and trainer.global_step == 4 and cb.checks == 2

@@ -308,3 +308,83 @@ def test_int_rates_and_every_dropout_name_are_found():
     report = rate_report(model, targets, ["dropout"])
     assert report.left_out == [("", "layerdrop", "layer drop (not a dropout rate)")]
     assert report.fraction == 1.0
+
+
+# --- timm EfficientNet / MobileNetV3 and per-block drop-path lists (issue 25 item 15) ---
+# timm does not import here (torchvision does not load with this torch), so these build
+# the same structure as timm's EfficientNetBuilder: ``blocks`` is a Sequential of stages,
+# each a Sequential of blocks of mixed classes (DepthwiseSeparableConv first, then
+# InvertedResidual, MobileNetV3 ends with ConvBnAct), every block holds ``drop_path`` =
+# DropPath(rate) or nn.Identity() when rate is 0, with timm's rule
+# ``drop_path_rate * block_idx / block_count`` over all blocks of all stages.
+
+
+class _TimmBlock(nn.Module):
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop_path = DropPath(rate) if rate else nn.Identity()  # as timm writes it
+
+    def forward(self, x):
+        return x + self.drop_path(self.bn(self.conv(x)))
+
+
+class DepthwiseSeparableConv(_TimmBlock):
+    pass
+
+
+class InvertedResidual(_TimmBlock):
+    pass
+
+
+class ConvBnAct(_TimmBlock):
+    pass
+
+
+def timm_effnet_like(stages: list[list[type]], drop_path_rate: float) -> nn.Module:
+    model = nn.Module()
+    model.conv_stem = nn.Conv2d(3, 4, 3)
+    total = sum(len(s) for s in stages)
+    idx, built = 0, []
+    for stage in stages:
+        blocks = []
+        for cls in stage:
+            blocks.append(cls(drop_path_rate * idx / total))  # timm's _make_block
+            idx += 1
+        built.append(nn.Sequential(*blocks))
+    model.blocks = nn.Sequential(*built)
+    model.classifier = nn.Linear(4, 10)
+    return model
+
+
+DS, IR, CBA = DepthwiseSeparableConv, InvertedResidual, ConvBnAct
+EFFICIENTNET_B0 = [[DS], [IR] * 2, [IR] * 2, [IR] * 3, [IR] * 3, [IR] * 4, [IR]]
+MOBILENETV3_SMALL = [[DS], [IR] * 2, [IR] * 3, [IR] * 2, [IR] * 3, [CBA]]
+
+
+@pytest.mark.parametrize(("stages", "depth"), [(EFFICIENTNET_B0, 16), (MOBILENETV3_SMALL, 12)])
+def test_timm_efficientnet_and_mobilenetv3_blocks_and_rates(stages, depth):
+    model = timm_effnet_like(stages, 0.2)
+    built = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert len(built) == depth - 1 and built[-1] == 0.2 * (depth - 1) / depth
+    targets = find_drop_targets(model, ["drop_path"])
+    assert targets.depth == depth  # block 0 (an Identity slot, its own class) counted
+    assert targets.block_names[0] == "blocks.0.0" and targets.drop_path_block[0] == 1
+    targets.set_drop_path(0.2, "efficientnet")  # timm's own rule: bit-identical
+    assert [m.drop_prob for m in model.modules() if isinstance(m, DropPath)] == built
+    targets.set_drop_path(0.2, "linear")  # the reference rule over the same 16/12 blocks
+    expected = reference_rates(0.2, depth)[1:]
+    assert [m.drop_prob for m in model.modules() if isinstance(m, DropPath)] == expected
+    assert min(expected) > 0.0
+
+
+def test_a_list_of_per_block_drop_paths_counts_its_identity():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(4)])
+    dpr = reference_rates(0.3, 4)
+    model.drop_paths = nn.ModuleList([_drop_path(r) for r in dpr])  # [Identity, DP x 3]
+    targets = find_drop_targets(model, ["drop_path"])
+    assert targets.depth == 4 and targets.drop_path_block == [1, 2, 3]
+    targets.set_drop_path(0.3)
+    assert [m.drop_prob for m in model.drop_paths if isinstance(m, DropPath)] == dpr[1:]

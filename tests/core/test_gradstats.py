@@ -441,3 +441,35 @@ def test_frozen_weight_never_changes_and_state_is_dropped(make_opt):
         assert torch.equal(p, q)
         assert not p.requires_grad and p.grad is None
     assert not torch.equal(comps[1].params[0], other_before)
+
+
+def test_gpt_oss_expert_biases_join_their_packed_matrices():
+    """GPT-OSS keeps (experts, out) expert biases, 2-D: each is its matrix's bias, never a
+    component of its own (issue 25 item 15)."""
+    from transformers import GptOssConfig, GptOssModel
+
+    config = GptOssConfig(
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=100,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        layer_types=["full_attention", "sliding_attention"],
+    )
+    model = GptOssModel(config)
+    params = dict(model.named_parameters())
+    bias = params["layers.0.mlp.experts.gate_up_proj_bias"]
+    assert bias.dim() == 2 and bias.shape[0] == 4  # the case: a 2-D bias per expert
+    comps = {c.name: c for c in find_components(model)}
+    assert not [n for n in comps if n.endswith("_bias")]
+    for layer in range(2):
+        for proj in ("gate_up_proj", "down_proj"):
+            comp = comps[f"layers.{layer}.mlp.experts.{proj}"]
+            prefix = f"layers.{layer}.mlp.experts.{proj}"
+            assert comp.param_names == (prefix, f"{prefix}_bias")
+            assert comp.params[0].dim() == 3
+    assert len(comps) == 2 * (4 + 1 + 2)  # q k v o, router, two packed expert tensors

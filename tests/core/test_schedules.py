@@ -84,12 +84,22 @@ def test_fraction_cutoff():
     [
         ({"cutoff": 12, "unit": "epochs"}, "beyond training"),
         ({"cutoff": 1.5, "unit": "fraction"}, "[0, 1]"),
-        ({"cutoff": 0.5, "unit": "steps"}, "cutoff_unit"),
+        ({"cutoff": 0.5, "unit": "batches"}, "cutoff_unit"),
+        ({"cutoff": 0.5, "unit": "steps"}, "whole number of optimizer steps"),
+        ({"cutoff": 101, "unit": "steps"}, "valid range with cutoff_unit='steps': [0, 100]"),
+        ({"cutoff": 1, "unit": "epochs", "steps_per_epoch": None}, "needs epochs of known length"),
     ],
 )
 def test_cutoff_errors(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        cutoff_to_step(kwargs["cutoff"], kwargs["unit"], 10, 100, 10)
+        cutoff_to_step(kwargs["cutoff"], kwargs["unit"], kwargs.get("steps_per_epoch", 10), 100, 10)
+
+
+def test_steps_cutoff_is_the_step_itself_and_needs_no_epoch_length():
+    assert cutoff_to_step(37, "steps", None, 100, None) == 37
+    assert cutoff_to_step(0, "steps", None, 100, None) == 0
+    assert cutoff_to_step(100, "steps", None, 100, None) == 100
+    assert cutoff_to_step(0.25, "fraction", None, 100, None) == 25  # a stream: no epochs
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,7 @@ CASES = [
     Case(
         "dropout-cutoff-unit",
         "unknown cutoff unit",
-        lambda t: DropoutSchedule(cutoff_unit="steps"),
+        lambda t: DropoutSchedule(cutoff_unit="batches"),
         r"`cutoff_unit` must be one of",
     ),
     Case(
