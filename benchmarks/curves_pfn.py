@@ -49,6 +49,7 @@ from eecontrol.core.curves.pfn import forecast as pfn_forecast
 
 FRACTIONS = (0.25, 0.5)
 LEVEL = 0.8
+DIVERGED = 1e3  # record_curves.py writes a diverged validation as 1e3
 SPREADS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0)
 POINTS = ("median", "mean")
 X_KINDS = ("index", "unit")
@@ -113,6 +114,7 @@ def baselines(
             {
                 "points": n,
                 "final": final.tolist(),
+                "diverged": [bool(np.any(c >= DIVERGED)) for c in task["curves"]],
                 "preds": {"forecast": [], "last_value": []},
                 "fc_hit": [],
                 "t_fc": [],
@@ -319,6 +321,16 @@ def main() -> None:
                 row[f"{k}_mae"] = mae(p, final)
             for k in ["pfn"] + [k for k in cell["preds"] if k != "pow3"]:
                 row[f"{k}_gain_over_pow3"] = 1.0 - row[f"{k}_mae"] / max(p3, 1e-12)
+            ok = ~np.asarray(cell["diverged"])
+            row["runs_diverged"] = int((~ok).sum())
+            p3_ok = mae(np.asarray(cell["preds"]["pow3"])[ok], final[ok])
+            for k, p in [("pfn", cell["pfn"][m][point]), *cell["preds"].items()]:
+                e = np.abs(np.asarray(p) - final)
+                row[f"{k}_median_abs_error"] = float(np.median(e))
+                row[f"{k}_mae_without_diverged"] = float(e[ok].mean())
+                row[f"{k}_gain_over_pow3_without_diverged"] = 1.0 - float(e[ok].mean()) / max(
+                    p3_ok, 1e-12
+                )
             row["pfn_coverage_80"] = coverage(cell, m, spread)
             row["pfn_coverage_80_spread_1"] = coverage(cell, m, 1.0)
             row["forecast_coverage_80"] = cell["forecast_coverage_80"]
@@ -348,7 +360,14 @@ def main() -> None:
                 }
                 per[key]["coverage_80_spread_1"] = coverage(cell, mname, 1.0)
             result["per_variant_all_tasks"].setdefault(mname, {})[name] = per
+    gd: dict[str, list[float]] = {}
+    for t in result["held_out"].values():
+        for key, r in t["cells"].items():
+            gd.setdefault(key, []).append(r["pfn_gain_over_pow3_without_diverged"])
     result["summary"] = {
+        "min_pfn_gain_over_pow3_held_out_without_diverged_runs": {
+            k: float(np.min(v)) for k, v in gd.items()
+        },
         "min_pfn_gain_over_pow3_held_out": {k: float(np.min(v)) for k, v in gains.items()},
         "pfn_coverage_80_held_out_range": [float(np.min(covs)), float(np.max(covs))],
         "goal_gain_15pct_every_task": bool(all(np.min(v) >= 0.15 for v in gains.values())),
@@ -368,14 +387,14 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(
-        f"{'task':>14} {'cell':>10} {'pfn':>7} {'pow3':>7} {'fcast':>7} {'last':>7} {'gain':>6} {'fgain':>6} {'cov':>5} {'fcov':>5} {'ms':>5}  choice"
+        f"{'task':>14} {'cell':>10} {'pfn':>7} {'pow3':>7} {'fcast':>7} {'last':>7} {'gain':>6} {'g-div':>6} {'fgain':>6} {'cov':>5} {'fcov':>5} {'ms':>5}  choice"
     )
     for name, t in result["held_out"].items():
         c = t["choice"]
         for key, r in t["cells"].items():
             print(
                 f"{name:>14} {key:>10} {r['pfn_mae']:7.4f} {r['pow3_mae']:7.4f} {r['forecast_mae']:7.4f} "
-                f"{r['last_value_mae']:7.4f} {r['pfn_gain_over_pow3']:+6.2f} {r['forecast_gain_over_pow3']:+6.2f} "
+                f"{r['last_value_mae']:7.4f} {r['pfn_gain_over_pow3']:+6.2f} {r['pfn_gain_over_pow3_without_diverged']:+6.2f} {r['forecast_gain_over_pow3']:+6.2f} "
                 f"{r['pfn_coverage_80']:5.2f} {r['forecast_coverage_80']:5.2f} {r['pfn_ms_median']:5.2f}  "
                 f"{c['variant']}/{c['point']}/x{c['spread']}"
             )

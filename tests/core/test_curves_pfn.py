@@ -26,6 +26,9 @@ def test_shipped_weights_load_with_weights_only() -> None:
     assert WEIGHTS_FILE.stat().st_size <= 20 * 2**20
     meta = json.loads(WEIGHTS_FILE.with_suffix(".json").read_text())
     assert meta["config"]["seed"] == 0 and meta["config"]["steps"] >= 1000 and meta["seconds"] > 0
+    # the band's spread chosen by benchmarks/curves_pfn.py --write-shipped travels with it
+    assert load_model().spread == pytest.approx(meta["shipped"]["choice"]["spread"])
+    assert float(blob["spread"]) == load_model().spread
 
 
 def test_distribution_contract() -> None:
