@@ -184,3 +184,14 @@ def test_training_is_seeded() -> None:
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(v, w), k
     assert pfn.CurvePFN is type(a)
+
+
+def test_robust_normalisation_ignores_a_sentinel_validation() -> None:
+    g = torch.tensor([[-0.9, -0.8, -1000.0, -0.7, -0.65, -0.6]], dtype=torch.float64)
+    centre, plain = pfn.normalise(g)
+    _, robust = pfn.normalise(g, robust=True)
+    assert float(centre[0]) == -0.6
+    assert float(plain[0]) == pytest.approx(999.4)
+    assert float(robust[0]) == pytest.approx(0.3)  # -0.9 .. -0.6, the 1e3 left out
+    clean = g[:, [0, 1, 3, 4, 5]]
+    assert float(pfn.normalise(clean, robust=True)[1][0]) == float(pfn.normalise(clean)[1][0])

@@ -39,15 +39,26 @@ WEIGHTS_FILE = Path(__file__).with_name("pfn_weights.pt")
 Z_GAIN = 4.0  # z = asinh(Z_GAIN * v)
 
 
-def normalise(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise(g: torch.Tensor, robust: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The centre and scale of observed gain values (rows of ``g``, ``batch x n``).
 
     The centre is the last value; the scale the observed range, or, where the range is
     (nearly) zero (one point, a flat start), a tenth of the last value's magnitude (at
-    least 1e-6): with one point there is no other unit.
+    least 1e-6): with one point there is no other unit. With ``robust``, the range leaves
+    out points farther than 5 interquartile ranges from the median (a diverged
+    validation written as a huge loss would otherwise set the unit).
     """
     centre = g[:, -1]
-    rng = g.max(dim=1).values - g.min(dim=1).values
+    if robust and g.shape[1] >= 4:
+        q = torch.quantile(g, torch.tensor([0.25, 0.5, 0.75], dtype=g.dtype), dim=1)
+        iqr = (q[2] - q[0]).clamp(min=1e-12)
+        inlier = (g - q[1][:, None]).abs() <= 5.0 * iqr[:, None]
+        inlier[:, -1] = True
+        hi = torch.where(inlier, g, torch.full_like(g, -torch.inf)).max(dim=1).values
+        lo = torch.where(inlier, g, torch.full_like(g, torch.inf)).min(dim=1).values
+        rng = hi - lo
+    else:
+        rng = g.max(dim=1).values - g.min(dim=1).values
     fallback = torch.clamp(0.1 * centre.abs(), min=1e-6)
     scale = torch.where(rng > 1e-3 * fallback, rng, fallback)
     scale = torch.maximum(scale, 1e-3 * fallback)
@@ -63,6 +74,7 @@ class CurvePFN(nn.Module):
         heads: attention heads.
         buckets: number of output buckets.
         z_max: the buckets span ``[-z_max, z_max]`` of ``z = asinh(4 v)``.
+        robust: the inputs are normalised by the robust range (:func:`normalise`).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class CurvePFN(nn.Module):
         heads: int = 4,
         buckets: int = 128,
         z_max: float = 8.0,
+        robust: bool = False,
     ) -> None:
         super().__init__()
         self.config = {
@@ -80,6 +93,7 @@ class CurvePFN(nn.Module):
             "heads": heads,
             "buckets": buckets,
             "z_max": z_max,
+            "robust": robust,
         }
         self.ctx = nn.Sequential(nn.Linear(3, emsize), nn.GELU(), nn.Linear(emsize, emsize))
         self.qry = nn.Sequential(nn.Linear(1, emsize), nn.GELU(), nn.Linear(emsize, emsize))
@@ -311,7 +325,7 @@ def forecast(
     spread = model.spread if spread is None else spread
     s = 1.0 if mode == "max" else -1.0
     g = torch.tensor(s * ya, dtype=torch.float64)[None]
-    centre, scale = normalise(g)
+    centre, scale = normalise(g, bool(model.config["robust"]))
     yc = ((g - centre[:, None]) / scale[:, None]).float()
     xc = torch.tensor(np.log(xa / xa[-1]), dtype=torch.float32)[None]
     xq = torch.tensor(np.log(atv / xa[-1]), dtype=torch.float32)[None]

@@ -49,6 +49,9 @@ class PriorConfig:
         quantise: share of accuracy-like curves rounded to a validation set's grain.
         max_noise: the largest noise standard deviation, in amplitudes.
         tau_max: the largest time scale of a (not slow) rise, in units of the last x.
+        sentinel: share of loss-like curves with 1-3 validations written as a huge loss
+            (a diverged step recorded as a sentinel such as 1e3, after which the run
+            goes on).
         recorded_share: share of a batch drawn from ``recorded`` curves (when given).
     """
 
@@ -62,6 +65,7 @@ class PriorConfig:
     quantise: float = 0.3
     max_noise: float = 0.3
     tau_max: float = 0.5
+    sentinel: float = 0.0
     recorded_share: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,6 +84,7 @@ class PriorConfig:
 # Named prior variants compared by leave-one-task-out (benchmarks/curves_pfn.py).
 VARIANTS: dict[str, PriorConfig] = {
     "base": PriorConfig(),
+    "sentinel": PriorConfig(sentinel=0.08, diverge=0.05),
     "early": PriorConfig(tau_max=0.05, slow=0.1, plateau_rise=0.06, flat=0.12, max_noise=0.4),
 }
 
@@ -214,6 +219,10 @@ def sample_curves(
         np.minimum(start, rng.uniform(0.0, 0.3, (b, 1))),
     )
     g = np.where(div & (t >= t_d), worse + 0.01 * np.abs(worse) * rng.standard_normal((b, n)), g)
+    if cfg.sentinel > 0:  # drawn only when used, so other variants' draws are unchanged
+        hit = (rng.random((b, 1)) < cfg.sentinel) & loss_like & (rng.random((b, n)) < 2.0 / n)
+        huge = -l_start * np.exp(rng.uniform(np.log(10.0), np.log(1e4), (b, 1)))
+        g = np.where(hit, huge, g)
     if recorded is not None and recorded.curves and cfg.recorded_share > 0:
         pool = [c for c in recorded.curves if len(c) >= n]
         if pool:

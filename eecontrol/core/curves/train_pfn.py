@@ -47,6 +47,7 @@ class TrainConfig:
         heads: attention heads.
         buckets: output buckets.
         seed: seeds the prior's generator and torch.
+        robust: normalise the inputs by the robust range (see ``pfn.normalise``).
         prior: the prior's knobs.
     """
 
@@ -61,6 +62,7 @@ class TrainConfig:
     heads: int = 4
     buckets: int = 128
     seed: int = 0
+    robust: bool = False
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +92,7 @@ def make_batch(
         else np.array([length - 1])
     )
     gt = torch.from_numpy(g)
-    centre, scale = normalise(gt[:, :n])
+    centre, scale = normalise(gt[:, :n], cfg.robust)
     yc = ((gt[:, :n] - centre[:, None]) / scale[:, None]).float()
     yq = (gt[:, q] - centre[:, None]) / scale[:, None]
     xc = torch.from_numpy(np.log(x[:, :n] / x[:, n - 1 : n])).float()
@@ -105,7 +107,7 @@ def train(
     """Trains a model; returns it (eval mode) and a record of the run."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = CurvePFN(cfg.emsize, cfg.layers, cfg.heads, cfg.buckets)
+    model = CurvePFN(cfg.emsize, cfg.layers, cfg.heads, cfg.buckets, robust=cfg.robust)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     warm = max(1, cfg.steps // 20)
 
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int)
     p.add_argument("--tiny", action="store_true", help="a few hundred steps of a small model")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--robust", action="store_true", help="robust input normalisation")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = dict(TINY) if args.tiny else {}
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             kw[k] = getattr(args, k)
     if kw.get("steps", 1) < 1:
         raise ValueError(f"`--steps` must be >= 1, got {kw['steps']}.")
-    cfg = TrainConfig(seed=args.seed, prior=VARIANTS[args.variant], **kw)
+    cfg = TrainConfig(seed=args.seed, prior=VARIANTS[args.variant], robust=args.robust, **kw)
     model, record = train(cfg, log_every=50 if args.tiny else 200)
     record["variant"] = args.variant
     record["command"] = "python -m eecontrol.core.curves.train_pfn " + " ".join(
