@@ -65,6 +65,11 @@ def render() -> str:
             "xfail": f"known defect, issue 23 item {e.item}",
         }
         lines.append(f"- {CALLBACKS[c].title} x {SETTINGS[s].title}: {label[e.status]}: {e.reason}")
+    lines.append(
+        "- GradES x DDP: runs with `strategy='ddp_find_unused_parameters_true'`; under plain "
+        "`strategy='ddp'` it is refused at set-up with an error naming `find_unused_parameters` "
+        "(tested: `test_grades_refuses_ddp_without_find_unused_parameters`)."
+    )
     lines += [
         "",
         "## Settings",
