@@ -209,6 +209,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
         pl.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     _lightning_logs_to_file()
+    # before anything is instantiated: instantiation resolves interpolations in place, and
+    # the secrets read with ${oc.env:...} are found from the unresolved config
+    hparams = redact_secrets(  # no URL password, no secret read from the environment
+        OmegaConf.to_container(cfg, resolve=True), env_secrets(OmegaConf.to_yaml(cfg))
+    )
 
     for group in ("data", "model"):
         if isinstance(cfg.get(group), DictConfig) and "_target_" in cfg[group]:
@@ -231,9 +236,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     if lock is not None:
         lock.acquire()  # one writer per run directory (a second resume gets a clear error)
     try:
-        hparams = redact_secrets(  # no URL password, no secret read from the environment
-            OmegaConf.to_container(cfg, resolve=True), env_secrets(OmegaConf.to_yaml(cfg))
-        )
         for lg in loggers:
             lg.log_hyperparams(hparams)  # type: ignore[arg-type]
         metrics = _fit_and_test(cfg, trainer, model, datamodule, loggers)

@@ -137,7 +137,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "callbacks=[default,curve_stopping]",
             f"callbacks.curve_stopping.store='{query_url}'",  # quoted: it has "="
             "callbacks.curve_stopping.study_name=query-form",
-            "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
+            "+note=${oc.env:EECONTROL_TEST_TOKEN}",  # config only (tags would go to W&B as asked)
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -162,7 +162,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "callbacks=[default,curve_stopping]",
             f"callbacks.curve_stopping.store='{postgres.url}'",
             "callbacks.curve_stopping.study_name=userinfo-form",
-            "tags=[${oc.env:EECONTROL_TEST_TOKEN}]",
+            "+note=${oc.env:EECONTROL_TEST_TOKEN}",  # config only (tags would go to W&B as asked)
         ],
         cwd=tmp_path,
         capture_output=True,
