@@ -386,6 +386,7 @@ def main() -> float | None:
     ``hydra.run.dir=<run dir>`` and ``ckpt_path=<run dir>/checkpoints/last.ckpt``, so the
     run continues in its directory with the config it started with.
     """
+    _redact_log_records()
     root = Path(os.environ.get("EECONTROL_ROOT", ".")) / "logs" / "train" / "runs"
     lock = None
     try:
@@ -406,6 +407,29 @@ def main() -> float | None:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _redact_log_records() -> None:
+    """Every log record (Hydra's launchers print each job's overrides, Lightning, ours)
+    leaves credentials out: URL passwords and ``password=`` parameters become ``***``,
+    on the console and in ``train.log`` alike."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "eecontrol_redacts", False):
+        return
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: left to logging's own error handling
+            return record
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    redacting.eecontrol_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting)
 
 
 def _launch_rank() -> int:
