@@ -483,6 +483,7 @@ def redact_hydra_files() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://eecontrol.conf", config_name="train.yaml")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Runs ``train`` for one Hydra job and returns the optimised metric to the sweeper."""
+    _redact_log_records()  # also in a launcher's worker process (joblib, submitit)
     redact_hydra_files()
     # what W&B and other tools record as the command line: without credentials (the
     # config has been composed from the real values already)
