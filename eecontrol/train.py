@@ -212,6 +212,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
         pl.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     _lightning_logs_to_file()
+    # before anything is instantiated: instantiation resolves interpolations in place, and
+    # the secrets read with ${oc.env:...} are found from the unresolved config
+    hparams = redact_secrets(  # no URL password, no secret read from the environment
+        OmegaConf.to_container(cfg, resolve=True), env_secrets(OmegaConf.to_yaml(cfg))
+    )
 
     for group in ("data", "model"):
         if isinstance(cfg.get(group), DictConfig) and "_target_" in cfg[group]:
@@ -234,9 +239,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], pl.Trainer]:
     if lock is not None:
         lock.acquire()  # one writer per run directory (a second resume gets a clear error)
     try:
-        hparams = redact_secrets(  # no URL password, no secret read from the environment
-            OmegaConf.to_container(cfg, resolve=True), env_secrets(OmegaConf.to_yaml(cfg))
-        )
         for lg in loggers:
             lg.log_hyperparams(hparams)  # type: ignore[arg-type]
         metrics = _fit_and_test(cfg, trainer, model, datamodule, loggers)
@@ -387,6 +389,7 @@ def main() -> float | None:
     ``hydra.run.dir=<run dir>`` and ``ckpt_path=<run dir>/checkpoints/last.ckpt``, so the
     run continues in its directory with the config it started with.
     """
+    _redact_log_records()
     root = Path(os.environ.get("EECONTROL_ROOT", ".")) / "logs" / "train" / "runs"
     lock = None
     try:
@@ -413,6 +416,29 @@ def main() -> float | None:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _redact_log_records() -> None:
+    """Every log record (Hydra's launchers print each job's overrides, Lightning, ours)
+    leaves credentials out: URL passwords and ``password=`` parameters become ``***``,
+    on the console and in ``train.log`` alike."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "eecontrol_redacts", False):
+        return
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: left to logging's own error handling
+            return record
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    redacting.eecontrol_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting)
 
 
 def _launch_rank() -> int:
@@ -467,6 +493,7 @@ def redact_hydra_files() -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     """Runs ``train`` for one Hydra job and returns the optimised metric to the sweeper."""
     silence_third_party_noise()  # here, so that sweep jobs in worker processes are quiet too
+    _redact_log_records()  # also in a launcher's worker process (joblib, submitit)
     redact_hydra_files()
     # what W&B and other tools record as the command line: without credentials (the
     # config has been composed from the real values already)
