@@ -6,7 +6,7 @@ are user attributes, and its end is the trial state (``COMPLETE``: trained to it
 ``PRUNED``: stopped early; ``FAIL``: crashed). Concurrency is the database's job
 (SQLAlchemy transactions through :class:`optuna.storages.RDBStorage`): a SQLite file by
 default (no server, fine for a handful of local workers), a server database by URL
-(``postgresql://user:pass@host/db``) when workers run on many machines. No file locks
+(``postgresql://user:pass@host/db``, driver psycopg 3) when workers run on many machines. No file locks
 are written here.
 
 A study written by this store is an ordinary Optuna study: ``optuna-dashboard <url>``
@@ -73,9 +73,23 @@ def _check_sqlite_is_a_curve_store(url: str) -> None:
         )
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def storage_url(store: str | Path) -> str:
-    """Turns a path into a SQLite URL; returns URLs (``scheme://...``) unchanged."""
+    """Turns a path into a SQLite URL; returns URLs (``scheme://...``) unchanged, except one.
+
+    ``postgresql://`` names SQLAlchemy's default PostgreSQL driver, psycopg2; the ``slurm``
+    extra (and the dev tools) install psycopg 3. Where psycopg2 is missing and psycopg is
+    there, ``postgresql://`` becomes ``postgresql+psycopg://``, so both spellings work with
+    the driver eecontrol installs. An explicit driver (``postgresql+psycopg2://``) is kept.
+    """
     text = str(store)
+    if text.startswith("postgresql://") and not _has_module("psycopg2") and _has_module("psycopg"):
+        return "postgresql+psycopg://" + text[len("postgresql://") :]
     if "://" in text:
         return text
     path = Path(text).expanduser().resolve()

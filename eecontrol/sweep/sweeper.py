@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.samplers import BaseSampler, GridSampler, TPESampler
+from optuna.samplers import BaseSampler, GridSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,6 +39,7 @@ from eecontrol.sweep.liveness import (
     owner_alive,
     owner_id,
 )
+from eecontrol.sweep.sampling import build_sampler
 from eecontrol.sweep.space import (
     SearchSpace,
     format_value,
@@ -205,20 +206,7 @@ class SweeperCore:
         return self.direction or str(from_mode)
 
     def _sampler(self, space: SearchSpace) -> BaseSampler:
-        cfg = self.sampler_cfg
-        if not cfg:
-            return TPESampler()
-        import hydra.utils
-
-        cfg = dict(cfg)
-        if str(cfg.get("_target_", "")).endswith("GridSampler"):
-            cfg["search_space"] = space.grid()
-        sampler = hydra.utils.instantiate(cfg, _convert_="all")
-        if not isinstance(sampler, BaseSampler):
-            raise ValueError(
-                f"hydra.sweeper.sampler must make an optuna sampler, got {type(sampler).__name__}."
-            )
-        return sampler
+        return build_sampler(self.sampler_cfg, space.grid)
 
     # --- the sweep --------------------------------------------------------------------
 
