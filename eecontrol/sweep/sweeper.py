@@ -18,7 +18,6 @@ are asked again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from eecontrol.sweep.liveness import (
     owner_alive,
     owner_id,
 )
+from eecontrol.sweep.outcome import tell_job
 from eecontrol.sweep.sampling import build_sampler
 from eecontrol.sweep.space import (
     SearchSpace,
@@ -59,6 +59,7 @@ from eecontrol.sweep.trial import (
     open_storage,
     redact,
 )
+from eecontrol.sweep.worker import WORKER_KEY, SweepTask, WorkerSpec, settle
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ DIRECTIONS = {
 }
 RETRY_ATTR = "eecontrol:retry_of"
 DEFAULT_DB = "optuna.db"
+MODES = ("async", "batch")
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -111,6 +113,12 @@ class SweeperCore:
         monitor: the metric jobs report; None: the app config's ``optimized_metric``.
         report_step: ``check`` (validation index) or ``step`` (global step).
         params: the search space in Hydra's override grammar.
+        mode: ``async`` (each of ``n_jobs`` launched jobs is a worker that asks the study
+            for trials until it is full: a pruned trial frees its worker at once) or
+            ``batch`` (ask ``n_jobs`` trials, launch them, wait for all, tell).
+        heartbeat_interval: seconds between a running trial's heartbeats (async mode), or
+            None: off. A trial without a heartbeat for ``grace_period`` s is ``FAIL``.
+        grace_period: seconds; None: ``2 * heartbeat_interval + 5``.
     """
 
     def __init__(
@@ -128,6 +136,9 @@ class SweeperCore:
         monitor: str | None = None,
         report_step: str = "check",
         params: Mapping[str, Any] | None = None,
+        mode: str = "async",
+        heartbeat_interval: int | None = 10,
+        grace_period: int | None = None,
     ) -> None:
         if direction is not None and str(direction) not in DIRECTIONS:
             raise ValueError(
@@ -148,6 +159,21 @@ class SweeperCore:
             raise ValueError(
                 f"hydra.sweeper.report_step must be one of {list(REPORT_STEPS)}, got {report_step!r}."
             )
+        if mode not in MODES:
+            raise ValueError(f"hydra.sweeper.mode must be one of {list(MODES)}, got {mode!r}.")
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("grace_period", grace_period),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"hydra.sweeper.{name} must be an integer >= 1 (seconds) or null, got {value!r}."
+                )
+        self.mode = mode
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.task: SweepTask | None = None
         self.sampler_cfg = _plain(sampler)
         self.pruner_cfg = _plain(pruner)
         self.direction = None if direction is None else DIRECTIONS[str(direction)]
@@ -166,9 +192,10 @@ class SweeperCore:
 
     # --- set-up -----------------------------------------------------------------------
 
-    def setup(self, config: DictConfig, launcher: Any) -> None:
-        """Keeps the composed config and the instantiated launcher."""
-        self.config, self.launcher = config, launcher
+    def setup(self, config: DictConfig, launcher: Any, task: SweepTask | None = None) -> None:
+        """Keeps the composed config, the instantiated launcher and its task (a
+        :class:`~eecontrol.sweep.worker.SweepTask`; without it only batch mode runs)."""
+        self.config, self.launcher, self.task = config, launcher, task
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def _storage_url(self) -> str:
@@ -266,7 +293,12 @@ class SweeperCore:
                 )
             budget = max(0, self.n_trials - self._finished(study))
             self._enqueue_failed(study, names)
-        log.info("eecontrol_optuna: %d trial(s) to run", budget)
+        log.info("eecontrol_optuna: %d trial(s) to run (%s mode)", budget, self._mode())
+        if self._mode() == "async":
+            self._run_async(study, name, space, list(arguments), budget)
+            self._write_results(study, url)
+            self._raise_on_failures()
+            return
         started = time.monotonic()
         self._retries: dict[int, int] = {}
         self._extra = 0  # lost jobs asked again: run on top of the budget
@@ -280,11 +312,98 @@ class SweeperCore:
             asked += n
             self._run_batch(study, batch, space)
         self._write_results(study, url)
+        self._raise_on_failures()
+
+    def _raise_on_failures(self) -> None:
         if self.failures and self.fail_on_error:
             raise RuntimeError(
                 f"eecontrol_optuna: {len(self.failures)} trial(s) failed (fail_on_error=true): "
                 + "; ".join(self.failures[:5])
             )
+
+    def _mode(self) -> str:
+        """``async`` when asked for and the launcher runs this sweeper's task, else ``batch``."""
+        if self.mode == "async" and self.task is None:
+            log.warning("eecontrol_optuna: mode=async needs the sweeper's task; running batches")
+            return "batch"
+        return self.mode
+
+    def _ident(self, study_name: str) -> dict[str, Any]:
+        """A job's ``optuna_trial`` config, less its trial number."""
+        return {
+            "study": study_name,
+            "monitor": self._monitor(),
+            "report_step": self.report_step,
+            "pruner": self.pruner_cfg,
+            "parent": owner_id(),
+        }
+
+    def _run_async(
+        self,
+        study: optuna.Study,
+        name: str,
+        space: SearchSpace,
+        arguments: list[str],
+        budget: int,
+    ) -> None:
+        """Launches ``n_jobs`` workers that fill the study; again while workers were lost."""
+        assert self.task is not None
+        target = self._finished(study) + budget
+        first = len(study.get_trials(deepcopy=False))
+        deadline = None if self.timeout is None else time.time() + self.timeout
+        self.task.spec = WorkerSpec(
+            study_name=name,
+            arguments=params_to_arguments(self.params) + arguments,
+            sampler=self.sampler_cfg,
+            pruner=self.pruner_cfg,
+            n_trials=target,
+            first_number=first,
+            max_failures=max(1, budget),
+            max_retries=self.max_retries,
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
+            parent=owner_id(),
+            deadline=deadline,
+            ident=self._ident(name),
+        )
+        rounds = 0
+        while self._finished(study) < target:
+            if deadline is not None and time.time() > deadline:
+                log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
+                break
+            before = self._finished(study)
+            n = min(self.n_jobs, target - before)
+            fixed = trial_overrides({}, space)  # the command line's own (hparams_search=...)
+            workers = [
+                [*fixed, f"++{WORKER_KEY}={i}", f"hydra.sweep.subdir=workers/{i}"]
+                for i in range(n)
+            ]
+            log.info(
+                "eecontrol_optuna: %d asynchronous worker(s) for %d trial(s)", n, target - before
+            )
+            try:
+                returns = self.launcher.launch(workers, initial_job_idx=0)
+            except Exception as err:  # a lost worker must not end the sweep
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                log.warning(
+                    "eecontrol_optuna: the launcher failed for the workers (%s: %s); the "
+                    "study keeps what they finished",
+                    type(err).__name__,
+                    first_line[:300],
+                )
+                returns = []
+            for i, ret in enumerate(returns):
+                if ret is not None and ret.status == JobStatus.FAILED:
+                    log.warning("eecontrol_optuna: worker %d raised %r", i, ret._return_value)
+            self._recover(study)
+            settle(study, self.max_retries)
+            rounds += 1
+            if self._finished(study) == before or rounds > self.max_retries + 1:
+                break  # no progress (every trial fails) or lost workers beyond the retries
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number >= first:
+                reason = str(t.system_attrs.get(FAIL_REASON_ATTR, "failed"))
+                self.failures.append(f"trial {t.number}: {reason[:200]}")
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
@@ -347,13 +466,7 @@ class SweeperCore:
             queued.append(p)
 
     def _job_overrides(self, trial: optuna.Trial, space: SearchSpace) -> list[str]:
-        ident = {
-            "study": trial.study.study_name,
-            "number": trial.number,
-            "monitor": self._monitor(),
-            "report_step": self.report_step,
-            "pruner": self.pruner_cfg,
-        }
+        ident = {**self._ident(trial.study.study_name), "number": trial.number}
         return [*trial_overrides(trial.params, space), f"++{TRIAL_KEY}={config_text(ident)}"]
 
     def _run_batch(
@@ -401,40 +514,11 @@ class SweeperCore:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn | None) -> bool:
         """Tells the study one job's result; returns whether the job was lost (no result)."""
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state.is_finished():
-            return False  # finished by the job or a recovery: never told twice
-        pruned = PRUNED_ATTR in frozen.system_attrs
-        value: float | None = None
-        error: str | None = None
-        if ret is not None and ret.status == JobStatus.COMPLETED:
-            try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                error = f"the job returned {ret.return_value!r}, not a number"
-        elif ret is not None:
-            err = ret._return_value
-            error = f"the job raised {type(err).__name__}: {err}"
-        elif OBJECTIVE_ATTR in frozen.system_attrs:
-            value = float(frozen.system_attrs[OBJECTIVE_ATTR])
-        if pruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            return False
-        if value is not None and math.isfinite(value):
-            try:
-                study.tell(trial, value)
-            except RuntimeError as err:  # GridSampler's study.stop() outside optimize
-                if "Study.stop" not in str(err):
-                    raise
-            return False
-        lost = ret is None
+        error = tell_job(study, trial._trial_id, trial.number, ret)
         if error is None:
-            error = "its job was lost (killed, or its batch failed)" if lost else f"value {value}"
-        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, error[:500])
-        study.tell(trial, state=TrialState.FAIL)
+            return False
         self.failures.append(f"trial {trial.number}: {error[:200]}")
-        log.warning("eecontrol_optuna: trial %d FAIL: %s", trial.number, error[:300])
-        return lost
+        return error.startswith("lost: ")
 
     # --- results ------------------------------------------------------------------------
 

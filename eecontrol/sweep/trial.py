@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from typing_extensions import override
 
 from eecontrol.callbacks._control import ControlCallback
-from eecontrol.sweep.liveness import mark_owner
+from eecontrol.sweep.liveness import ParentWatch, mark_owner, watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class OptunaPruning(ControlCallback):
             a pruner, or None (no pruning, reports only). A pruner is not stored in the
             study, so every job builds the sweep's pruner itself.
         strict: a missing monitor is an error (False: a warning, the validation skipped).
+        parent: the owner id (``host:pid:start``) of the sweep's main process: this job
+            fails its trial and ends when that process is gone (a ``kill -9`` of the
+            sweep); None: no watch.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class OptunaPruning(ControlCallback):
         report_step: str = "check",
         pruner: Mapping[str, Any] | BasePruner | None = None,
         strict: bool = True,
+        parent: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
@@ -141,6 +145,8 @@ class OptunaPruning(ControlCallback):
         self.pruner_name = type(self.pruner).__name__
         self._maximize = True
         self._storage_arg = storage
+        self.parent = parent
+        self._watch: ParentWatch | None = None
         self._trial: optuna.Trial | None = None
         self._checks = 0
         self._reported: list[float] = []
@@ -156,6 +162,7 @@ class OptunaPruning(ControlCallback):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_trial"] = None  # a database connection does not pickle; reopened at fit start
+        state["_watch"] = None  # a thread; started again at fit start
         return state
 
     @property
@@ -188,6 +195,15 @@ class OptunaPruning(ControlCallback):
             )
         mark_owner(storage, trial_id)
         self._trial = optuna.Trial(study, trial_id)
+        self._watch = watch_parent(self.parent)
+        if self._watch is not None:
+            self._watch.set_trial(storage, trial_id)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._watch is not None:  # the process stays watched; no trial of it to fail now
+            self._watch.set_trial(None, None)
+        super().teardown(trainer, pl_module, stage)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -266,6 +282,7 @@ def pruning_callbacks(cfg: Mapping[str, Any], existing: list[Any]) -> list[Optun
             trial_number=int(ident["number"]),
             report_step=str(ident.get("report_step", "check")),
             pruner=ident.get("pruner"),
+            parent=ident.get("parent"),
         )
     ]
 
