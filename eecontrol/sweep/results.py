@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from eecontrol.sweep.common import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
 from eecontrol.sweep.liveness import FAIL_REASON_ATTR
 from eecontrol.sweep.sweeper import DEFAULT_DB, RESULTS_FILE
-from eecontrol.sweep.trial import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
 
 
 @dataclass

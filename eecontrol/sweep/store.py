@@ -28,7 +28,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from eecontrol.resume import check_store, check_study_name, redact_text, redact_url
+from eecontrol.sweep.common import driver_url, storage_url
 from eecontrol.sweep.liveness import fail_dead_trials, mark_owner
+
+__all__ = ["CurveStore", "StoredRun", "storage_url"]
 
 if TYPE_CHECKING:
     from eecontrol.core.curves import FinishedRun
@@ -71,30 +74,6 @@ def _check_sqlite_is_a_curve_store(url: str) -> None:
             f"{tables[:8]}); the curve store would add its tables to it. Give a new file or "
             f"an existing curve store."
         )
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-def storage_url(store: str | Path) -> str:
-    """Turns a path into a SQLite URL; returns URLs (``scheme://...``) unchanged, except one.
-
-    ``postgresql://`` names SQLAlchemy's default PostgreSQL driver, psycopg2; the ``slurm``
-    extra (and the dev tools) install psycopg 3. Where psycopg2 is missing and psycopg is
-    there, ``postgresql://`` becomes ``postgresql+psycopg://``, so both spellings work with
-    the driver eecontrol installs. An explicit driver (``postgresql+psycopg2://``) is kept.
-    """
-    text = str(store)
-    if text.startswith("postgresql://") and not _has_module("psycopg2") and _has_module("psycopg"):
-        return "postgresql+psycopg://" + text[len("postgresql://") :]
-    if "://" in text:
-        return text
-    path = Path(text).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +148,7 @@ class CurveStore:
         last: Exception | None = None
         for attempt in range(retries):
             try:
-                self.storage = RDBStorage(self.url, engine_kwargs=engine_kwargs)
+                self.storage = RDBStorage(driver_url(self.url), engine_kwargs=engine_kwargs)
                 study = optuna.create_study(
                     storage=self.storage,
                     study_name=self.study_name,

@@ -27,10 +27,22 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.pruners import NopPruner
 from optuna.samplers import BaseSampler, GridSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from eecontrol.sweep.common import (
+    OBJECTIVE_ATTR,
+    PRUNED_ATTR,
+    REPORT_STEPS,
+    STORAGE_ENV,
+    TRIAL_KEY,
+    build_pruner,
+    open_storage,
+    redact,
+    storage_url,
+)
 from eecontrol.sweep.liveness import (
     FAIL_REASON_ATTR,
     OWNER_ATTR,
@@ -48,18 +60,17 @@ from eecontrol.sweep.space import (
     same_params,
     trial_overrides,
 )
-from eecontrol.sweep.store import storage_url
-from eecontrol.sweep.trial import (
-    OBJECTIVE_ATTR,
-    PRUNED_ATTR,
-    REPORT_STEPS,
-    STORAGE_ENV,
-    TRIAL_KEY,
-    build_pruner,
-    open_storage,
-    redact,
+from eecontrol.sweep.worker import (
+    ENQUEUED_ATTR,
+    WORKER_KEY,
+    SweepTask,
+    WorkerSpec,
+    ask_trial,
+    failure_counts,
+    load_extender,
+    settle,
+    wandb_overrides,
 )
-from eecontrol.sweep.worker import WORKER_KEY, SweepTask, WorkerSpec, settle
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +111,8 @@ class SweeperCore:
         pruner: a pruner config with ``_target_``, or None (no pruning).
         direction: ``maximize``/``minimize`` (or ``max``/``min``); None: from the app
             config's ``optimized_mode`` (``max``/``min``), the mode of ``optimized_metric``.
+            A list of two or more makes a multi-objective study (no pruning): each job
+            returns one value per direction, or names them in ``objectives``.
         storage: a database URL or a SQLite file path; None: SQLite ``optuna.db`` in the
             sweep directory.
         study_name: the study; None: the sweep directory's name.
@@ -119,13 +132,23 @@ class SweeperCore:
         heartbeat_interval: seconds between a running trial's heartbeats (async mode), or
             None: off. A trial without a heartbeat for ``grace_period`` s is ``FAIL``.
         grace_period: seconds; None: ``2 * heartbeat_interval + 5``.
+        max_failure_rate: in [0, 1] or None (no limit): the sweep stops, with an error
+            naming the counts, once more than this fraction of its trials failed.
+        enqueue_trials: parameter dicts run first (a known-good configuration), unless a
+            trial with the same parameters exists.
+        objectives: for a multi-objective study, the job's metrics to use, one per
+            direction (e.g. ``[val/acc, epochs]``: ``epochs`` is the epochs trained);
+            None: the job returns a list of values.
+        custom_search_space: ``module.function`` called as ``fn(cfg, trial)`` after each
+            ask (the official plugin's signature): it may ``trial.suggest_*`` more,
+            conditional parameters, which the job gets as overrides.
     """
 
     def __init__(
         self,
         sampler: Any = None,
         pruner: Any = None,
-        direction: str | None = None,
+        direction: str | Sequence[str] | None = None,
         storage: str | None = None,
         study_name: str | None = None,
         n_trials: int | None = 20,
@@ -139,10 +162,29 @@ class SweeperCore:
         mode: str = "async",
         heartbeat_interval: int | None = 10,
         grace_period: int | None = None,
+        max_failure_rate: float | None = None,
+        enqueue_trials: Sequence[Mapping[str, Any]] | None = None,
+        custom_search_space: str | None = None,
+        objectives: Sequence[str] | None = None,
     ) -> None:
-        if direction is not None and str(direction) not in DIRECTIONS:
+        direction = _plain(direction)
+        many = direction if isinstance(direction, list | tuple) else [direction]
+        for d in many:
+            if (d is not None or len(many) > 1) and str(d) not in DIRECTIONS:
+                raise ValueError(
+                    f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)} or a list of "
+                    f"them, got {direction!r}."
+                )
+        self.directions = [DIRECTIONS[str(d)] for d in many] if len(many) > 1 else None
+        if isinstance(direction, list | tuple):
+            direction = many[0] if len(many) == 1 else None
+        self.objectives = None if objectives is None else [str(o) for o in _plain(objectives)]
+        if self.objectives is not None and (
+            self.directions is None or len(self.objectives) != len(self.directions)
+        ):
             raise ValueError(
-                f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)}, got {direction!r}."
+                f"hydra.sweeper.objectives={self.objectives} needs one metric per direction of a "
+                f"multi-objective study, got direction={direction!r}."
             )
         for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
             if name == "n_trials" and value is None:
@@ -171,6 +213,24 @@ class SweeperCore:
                 raise ValueError(
                     f"hydra.sweeper.{name} must be an integer >= 1 (seconds) or null, got {value!r}."
                 )
+        if max_failure_rate is not None and (
+            isinstance(max_failure_rate, bool)
+            or not isinstance(max_failure_rate, int | float)
+            or not 0.0 <= max_failure_rate <= 1.0
+        ):
+            raise ValueError(
+                f"hydra.sweeper.max_failure_rate must be in [0, 1] or null, got {max_failure_rate!r}."
+            )
+        self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
+        self.enqueue_trials = [dict(p) for p in (_plain(enqueue_trials) or [])]
+        for p in self.enqueue_trials:
+            if not isinstance(p, dict) or not p:
+                raise ValueError(
+                    "hydra.sweeper.enqueue_trials must be a list of {parameter: value} maps, "
+                    f"got {p!r}."
+                )
+        self.custom_search_space = custom_search_space
+        self._extender = load_extender(custom_search_space)
         self.mode = mode
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.task: SweepTask | None = None
@@ -246,23 +306,42 @@ class SweeperCore:
                 "eecontrol_optuna: the search space is empty: give hydra.sweeper.params (e.g. "
                 "model.optimizer.lr: tag(log, interval(1e-4, 1e-2))) or sweep overrides."
             )
-        self.direction = self._direction()
+        if self.directions is None:
+            self.direction = self._direction()
         sampler = self._sampler(space)
         pruner = build_pruner(self.pruner_cfg)
-        url = self._storage_url()
+        if self.directions is not None and not isinstance(pruner, NopPruner):
+            raise ValueError(
+                f"eecontrol_optuna: Optuna cannot prune a multi-objective study "
+                f"(direction={self.directions}); use hydra/sweeper/eecontrol_pruner=none, got "
+                f"{type(pruner).__name__}."
+            )
+        url = self._url = self._storage_url()
         name = self.study_name or Path(str(self.sweep_dir)).name
         study = optuna.create_study(
             storage=open_storage(url),
             study_name=name,
             sampler=sampler,
             pruner=pruner,
-            direction=self.direction,
+            direction=None if self.directions else self.direction,
+            directions=self.directions,
             load_if_exists=True,
         )
-        if study.direction != StudyDirection[self.direction.upper()]:
+        if self.directions is not None:
+            stored = [d.name.lower() for d in study.directions]
+            if stored != self.directions:
+                raise ValueError(
+                    f"study {name!r} in {redact(url)} is set to {stored}, but "
+                    f"hydra.sweeper.direction={self.directions}; use another study_name."
+                )
+        elif (
+            study._is_multi_objective()
+            or study.direction != StudyDirection[str(self.direction).upper()]
+        ):
             raise ValueError(
-                f"study {name!r} in {redact(url)} is set to {study.direction.name.lower()}, "
-                f"but hydra.sweeper.direction={self.direction}; use another study_name."
+                f"study {name!r} in {redact(url)} is set to "
+                f"{[d.name.lower() for d in study.directions]}, but "
+                f"hydra.sweeper.direction={self.direction}; use another study_name."
             )
         os.environ[STORAGE_ENV] = url  # the jobs' storage (never written into their configs)
         log.info(
@@ -271,10 +350,11 @@ class SweeperCore:
             redact(url),
             type(sampler).__name__,
             type(pruner).__name__,
-            self.direction,
-            self._monitor(),
+            self.directions or self.direction,
+            self.objectives or self._monitor(),
         )
         self._recover(study)
+        first = len(study.get_trials(deepcopy=False))  # this sweep's trials: from here on
         names = list(space.distributions)
         if isinstance(sampler, GridSampler):
             points = space.grid_points()
@@ -293,9 +373,11 @@ class SweeperCore:
                 )
             budget = max(0, self.n_trials - self._finished(study))
             self._enqueue_failed(study, names)
+            for p in self.enqueue_trials:  # known-good configurations first
+                study.enqueue_trial(p, user_attrs={ENQUEUED_ATTR: True}, skip_if_exists=True)
         log.info("eecontrol_optuna: %d trial(s) to run (%s mode)", budget, self._mode())
         if self._mode() == "async":
-            self._run_async(study, name, space, list(arguments), budget)
+            self._run_async(study, name, space, list(arguments), budget, first)
             self._write_results(study, url)
             self._raise_on_failures()
             return
@@ -308,11 +390,27 @@ class SweeperCore:
                 log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
                 break
             n = min(self.n_jobs, budget + self._extra - asked)
-            batch = [study.ask(space.distributions) for _ in range(n)]
+            batch = [ask_trial(study, space, self._extender, self.config) for _ in range(n)]
             asked += n
             self._run_batch(study, batch, space)
+            self._check_failure_rate(study, first)
         self._write_results(study, url)
         self._raise_on_failures()
+
+    def _check_failure_rate(self, study: optuna.Study, first: int) -> None:
+        """Stops the sweep once more than ``max_failure_rate`` of its trials failed."""
+        if self.max_failure_rate is None:
+            return
+        failed, total = failure_counts(study, first)
+        if total and failed / total > self.max_failure_rate:
+            assert self.sweep_dir is not None
+            self._write_results(study, self._url)
+            raise RuntimeError(
+                f"eecontrol_optuna: {failed} of {total} trials of this sweep failed "
+                f"({failed / total:.2f} > hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate}); the sweep stops. First failures: "
+                + "; ".join(self.failures[:3])
+            )
 
     def _raise_on_failures(self) -> None:
         if self.failures and self.fail_on_error:
@@ -336,6 +434,7 @@ class SweeperCore:
             "report_step": self.report_step,
             "pruner": self.pruner_cfg,
             "parent": owner_id(),
+            **({"objectives": list(self.objectives)} if self.objectives else {}),
         }
 
     def _run_async(
@@ -345,11 +444,11 @@ class SweeperCore:
         space: SearchSpace,
         arguments: list[str],
         budget: int,
+        first: int,
     ) -> None:
         """Launches ``n_jobs`` workers that fill the study; again while workers were lost."""
         assert self.task is not None
         target = self._finished(study) + budget
-        first = len(study.get_trials(deepcopy=False))
         deadline = None if self.timeout is None else time.time() + self.timeout
         self.task.spec = WorkerSpec(
             study_name=name,
@@ -365,6 +464,9 @@ class SweeperCore:
             parent=owner_id(),
             deadline=deadline,
             ident=self._ident(name),
+            max_failure_rate=self.max_failure_rate,
+            custom_search_space=self.custom_search_space,
+            objectives=self.objectives,
         )
         rounds = 0
         while self._finished(study) < target:
@@ -375,8 +477,7 @@ class SweeperCore:
             n = min(self.n_jobs, target - before)
             fixed = trial_overrides({}, space)  # the command line's own (hparams_search=...)
             workers = [
-                [*fixed, f"++{WORKER_KEY}={i}", f"hydra.sweep.subdir=workers/{i}"]
-                for i in range(n)
+                [*fixed, f"++{WORKER_KEY}={i}", f"hydra.sweep.subdir=workers/{i}"] for i in range(n)
             ]
             log.info(
                 "eecontrol_optuna: %d asynchronous worker(s) for %d trial(s)", n, target - before
@@ -404,6 +505,7 @@ class SweeperCore:
             if t.number >= first:
                 reason = str(t.system_attrs.get(FAIL_REASON_ATTR, "failed"))
                 self.failures.append(f"trial {t.number}: {reason[:200]}")
+        self._check_failure_rate(study, first)
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
@@ -467,7 +569,11 @@ class SweeperCore:
 
     def _job_overrides(self, trial: optuna.Trial, space: SearchSpace) -> list[str]:
         ident = {**self._ident(trial.study.study_name), "number": trial.number}
-        return [*trial_overrides(trial.params, space), f"++{TRIAL_KEY}={config_text(ident)}"]
+        return [
+            *trial_overrides(trial.params, space),
+            *wandb_overrides(self.config, trial.study.study_name, trial.number),
+            f"++{TRIAL_KEY}={config_text(ident)}",
+        ]
 
     def _run_batch(
         self,
@@ -514,7 +620,7 @@ class SweeperCore:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn | None) -> bool:
         """Tells the study one job's result; returns whether the job was lost (no result)."""
-        error = tell_job(study, trial._trial_id, trial.number, ret)
+        error = tell_job(study, trial._trial_id, trial.number, ret, self.objectives)
         if error is None:
             return False
         self.failures.append(f"trial {trial.number}: {error[:200]}")
@@ -531,14 +637,28 @@ class SweeperCore:
             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
         }
         results: dict[str, Any] = {"name": "eecontrol_optuna"}
+        if self.directions is not None:  # the Pareto front
+            front = study.best_trials
+            results["best_trials"] = [
+                {
+                    "number": t.number,
+                    "values": [float(v) for v in t.values],
+                    "params": dict(t.params),
+                }
+                for t in sorted(front, key=lambda t: t.number)
+            ]
+            log.info("eecontrol_optuna: Pareto front of %d trial(s)", len(front))
         try:
+            if self.directions is not None:
+                raise ValueError("multi-objective: see best_trials")
             best = study.best_trial
             results["best_params"] = dict(best.params)
             results["best_value"] = float(best.value)  # type: ignore[arg-type]
             results["best_trial"] = best.number
             log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
         except ValueError:
-            log.warning("eecontrol_optuna: no trial completed; no best parameters")
+            if self.directions is None:
+                log.warning("eecontrol_optuna: no trial completed; no best parameters")
         results.update(
             study_name=study.study_name,
             storage=redact(url),
@@ -546,6 +666,8 @@ class SweeperCore:
             metric=self._monitor(),
             trials=counts,
         )
+        if self.directions is not None:
+            results.update(directions=list(self.directions), objectives=self.objectives)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
 

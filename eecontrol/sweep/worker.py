@@ -36,6 +36,7 @@ from omegaconf import DictConfig, open_dict
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from eecontrol.sweep.common import STORAGE_ENV, build_pruner, driver_url, storage_from_env
 from eecontrol.sweep.liveness import (
     FAIL_REASON_ATTR,
     fail_dead_trials,
@@ -44,14 +45,14 @@ from eecontrol.sweep.liveness import (
 )
 from eecontrol.sweep.outcome import tell_job
 from eecontrol.sweep.sampling import build_sampler
-from eecontrol.sweep.space import parse_search_space, trial_overrides
-from eecontrol.sweep.trial import STORAGE_ENV, build_pruner, storage_from_env
+from eecontrol.sweep.space import format_value, parse_search_space, trial_overrides
 
 log = logging.getLogger(__name__)
 
 WORKER_KEY = "optuna_worker"
 WORKER_ATTR = "eecontrol:worker"
 RETRY_ATTR = "eecontrol:retry_of"
+ENQUEUED_ATTR = "eecontrol:enqueued"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -73,6 +74,9 @@ class WorkerSpec:
         parent: the owner id of the sweep's main process (workers end when it is gone).
         deadline: Unix time after which no worker starts a trial, or None.
         ident: the ``optuna_trial`` config of the jobs, less ``number``.
+        max_failure_rate: workers stop asking once more than this fraction of the sweep's
+            trials failed (None: no limit).
+        custom_search_space: ``module.function(cfg, trial)`` run after each ask, or None.
     """
 
     study_name: str
@@ -88,6 +92,66 @@ class WorkerSpec:
     parent: str | None = None
     deadline: float | None = None
     ident: dict[str, Any] = field(default_factory=dict)
+    max_failure_rate: float | None = None
+    custom_search_space: str | None = None
+    objectives: list[str] | None = None
+
+
+Extender = Callable[[DictConfig, optuna.Trial], None]
+
+
+def load_extender(path: str | None) -> Extender | None:
+    """The ``custom_search_space`` function ``module.function`` (or None).
+
+    Raises:
+        ValueError: naming ``hydra.sweeper.custom_search_space`` when it cannot be imported.
+    """
+    if not path:
+        return None
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(path))
+    except Exception as err:
+        raise ValueError(
+            f"hydra.sweeper.custom_search_space={path!r} is not an importable function "
+            f"`module.function(cfg, trial)`: {err}"
+        ) from err
+
+
+def ask_trial(
+    study: optuna.Study, space: Any, extender: Extender | None, cfg: DictConfig | None
+) -> optuna.Trial:
+    """Asks a trial over the search space, then lets ``custom_search_space`` add parameters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats "supposed to be used with optimize"
+        trial = study.ask(space.distributions)
+    if extender is not None:
+        extender(cfg, trial)
+    return trial
+
+
+def wandb_overrides(cfg: DictConfig | None, study: str, number: int) -> list[str]:
+    """W&B grouping: the sweep is a W&B group (its study name), each trial a named run.
+
+    Only for an app whose config has ``logger.wandb`` (eecontrol's ``logger=wandb``); the
+    run's config (everything the app logs as hyperparameters) holds the trial's parameters.
+    """
+    from omegaconf import OmegaConf
+
+    if cfg is None or OmegaConf.select(cfg, "logger.wandb", default=None) is None:
+        return []
+    return [
+        f"logger.wandb.group={format_value(study)}",
+        f"logger.wandb.name={format_value(f'{study}-trial-{number}')}",
+    ]
+
+
+def failure_counts(study: optuna.Study, first: int) -> tuple[int, int]:
+    """(failed, finished incl. failed) trials numbered ``first`` or later (this sweep's)."""
+    states = (*FINISHED, TrialState.FAIL)
+    trials = [t for t in study.get_trials(deepcopy=False, states=states) if t.number >= first]
+    return sum(t.state == TrialState.FAIL for t in trials), len(trials)
 
 
 def heartbeat_storage(url: str, spec: WorkerSpec) -> RDBStorage:
@@ -95,6 +159,7 @@ def heartbeat_storage(url: str, spec: WorkerSpec) -> RDBStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60.0}
+    url = driver_url(url)
     if not spec.heartbeat_interval:
         return RDBStorage(url, engine_kwargs=kwargs)
     grace = spec.grace_period or 2 * int(spec.heartbeat_interval) + 5
@@ -242,6 +307,7 @@ class SweepTask:
             pruner=build_pruner(spec.pruner),
         )
         watch = watch_parent(spec.parent)
+        extender = load_extender(spec.custom_search_space)
         rows: list[list[Any]] = []
         key = f"{WORKER_ATTR}:{index}"
         ran = 0
@@ -255,11 +321,14 @@ class SweepTask:
                     "eecontrol_optuna: worker %d stops: %d failed trials", index, spec.max_failures
                 )
                 break
+            if spec.max_failure_rate is not None:
+                failed, total = failure_counts(study, spec.first_number)
+                if total and failed / total > spec.max_failure_rate:
+                    log.warning("eecontrol_optuna: worker %d stops: max_failure_rate", index)
+                    break
             if _occupied(study) >= spec.n_trials:
                 break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # heartbeats "supposed to be used with optimize"
-                trial = study.ask(space.distributions)
+            trial = ask_trial(study, space, extender, self.config)
             if _occupied(study, below=trial.number) >= spec.n_trials:
                 # another worker asked the last trial at the same moment: give this one up
                 storage.set_trial_system_attr(
@@ -274,6 +343,7 @@ class SweepTask:
 
             overrides = [
                 *trial_overrides(trial.params, space),
+                *wandb_overrides(self.config, spec.study_name, trial.number),
                 f"++optuna_trial={config_text(ident)}",
             ]
             if watch is not None:
@@ -281,7 +351,7 @@ class SweepTask:
             start = time.time()
             with _Heartbeat(storage, trial._trial_id, spec.heartbeat_interval):
                 ret = run(overrides, trial.number)
-            tell_job(study, trial._trial_id, trial.number, ret)
+            tell_job(study, trial._trial_id, trial.number, ret, spec.objectives)
             end = time.time()
             if watch is not None:
                 watch.set_trial(None, None)

@@ -92,7 +92,10 @@ cs.store(
         "defaults": [{"eecontrol_sampler": "tpe"}, {"eecontrol_pruner": "none"}, "_self_"],
         "_target_": TARGET,
         "_recursive_": False,
-        "direction": None,  # maximize | minimize; null: the app's optimized_mode (max | min)
+        # maximize | minimize; null: the app's optimized_mode (max | min); a list of two or
+        # more: a multi-objective study (Pareto front in optimization_results.yaml)
+        "direction": None,
+        "objectives": None,  # multi-objective: the job's metrics, e.g. [val/acc, epochs]
         "storage": None,
         "study_name": None,
         "n_trials": 20,
@@ -108,6 +111,9 @@ cs.store(
         "mode": "async",
         "heartbeat_interval": 10,  # s, async workers' trials; null: off
         "grace_period": None,  # s without a heartbeat -> FAIL; null: 2 * interval + 5
+        "max_failure_rate": None,  # [0, 1]: stop once more of this sweep's trials failed
+        "enqueue_trials": None,  # [{param: value}, ...]: run these first
+        "custom_search_space": None,  # module.function(cfg, trial): conditional parameters
     },
 )
 for _name, _node in SAMPLERS.items():

@@ -25,6 +25,9 @@ from eecontrol.sweep.trial import OBJECTIVE_ATTR, PRUNED_ATTR
         ({"max_retries": -1}, "hydra.sweeper.max_retries"),
         ({"timeout": 0}, "hydra.sweeper.timeout"),
         ({"report_step": "epoch"}, "hydra.sweeper.report_step"),
+        ({"mode": "fast"}, "hydra.sweeper.mode"),
+        ({"heartbeat_interval": 0}, "hydra.sweeper.heartbeat_interval"),
+        ({"grace_period": 1.5}, "hydra.sweeper.grace_period"),
     ],
 )
 def test_bad_options_name_the_option(kwargs, message):
@@ -206,7 +209,7 @@ def test_postgresql_urls_use_the_installed_psycopg3_driver():
     import importlib.util
     from pathlib import Path
 
-    from eecontrol.sweep.store import storage_url
+    from eecontrol.sweep.common import driver_url
 
     root = Path(__file__).resolve().parents[2]
     extras = _extras()
@@ -216,9 +219,10 @@ def test_postgresql_urls_use_the_installed_psycopg3_driver():
     assert "psycopg 3" in (root / "docs/sweeps.md").read_text()
     assert importlib.util.find_spec("psycopg") is not None
     if importlib.util.find_spec("psycopg2") is None:  # as the extras install it
-        assert storage_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
-    assert storage_url("postgresql+psycopg://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
-    assert storage_url("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+        assert driver_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert driver_url("postgresql+psycopg://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert driver_url("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert driver_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_cmaes_is_in_the_sweeps_and_dev_extras():
