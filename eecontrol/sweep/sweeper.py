@@ -66,6 +66,7 @@ from eecontrol.sweep.worker import (
     SweepTask,
     WorkerSpec,
     ask_trial,
+    budget_used,
     failure_counts,
     load_extender,
     settle,
@@ -448,14 +449,13 @@ class SweeperCore:
     ) -> None:
         """Launches ``n_jobs`` workers that fill the study; again while workers were lost."""
         assert self.task is not None
-        target = self._finished(study) + budget
         deadline = None if self.timeout is None else time.time() + self.timeout
         self.task.spec = WorkerSpec(
             study_name=name,
             arguments=params_to_arguments(self.params) + arguments,
             sampler=self.sampler_cfg,
             pruner=self.pruner_cfg,
-            n_trials=target,
+            n_trials=budget,
             first_number=first,
             max_failures=max(1, budget),
             max_retries=self.max_retries,
@@ -469,18 +469,18 @@ class SweeperCore:
             objectives=self.objectives,
         )
         rounds = 0
-        while self._finished(study) < target:
+        while budget_used(study, first) < budget:
             if deadline is not None and time.time() > deadline:
                 log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
                 break
-            before = self._finished(study)
-            n = min(self.n_jobs, target - before)
+            before = budget_used(study, first)
+            n = min(self.n_jobs, budget - before)
             fixed = trial_overrides({}, space)  # the command line's own (hparams_search=...)
             workers = [
                 [*fixed, f"++{WORKER_KEY}={i}", f"hydra.sweep.subdir=workers/{i}"] for i in range(n)
             ]
             log.info(
-                "eecontrol_optuna: %d asynchronous worker(s) for %d trial(s)", n, target - before
+                "eecontrol_optuna: %d asynchronous worker(s) for %d trial(s)", n, budget - before
             )
             try:
                 returns = self.launcher.launch(workers, initial_job_idx=0)
@@ -499,7 +499,7 @@ class SweeperCore:
             self._recover(study)
             settle(study, self.max_retries)
             rounds += 1
-            if self._finished(study) == before or rounds > self.max_retries + 1:
+            if budget_used(study, first) == before or rounds > self.max_retries + 1:
                 break  # no progress (every trial fails) or lost workers beyond the retries
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.number >= first:

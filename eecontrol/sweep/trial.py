@@ -150,7 +150,7 @@ class OptunaPruning(ControlCallback):
         url = storage_from_env(self._storage_arg)
         storage = open_storage(url)
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
-        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(
                 study._study_id, self.trial_number

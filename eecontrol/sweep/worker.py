@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 WORKER_KEY = "optuna_worker"
 WORKER_ATTR = "eecontrol:worker"
 RETRY_ATTR = "eecontrol:retry_of"
+LOST_RETRY_ATTR = "eecontrol:lost_retry_of"  # asked again within the sweep: on top of its budget
+SURPLUS = "surplus:"
 ENQUEUED_ATTR = "eecontrol:enqueued"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -65,7 +67,9 @@ class WorkerSpec:
         arguments: the search space as overrides (``hydra.sweeper.params`` + command line).
         sampler: the sampler config (``_target_``), or None (TPE).
         pruner: the pruner config, or None.
-        n_trials: finished (``COMPLETE``/``PRUNED``) trials the study must hold at the end.
+        n_trials: the trials this sweep runs (its budget, as in batch mode): finished ones and
+            failed ones count (a job that raised is not retried: it would fail again);
+            trials lost with their worker are asked again on top (``max_retries``).
         first_number: the first trial number of this sweep (earlier ones are a resumed past).
         max_failures: a worker stops asking when this sweep has this many ``FAIL`` trials.
         max_retries: times the parameters of a trial lost with its worker are asked again.
@@ -229,20 +233,30 @@ def settle(study: optuna.Study, max_retries: int) -> list[int]:
     for t in trials:
         if t.number not in failed or not t.params:
             continue
-        origin = int(t.user_attrs.get(RETRY_ATTR, t.number))
-        retries = sum(int(u.user_attrs.get(RETRY_ATTR, -1)) == origin for u in trials)
+        origin = int(t.user_attrs.get(LOST_RETRY_ATTR, t.number))
+        retries = sum(int(u.user_attrs.get(LOST_RETRY_ATTR, -1)) == origin for u in trials)
         if retries < max_retries:
             log.info("eecontrol_optuna: asking the parameters of lost trial %d again", t.number)
-            study.enqueue_trial(dict(t.params), user_attrs={RETRY_ATTR: origin})
+            study.enqueue_trial(dict(t.params), user_attrs={LOST_RETRY_ATTR: origin})
     return failed
 
 
-def _occupied(study: optuna.Study, below: int | None = None) -> int:
-    """Finished plus running trials (those numbered below ``below``, if given)."""
-    states = (*FINISHED, TrialState.RUNNING)
-    return sum(
-        below is None or t.number < below for t in study.get_trials(deepcopy=False, states=states)
-    )
+def budget_used(study: optuna.Study, first: int, below: int | None = None) -> int:
+    """Trials of this sweep (numbered ``first`` or later, and below ``below``) that count
+    toward its budget: running, finished or failed ones; not waiting ones, not retries of
+    lost trials (they run on top, as in batch mode) and not surplus ones."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.number < first or (below is not None and t.number >= below):
+            continue
+        if t.state == TrialState.WAITING or LOST_RETRY_ATTR in t.user_attrs:
+            continue
+        if "failed_trial" in t.system_attrs:  # Optuna's retry of a stale-heartbeat trial
+            continue
+        if str(t.system_attrs.get(FAIL_REASON_ATTR, "")).startswith(SURPLUS):
+            continue
+        n += 1
+    return n
 
 
 def _failures(study: optuna.Study, first: int) -> int:
@@ -326,13 +340,13 @@ class SweepTask:
                 if total and failed / total > spec.max_failure_rate:
                     log.warning("eecontrol_optuna: worker %d stops: max_failure_rate", index)
                     break
-            if _occupied(study) >= spec.n_trials:
+            if budget_used(study, spec.first_number) >= spec.n_trials:
                 break
             trial = ask_trial(study, space, extender, self.config)
-            if _occupied(study, below=trial.number) >= spec.n_trials:
+            if budget_used(study, spec.first_number, below=trial.number) >= spec.n_trials:
                 # another worker asked the last trial at the same moment: give this one up
                 storage.set_trial_system_attr(
-                    trial._trial_id, FAIL_REASON_ATTR, "surplus: the study was full when asked"
+                    trial._trial_id, FAIL_REASON_ATTR, f"{SURPLUS} the study was full when asked"
                 )
                 study.tell(trial, state=TrialState.FAIL)
                 break

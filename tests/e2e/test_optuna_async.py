@@ -211,3 +211,40 @@ def test_the_sweep_is_a_wandb_group_and_each_trial_a_named_run(tmp_path):
         data = run.read_bytes()  # the offline run's records hold its name, group and config
         assert f"wb-trial-{t.number}".encode() in data and b"wb" in data
         assert repr(t.params["model.optimizer.lr"]).encode()[:8] in data
+
+
+@pytest.mark.timeout(600)
+def test_a_multi_objective_sweep_of_accuracy_and_epochs_writes_its_pareto_front(tmp_path):
+    """Multi-objective: maximise val/acc, minimise epochs trained (the jobs store both)."""
+    from omegaconf import OmegaConf
+
+    _run(
+        [
+            "-m",
+            "hparams_search=digits_optuna",
+            "hydra/launcher=basic",
+            "hydra/sweeper/eecontrol_pruner=none",
+            "hydra.sweeper.study_name=mo",
+            "hydra.sweeper.direction=[maximize,minimize]",
+            "hydra.sweeper.objectives=[val/acc,epochs]",
+            "hydra.sweeper.n_trials=4",
+            "trainer.max_epochs=choice(1,2,3)",
+            "+trainer.limit_train_batches=2",
+            *TINY,
+        ],
+        tmp_path,
+        timeout=600,
+    )
+    sweep = tmp_path / "logs" / "train" / "sweeps" / "mo"
+    study = _study(sweep, "mo")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:  # the second objective is the epochs the job trained
+        assert t.values[1] == t.params["trainer.max_epochs"]
+        assert 0.0 <= t.values[0] <= 1.0
+    results = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
+    assert results["directions"] == ["maximize", "minimize"]
+    assert results["objectives"] == ["val/acc", "epochs"]
+    front = {f["number"] for f in results["best_trials"]}
+    assert front and front == {t.number for t in study.best_trials}

@@ -196,3 +196,11 @@ def test_a_multi_objective_sweep_writes_its_pareto_front(tmp_path, mode):
             for u in trials
         )
     assert results["directions"] == ["maximize", "minimize"]
+    from rich.console import Console
+
+    from eecontrol.sweep.results import print_study  # `eecontrol report`'s trial table
+
+    console = Console(record=True, width=200)
+    assert print_study(cwd / "sweep", console)
+    out = console.export_text()
+    assert "8 complete" in out and "Pareto front (maximize, minimize)" in out

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from eecontrol.sweep.liveness import FAIL_REASON_ATTR, OWNER_ATTR, owner_id
-from eecontrol.sweep.worker import RETRY_ATTR, WorkerSpec, heartbeat_storage, settle
+from eecontrol.sweep.worker import LOST_RETRY_ATTR, WorkerSpec, heartbeat_storage, settle
 
 
 def _spec(**kw) -> WorkerSpec:
@@ -54,7 +54,7 @@ def test_a_trial_of_a_dead_local_worker_fails_and_is_retried_up_to_max_retries(t
     assert study.trials[0].state == TrialState.FAIL
     assert "ended without finishing it" in study.trials[0].system_attrs[FAIL_REASON_ATTR]
     t1 = study.ask(dist)  # the retry
-    assert t1.params == t0.params and t1.user_attrs[RETRY_ATTR] == 0
+    assert t1.params == t0.params and t1.user_attrs[LOST_RETRY_ATTR] == 0
     storage.set_trial_system_attr(t1._trial_id, OWNER_ATTR, owner_id(int(dead.stdout)))
     assert settle(study, max_retries=1) == [1]
     assert not [t for t in study.trials if t.state == TrialState.WAITING]  # retries used up
