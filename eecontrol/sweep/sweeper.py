@@ -1,6 +1,9 @@
 """The core of the ``eecontrol_optuna`` Hydra sweeper: Optuna ask/tell through any launcher.
 
-Loop: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
+Two modes. ``async`` (the default): launch ``n_jobs`` worker jobs
+(:mod:`eecontrol.sweep.worker`), each asking the shared study for trials and running them
+in-process until the sweep's trials are done; a pruned trial frees its worker at once.
+``batch``, described below: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
 identity (``optuna_trial.*``; the storage URL goes through ``$EECONTROL_OPTUNA_STORAGE``),
 launch the batch with the configured launcher (basic, joblib, submitit, ...), and tell the
 study each result. A job's pruning callback reports to its trial and marks it when pruned.
