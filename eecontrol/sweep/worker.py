@@ -19,12 +19,14 @@ Each worker keeps its trials' start and end times in the study's user attribute
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,6 +243,26 @@ def settle(study: optuna.Study, max_retries: int) -> list[int]:
     return failed
 
 
+@contextlib.contextmanager
+def ask_lock(url: str) -> Iterator[None]:
+    """Serialises "is the budget used? then ask" between the workers of a SQLite study.
+
+    A SQLite study lives on one machine, so a file lock next to it covers every worker.
+    Server databases get no lock: two workers may then ask the last trial at once, and
+    the later one is told ``FAIL`` ("surplus") and stops.
+    """
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = url[len("sqlite:///") :].split("?", 1)[0] + ".ask.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def budget_used(study: optuna.Study, first: int, below: int | None = None) -> int:
     """Trials of this sweep (numbered ``first`` or later, and below ``below``) that count
     toward its budget: running, finished or failed ones; not waiting ones, not retries of
@@ -310,7 +332,8 @@ class SweepTask:
         spec = self.spec
         assert spec is not None
         run = run or self.run_trial
-        storage = heartbeat_storage(storage_from_env(None), spec)
+        url = storage_from_env(None)
+        storage = heartbeat_storage(url, spec)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the main process warned about the space already
             space = parse_search_space(spec.arguments)
@@ -340,9 +363,10 @@ class SweepTask:
                 if total and failed / total > spec.max_failure_rate:
                     log.warning("eecontrol_optuna: worker %d stops: max_failure_rate", index)
                     break
-            if budget_used(study, spec.first_number) >= spec.n_trials:
-                break
-            trial = ask_trial(study, space, extender, self.config)
+            with ask_lock(url):  # one machine (SQLite): no two workers ask the last trial
+                if budget_used(study, spec.first_number) >= spec.n_trials:
+                    break
+                trial = ask_trial(study, space, extender, self.config)
             if budget_used(study, spec.first_number, below=trial.number) >= spec.n_trials:
                 # another worker asked the last trial at the same moment: give this one up
                 storage.set_trial_system_attr(

@@ -204,3 +204,24 @@ def test_a_multi_objective_sweep_writes_its_pareto_front(tmp_path, mode):
     assert print_study(cwd / "sweep", console)
     out = console.export_text()
     assert "8 complete" in out and "Pareto front (maximize, minimize)" in out
+
+
+def test_async_joblib_workers_on_sqlite_never_overshoot_the_budget(tmp_path):
+    """Two workers racing for the last trials of instant jobs: the ask lock of a SQLite
+    study keeps them from asking one trial too many (a surplus trial would be FAIL)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cwd = _app(tmp_path)
+    _sweep(
+        cwd,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=12",
+    )
+    study = _study(cwd)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12, [
+        (t.number, t.state.name, t.system_attrs.get("eecontrol:fail_reason")) for t in trials
+    ]
+    workers = {t.user_attrs["eecontrol:worker"] for t in trials}
+    assert workers == {0, 1}  # both workers asked for trials
