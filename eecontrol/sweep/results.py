@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from eecontrol.sweep.common import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
 from eecontrol.sweep.liveness import FAIL_REASON_ATTR
 from eecontrol.sweep.sweeper import DEFAULT_DB, RESULTS_FILE
-from eecontrol.sweep.trial import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
 
 
 @dataclass
@@ -61,7 +61,9 @@ def read_study(sweep_dir: str | Path) -> tuple[dict[str, Any], list[TrialRow]] |
     rows = []
     for t in study.get_trials(deepcopy=False):
         values = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
-        value = t.value if t.value is not None else (values[-1] if values else None)
+        # a multi-objective trial has values (its first is shown), no single value
+        first = t.values[0] if t.values else None
+        value = first if first is not None else (values[-1] if values else None)
         note = ""
         if PRUNED_ATTR in t.system_attrs:
             note = f"pruned at report {t.system_attrs[PRUNED_ATTR]}"
@@ -109,6 +111,13 @@ def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
     console.print(
         "trials: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if n)
     )
+    if results.get("best_trials"):
+        console.print(
+            "Pareto front ("
+            + ", ".join(str(d) for d in results.get("directions") or [])
+            + "): trials "
+            + ", ".join(str(f["number"]) for f in results["best_trials"])
+        )
     if "best_value" in results:
         console.print(
             f"best: trial {results.get('best_trial')} value {results['best_value']:.4f} "

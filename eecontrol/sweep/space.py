@@ -5,7 +5,10 @@ distributions:
 
 * ``choice(a, b, c)`` or ``a,b,c``: a categorical distribution;
 * ``range(start, stop, step)``: an integer (or float, if any bound is a float) distribution
-  with that step; ``shuffle(range(...))`` is categorical;
+  with that step; ``shuffle(range(...))`` is categorical. ``stop`` is excluded, as in
+  Python and Hydra's basic sweeper (the official Optuna sweeper includes it): a sweep
+  moved between the basic and this sweeper keeps its values. When ``stop`` lies on the
+  step grid (the two readings differ) a :class:`RangeStopWarning` says so;
 * ``interval(low, high)``: a uniform float (integer, if both bounds are integers)
   distribution; ``tag(log, interval(low, high))`` samples on a log scale;
 * anything else is a fixed value passed to every job unchanged.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +34,30 @@ from optuna.distributions import (
 )
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.+\-/:]+$")
+
+
+class RangeStopWarning(UserWarning):
+    """``range(start, stop)`` excludes ``stop`` here; the official Optuna sweeper includes it."""
+
+
+def _warn_range_stop(key: str, start: Any, stop: Any, step: Any, last: Any) -> None:
+    """Warns when ``stop`` is a value the official plugin would sample (it lies on the grid)."""
+    k = (float(stop) - float(start)) / float(step)
+    if abs(k - round(k)) > 1e-9:
+        return  # stop is off the grid: both readings give the same values
+    warnings.warn(
+        f"`{key}`: range({start}, {stop}, {step}) excludes {stop} (the last value is {last}), "
+        f"as Python and Hydra's basic sweeper do; the official hydra-optuna-sweeper includes "
+        f"it. To include it write range({start}, {stop} + {step}, {step}) (e.g. "
+        f"range({start}, {_next(stop, step)}, {step})).",
+        RangeStopWarning,
+        stacklevel=3,
+    )
+
+
+def _next(stop: Any, step: Any) -> Any:
+    value = stop + step
+    return round(value, 12) if isinstance(value, float) else value
 
 
 @dataclass
@@ -92,11 +120,15 @@ def distribution_from_override(override: Override) -> BaseDistribution | Any:
             n = math.ceil((float(stop) - float(start)) / float(step)) - 1
             if n < 0:
                 raise ValueError(f"`{key}`: range({start}, {stop}, {step}) is empty.")
-            return FloatDistribution(float(start), float(start) + n * float(step), step=step)
+            high = float(start) + n * float(step)
+            _warn_range_stop(key, start, stop, step, high)
+            return FloatDistribution(float(start), high, step=step)
         n = (int(stop) - int(start) - 1) // int(step)
         if n < 0:
             raise ValueError(f"`{key}`: range({start}, {stop}, {step}) is empty.")
-        return IntDistribution(int(start), int(start) + n * int(step), step=int(step))
+        high = int(start) + n * int(step)
+        _warn_range_stop(key, start, stop, step, high)
+        return IntDistribution(int(start), high, step=int(step))
     if override.is_interval_sweep():
         low, high, log = value.start, value.end, "log" in value.tags
         if low is None or high is None or not low < high:

@@ -6,7 +6,7 @@ are user attributes, and its end is the trial state (``COMPLETE``: trained to it
 ``PRUNED``: stopped early; ``FAIL``: crashed). Concurrency is the database's job
 (SQLAlchemy transactions through :class:`optuna.storages.RDBStorage`): a SQLite file by
 default (no server, fine for a handful of local workers), a server database by URL
-(``postgresql://user:pass@host/db``) when workers run on many machines. No file locks
+(``postgresql://user:pass@host/db``, driver psycopg 3) when workers run on many machines. No file locks
 are written here.
 
 A study written by this store is an ordinary Optuna study: ``optuna-dashboard <url>``
@@ -28,7 +28,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from eecontrol.resume import check_store, check_study_name, redact_text, redact_url
+from eecontrol.sweep.common import driver_url, storage_url
 from eecontrol.sweep.liveness import fail_dead_trials, mark_owner
+
+__all__ = ["CurveStore", "StoredRun", "storage_url"]
 
 if TYPE_CHECKING:
     from eecontrol.core.curves import FinishedRun
@@ -71,16 +74,6 @@ def _check_sqlite_is_a_curve_store(url: str) -> None:
             f"{tables[:8]}); the curve store would add its tables to it. Give a new file or "
             f"an existing curve store."
         )
-
-
-def storage_url(store: str | Path) -> str:
-    """Turns a path into a SQLite URL; returns URLs (``scheme://...``) unchanged."""
-    text = str(store)
-    if "://" in text:
-        return text
-    path = Path(text).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ class CurveStore:
         last: Exception | None = None
         for attempt in range(retries):
             try:
-                self.storage = RDBStorage(self.url, engine_kwargs=engine_kwargs)
+                self.storage = RDBStorage(driver_url(self.url), engine_kwargs=engine_kwargs)
                 study = optuna.create_study(
                     storage=self.storage,
                     study_name=self.study_name,

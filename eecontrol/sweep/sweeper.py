@@ -1,6 +1,9 @@
 """The core of the ``eecontrol_optuna`` Hydra sweeper: Optuna ask/tell through any launcher.
 
-Loop: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
+Two modes. ``async`` (the default): launch ``n_jobs`` worker jobs
+(:mod:`eecontrol.sweep.worker`), each asking the shared study for trials and running them
+in-process until the sweep's trials are done; a pruned trial frees its worker at once.
+``batch``, described below: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
 identity (``optuna_trial.*``; the storage URL goes through ``$EECONTROL_OPTUNA_STORAGE``),
 launch the batch with the configured launcher (basic, joblib, submitit, ...), and tell the
 study each result. A job's pruning callback reports to its trial and marks it when pruned.
@@ -18,7 +21,6 @@ are asked again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,27 +30,12 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.samplers import BaseSampler, GridSampler, TPESampler
+from optuna.pruners import NopPruner
+from optuna.samplers import BaseSampler, GridSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.sweep.liveness import (
-    FAIL_REASON_ATTR,
-    OWNER_ATTR,
-    fail_dead_trials,
-    owner_alive,
-    owner_id,
-)
-from eecontrol.sweep.space import (
-    SearchSpace,
-    format_value,
-    params_to_arguments,
-    parse_search_space,
-    same_params,
-    trial_overrides,
-)
-from eecontrol.sweep.store import storage_url
-from eecontrol.sweep.trial import (
+from eecontrol.sweep.common import (
     OBJECTIVE_ATTR,
     PRUNED_ATTR,
     REPORT_STEPS,
@@ -57,6 +44,36 @@ from eecontrol.sweep.trial import (
     build_pruner,
     open_storage,
     redact,
+    storage_url,
+)
+from eecontrol.sweep.liveness import (
+    FAIL_REASON_ATTR,
+    OWNER_ATTR,
+    fail_dead_trials,
+    owner_alive,
+    owner_id,
+)
+from eecontrol.sweep.outcome import tell_job
+from eecontrol.sweep.sampling import build_sampler
+from eecontrol.sweep.space import (
+    SearchSpace,
+    format_value,
+    params_to_arguments,
+    parse_search_space,
+    same_params,
+    trial_overrides,
+)
+from eecontrol.sweep.worker import (
+    ENQUEUED_ATTR,
+    WORKER_KEY,
+    SweepTask,
+    WorkerSpec,
+    ask_trial,
+    budget_used,
+    failure_counts,
+    load_extender,
+    settle,
+    wandb_overrides,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +86,7 @@ DIRECTIONS = {
 }
 RETRY_ATTR = "eecontrol:retry_of"
 DEFAULT_DB = "optuna.db"
+MODES = ("async", "batch")
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -97,6 +115,8 @@ class SweeperCore:
         pruner: a pruner config with ``_target_``, or None (no pruning).
         direction: ``maximize``/``minimize`` (or ``max``/``min``); None: from the app
             config's ``optimized_mode`` (``max``/``min``), the mode of ``optimized_metric``.
+            A list of two or more makes a multi-objective study (no pruning): each job
+            returns one value per direction, or names them in ``objectives``.
         storage: a database URL or a SQLite file path; None: SQLite ``optuna.db`` in the
             sweep directory.
         study_name: the study; None: the sweep directory's name.
@@ -110,13 +130,29 @@ class SweeperCore:
         monitor: the metric jobs report; None: the app config's ``optimized_metric``.
         report_step: ``check`` (validation index) or ``step`` (global step).
         params: the search space in Hydra's override grammar.
+        mode: ``async`` (each of ``n_jobs`` launched jobs is a worker that asks the study
+            for trials until it is full: a pruned trial frees its worker at once) or
+            ``batch`` (ask ``n_jobs`` trials, launch them, wait for all, tell).
+        heartbeat_interval: seconds between a running trial's heartbeats (async mode), or
+            None: off. A trial without a heartbeat for ``grace_period`` s is ``FAIL``.
+        grace_period: seconds; None: ``2 * heartbeat_interval + 5``.
+        max_failure_rate: in [0, 1] or None (no limit): the sweep stops, with an error
+            naming the counts, once more than this fraction of its trials failed.
+        enqueue_trials: parameter dicts run first (a known-good configuration), unless a
+            trial with the same parameters exists.
+        objectives: for a multi-objective study, the job's metrics to use, one per
+            direction (e.g. ``[val/acc, epochs]``: ``epochs`` is the epochs trained);
+            None: the job returns a list of values.
+        custom_search_space: ``module.function`` called as ``fn(cfg, trial)`` after each
+            ask (the official plugin's signature): it may ``trial.suggest_*`` more,
+            conditional parameters, which the job gets as overrides.
     """
 
     def __init__(
         self,
         sampler: Any = None,
         pruner: Any = None,
-        direction: str | None = None,
+        direction: str | Sequence[str] | None = None,
         storage: str | None = None,
         study_name: str | None = None,
         n_trials: int | None = 20,
@@ -127,10 +163,32 @@ class SweeperCore:
         monitor: str | None = None,
         report_step: str = "check",
         params: Mapping[str, Any] | None = None,
+        mode: str = "async",
+        heartbeat_interval: int | None = 10,
+        grace_period: int | None = None,
+        max_failure_rate: float | None = None,
+        enqueue_trials: Sequence[Mapping[str, Any]] | None = None,
+        custom_search_space: str | None = None,
+        objectives: Sequence[str] | None = None,
     ) -> None:
-        if direction is not None and str(direction) not in DIRECTIONS:
+        direction = _plain(direction)
+        many = direction if isinstance(direction, list | tuple) else [direction]
+        for d in many:
+            if (d is not None or len(many) > 1) and str(d) not in DIRECTIONS:
+                raise ValueError(
+                    f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)} or a list of "
+                    f"them, got {direction!r}."
+                )
+        self.directions = [DIRECTIONS[str(d)] for d in many] if len(many) > 1 else None
+        if isinstance(direction, list | tuple):
+            direction = many[0] if len(many) == 1 else None
+        self.objectives = None if objectives is None else [str(o) for o in _plain(objectives)]
+        if self.objectives is not None and (
+            self.directions is None or len(self.objectives) != len(self.directions)
+        ):
             raise ValueError(
-                f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)}, got {direction!r}."
+                f"hydra.sweeper.objectives={self.objectives} needs one metric per direction of a "
+                f"multi-objective study, got direction={direction!r}."
             )
         for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
             if name == "n_trials" and value is None:
@@ -147,6 +205,39 @@ class SweeperCore:
             raise ValueError(
                 f"hydra.sweeper.report_step must be one of {list(REPORT_STEPS)}, got {report_step!r}."
             )
+        if mode not in MODES:
+            raise ValueError(f"hydra.sweeper.mode must be one of {list(MODES)}, got {mode!r}.")
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("grace_period", grace_period),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"hydra.sweeper.{name} must be an integer >= 1 (seconds) or null, got {value!r}."
+                )
+        if max_failure_rate is not None and (
+            isinstance(max_failure_rate, bool)
+            or not isinstance(max_failure_rate, int | float)
+            or not 0.0 <= max_failure_rate <= 1.0
+        ):
+            raise ValueError(
+                f"hydra.sweeper.max_failure_rate must be in [0, 1] or null, got {max_failure_rate!r}."
+            )
+        self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
+        self.enqueue_trials = [dict(p) for p in (_plain(enqueue_trials) or [])]
+        for p in self.enqueue_trials:
+            if not isinstance(p, dict) or not p:
+                raise ValueError(
+                    "hydra.sweeper.enqueue_trials must be a list of {parameter: value} maps, "
+                    f"got {p!r}."
+                )
+        self.custom_search_space = custom_search_space
+        self._extender = load_extender(custom_search_space)
+        self.mode = mode
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.task: SweepTask | None = None
         self.sampler_cfg = _plain(sampler)
         self.pruner_cfg = _plain(pruner)
         self.direction = None if direction is None else DIRECTIONS[str(direction)]
@@ -165,9 +256,10 @@ class SweeperCore:
 
     # --- set-up -----------------------------------------------------------------------
 
-    def setup(self, config: DictConfig, launcher: Any) -> None:
-        """Keeps the composed config and the instantiated launcher."""
-        self.config, self.launcher = config, launcher
+    def setup(self, config: DictConfig, launcher: Any, task: SweepTask | None = None) -> None:
+        """Keeps the composed config, the instantiated launcher and its task (a
+        :class:`~eecontrol.sweep.worker.SweepTask`; without it only batch mode runs)."""
+        self.config, self.launcher, self.task = config, launcher, task
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def _storage_url(self) -> str:
@@ -205,20 +297,7 @@ class SweeperCore:
         return self.direction or str(from_mode)
 
     def _sampler(self, space: SearchSpace) -> BaseSampler:
-        cfg = self.sampler_cfg
-        if not cfg:
-            return TPESampler()
-        import hydra.utils
-
-        cfg = dict(cfg)
-        if str(cfg.get("_target_", "")).endswith("GridSampler"):
-            cfg["search_space"] = space.grid()
-        sampler = hydra.utils.instantiate(cfg, _convert_="all")
-        if not isinstance(sampler, BaseSampler):
-            raise ValueError(
-                f"hydra.sweeper.sampler must make an optuna sampler, got {type(sampler).__name__}."
-            )
-        return sampler
+        return build_sampler(self.sampler_cfg, space.grid)
 
     # --- the sweep --------------------------------------------------------------------
 
@@ -231,23 +310,42 @@ class SweeperCore:
                 "eecontrol_optuna: the search space is empty: give hydra.sweeper.params (e.g. "
                 "model.optimizer.lr: tag(log, interval(1e-4, 1e-2))) or sweep overrides."
             )
-        self.direction = self._direction()
+        if self.directions is None:
+            self.direction = self._direction()
         sampler = self._sampler(space)
         pruner = build_pruner(self.pruner_cfg)
-        url = self._storage_url()
+        if self.directions is not None and not isinstance(pruner, NopPruner):
+            raise ValueError(
+                f"eecontrol_optuna: Optuna cannot prune a multi-objective study "
+                f"(direction={self.directions}); use hydra/sweeper/eecontrol_pruner=none, got "
+                f"{type(pruner).__name__}."
+            )
+        url = self._url = self._storage_url()
         name = self.study_name or Path(str(self.sweep_dir)).name
         study = optuna.create_study(
             storage=open_storage(url),
             study_name=name,
             sampler=sampler,
             pruner=pruner,
-            direction=self.direction,
+            direction=None if self.directions else self.direction,
+            directions=self.directions,
             load_if_exists=True,
         )
-        if study.direction != StudyDirection[self.direction.upper()]:
+        if self.directions is not None:
+            stored = [d.name.lower() for d in study.directions]
+            if stored != self.directions:
+                raise ValueError(
+                    f"study {name!r} in {redact(url)} is set to {stored}, but "
+                    f"hydra.sweeper.direction={self.directions}; use another study_name."
+                )
+        elif (
+            study._is_multi_objective()
+            or study.direction != StudyDirection[str(self.direction).upper()]
+        ):
             raise ValueError(
-                f"study {name!r} in {redact(url)} is set to {study.direction.name.lower()}, "
-                f"but hydra.sweeper.direction={self.direction}; use another study_name."
+                f"study {name!r} in {redact(url)} is set to "
+                f"{[d.name.lower() for d in study.directions]}, but "
+                f"hydra.sweeper.direction={self.direction}; use another study_name."
             )
         os.environ[STORAGE_ENV] = url  # the jobs' storage (never written into their configs)
         log.info(
@@ -256,10 +354,11 @@ class SweeperCore:
             redact(url),
             type(sampler).__name__,
             type(pruner).__name__,
-            self.direction,
-            self._monitor(),
+            self.directions or self.direction,
+            self.objectives or self._monitor(),
         )
         self._recover(study)
+        first = len(study.get_trials(deepcopy=False))  # this sweep's trials: from here on
         names = list(space.distributions)
         if isinstance(sampler, GridSampler):
             points = space.grid_points()
@@ -278,7 +377,14 @@ class SweeperCore:
                 )
             budget = max(0, self.n_trials - self._finished(study))
             self._enqueue_failed(study, names)
-        log.info("eecontrol_optuna: %d trial(s) to run", budget)
+            for p in self.enqueue_trials:  # known-good configurations first
+                study.enqueue_trial(p, user_attrs={ENQUEUED_ATTR: True}, skip_if_exists=True)
+        log.info("eecontrol_optuna: %d trial(s) to run (%s mode)", budget, self._mode())
+        if self._mode() == "async":
+            self._run_async(study, name, space, list(arguments), budget, first)
+            self._write_results(study, url)
+            self._raise_on_failures()
+            return
         started = time.monotonic()
         self._retries: dict[int, int] = {}
         self._extra = 0  # lost jobs asked again: run on top of the budget
@@ -288,15 +394,121 @@ class SweeperCore:
                 log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
                 break
             n = min(self.n_jobs, budget + self._extra - asked)
-            batch = [study.ask(space.distributions) for _ in range(n)]
+            batch = [ask_trial(study, space, self._extender, self.config) for _ in range(n)]
             asked += n
             self._run_batch(study, batch, space)
+            self._check_failure_rate(study, first)
         self._write_results(study, url)
+        self._raise_on_failures()
+
+    def _check_failure_rate(self, study: optuna.Study, first: int) -> None:
+        """Stops the sweep once more than ``max_failure_rate`` of its trials failed."""
+        if self.max_failure_rate is None:
+            return
+        failed, total = failure_counts(study, first)
+        if total and failed / total > self.max_failure_rate:
+            assert self.sweep_dir is not None
+            self._write_results(study, self._url)
+            raise RuntimeError(
+                f"eecontrol_optuna: {failed} of {total} trials of this sweep failed "
+                f"({failed / total:.2f} > hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate}); the sweep stops. First failures: "
+                + "; ".join(self.failures[:3])
+            )
+
+    def _raise_on_failures(self) -> None:
         if self.failures and self.fail_on_error:
             raise RuntimeError(
                 f"eecontrol_optuna: {len(self.failures)} trial(s) failed (fail_on_error=true): "
                 + "; ".join(self.failures[:5])
             )
+
+    def _mode(self) -> str:
+        """``async`` when asked for and the launcher runs this sweeper's task, else ``batch``."""
+        if self.mode == "async" and self.task is None:
+            log.warning("eecontrol_optuna: mode=async needs the sweeper's task; running batches")
+            return "batch"
+        return self.mode
+
+    def _ident(self, study_name: str) -> dict[str, Any]:
+        """A job's ``optuna_trial`` config, less its trial number."""
+        return {
+            "study": study_name,
+            "monitor": self._monitor(),
+            "report_step": self.report_step,
+            "pruner": self.pruner_cfg,
+            "parent": owner_id(),
+            **({"objectives": list(self.objectives)} if self.objectives else {}),
+        }
+
+    def _run_async(
+        self,
+        study: optuna.Study,
+        name: str,
+        space: SearchSpace,
+        arguments: list[str],
+        budget: int,
+        first: int,
+    ) -> None:
+        """Launches ``n_jobs`` workers that fill the study; again while workers were lost."""
+        assert self.task is not None
+        deadline = None if self.timeout is None else time.time() + self.timeout
+        self.task.spec = WorkerSpec(
+            study_name=name,
+            arguments=params_to_arguments(self.params) + arguments,
+            sampler=self.sampler_cfg,
+            pruner=self.pruner_cfg,
+            n_trials=budget,
+            first_number=first,
+            max_failures=max(1, budget),
+            max_retries=self.max_retries,
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
+            parent=owner_id(),
+            deadline=deadline,
+            ident=self._ident(name),
+            max_failure_rate=self.max_failure_rate,
+            custom_search_space=self.custom_search_space,
+            objectives=self.objectives,
+        )
+        rounds = 0
+        while budget_used(study, first) < budget:
+            if deadline is not None and time.time() > deadline:
+                log.info("eecontrol_optuna: timeout of %.0f s reached", self.timeout)
+                break
+            before = budget_used(study, first)
+            n = min(self.n_jobs, budget - before)
+            fixed = trial_overrides({}, space)  # the command line's own (hparams_search=...)
+            workers = [
+                [*fixed, f"++{WORKER_KEY}={i}", f"hydra.sweep.subdir=workers/{i}"] for i in range(n)
+            ]
+            log.info(
+                "eecontrol_optuna: %d asynchronous worker(s) for %d trial(s)", n, budget - before
+            )
+            try:
+                returns = self.launcher.launch(workers, initial_job_idx=0)
+            except Exception as err:  # a lost worker must not end the sweep
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                log.warning(
+                    "eecontrol_optuna: the launcher failed for the workers (%s: %s); the "
+                    "study keeps what they finished",
+                    type(err).__name__,
+                    first_line[:300],
+                )
+                returns = []
+            for i, ret in enumerate(returns):
+                if ret is not None and ret.status == JobStatus.FAILED:
+                    log.warning("eecontrol_optuna: worker %d raised %r", i, ret._return_value)
+            self._recover(study)
+            settle(study, self.max_retries)
+            rounds += 1
+            if budget_used(study, first) == before or rounds > self.max_retries + 1:
+                break  # no progress (every trial fails) or lost workers beyond the retries
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number >= first:
+                reason = str(t.system_attrs.get(FAIL_REASON_ATTR, "failed"))
+                self.failures.append(f"trial {t.number}: {reason[:200]}")
+        self._check_failure_rate(study, first)
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
@@ -359,14 +571,12 @@ class SweeperCore:
             queued.append(p)
 
     def _job_overrides(self, trial: optuna.Trial, space: SearchSpace) -> list[str]:
-        ident = {
-            "study": trial.study.study_name,
-            "number": trial.number,
-            "monitor": self._monitor(),
-            "report_step": self.report_step,
-            "pruner": self.pruner_cfg,
-        }
-        return [*trial_overrides(trial.params, space), f"++{TRIAL_KEY}={config_text(ident)}"]
+        ident = {**self._ident(trial.study.study_name), "number": trial.number}
+        return [
+            *trial_overrides(trial.params, space),
+            *wandb_overrides(self.config, trial.study.study_name, trial.number),
+            f"++{TRIAL_KEY}={config_text(ident)}",
+        ]
 
     def _run_batch(
         self,
@@ -413,40 +623,11 @@ class SweeperCore:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn | None) -> bool:
         """Tells the study one job's result; returns whether the job was lost (no result)."""
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state.is_finished():
-            return False  # finished by the job or a recovery: never told twice
-        pruned = PRUNED_ATTR in frozen.system_attrs
-        value: float | None = None
-        error: str | None = None
-        if ret is not None and ret.status == JobStatus.COMPLETED:
-            try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                error = f"the job returned {ret.return_value!r}, not a number"
-        elif ret is not None:
-            err = ret._return_value
-            error = f"the job raised {type(err).__name__}: {err}"
-        elif OBJECTIVE_ATTR in frozen.system_attrs:
-            value = float(frozen.system_attrs[OBJECTIVE_ATTR])
-        if pruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            return False
-        if value is not None and math.isfinite(value):
-            try:
-                study.tell(trial, value)
-            except RuntimeError as err:  # GridSampler's study.stop() outside optimize
-                if "Study.stop" not in str(err):
-                    raise
-            return False
-        lost = ret is None
+        error = tell_job(study, trial._trial_id, trial.number, ret, self.objectives)
         if error is None:
-            error = "its job was lost (killed, or its batch failed)" if lost else f"value {value}"
-        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, error[:500])
-        study.tell(trial, state=TrialState.FAIL)
+            return False
         self.failures.append(f"trial {trial.number}: {error[:200]}")
-        log.warning("eecontrol_optuna: trial %d FAIL: %s", trial.number, error[:300])
-        return lost
+        return error.startswith("lost: ")
 
     # --- results ------------------------------------------------------------------------
 
@@ -459,14 +640,28 @@ class SweeperCore:
             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
         }
         results: dict[str, Any] = {"name": "eecontrol_optuna"}
+        if self.directions is not None:  # the Pareto front
+            front = study.best_trials
+            results["best_trials"] = [
+                {
+                    "number": t.number,
+                    "values": [float(v) for v in t.values],
+                    "params": dict(t.params),
+                }
+                for t in sorted(front, key=lambda t: t.number)
+            ]
+            log.info("eecontrol_optuna: Pareto front of %d trial(s)", len(front))
         try:
+            if self.directions is not None:
+                raise ValueError("multi-objective: see best_trials")
             best = study.best_trial
             results["best_params"] = dict(best.params)
             results["best_value"] = float(best.value)  # type: ignore[arg-type]
             results["best_trial"] = best.number
             log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
         except ValueError:
-            log.warning("eecontrol_optuna: no trial completed; no best parameters")
+            if self.directions is None:
+                log.warning("eecontrol_optuna: no trial completed; no best parameters")
         results.update(
             study_name=study.study_name,
             storage=redact(url),
@@ -474,6 +669,8 @@ class SweeperCore:
             metric=self._monitor(),
             trials=counts,
         )
+        if self.directions is not None:
+            results.update(directions=list(self.directions), objectives=self.objectives)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
 

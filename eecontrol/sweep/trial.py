@@ -12,86 +12,48 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import optuna
-from optuna.pruners import BasePruner, NopPruner
-from optuna.storages import RDBStorage
+from optuna.pruners import BasePruner
 from optuna.trial import TrialState
 from typing_extensions import override
 
 from eecontrol.callbacks._control import ControlCallback
-from eecontrol.sweep.liveness import mark_owner
+from eecontrol.sweep.liveness import ParentWatch, mark_owner, watch_parent
 
 log = logging.getLogger(__name__)
 
-STORAGE_ENV = "EECONTROL_OPTUNA_STORAGE"
-TRIAL_KEY = "optuna_trial"
-PRUNED_ATTR = "eecontrol:pruned_at"
-OBJECTIVE_ATTR = "eecontrol:objective"
-REPORT_STEPS = ("check", "step")
+from eecontrol.sweep.common import (  # noqa: E402  (re-exported: the job side's names)
+    METRICS_ATTR,
+    OBJECTIVE_ATTR,
+    PRUNED_ATTR,
+    REPORT_STEPS,
+    STORAGE_ENV,
+    TRIAL_KEY,
+    build_pruner,
+    open_storage,
+    redact,
+    storage_from_env,
+)
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@]*:)(?P<pw>[^@/]*)(?P<at>@)")
-
-
-def redact(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for logs and files).
-
-    Both forms: ``user:PASSWORD@host`` and credential query parameters (``?password=``).
-    """
-    from eecontrol.resume import redact_text
-
-    return redact_text(_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url)))
-
-
-def open_storage(url: str, timeout: float = 60.0) -> RDBStorage:
-    """An Optuna RDB storage for ``url``; SQLite writers wait ``timeout`` s for a lock."""
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": timeout}
-    return RDBStorage(url, engine_kwargs=kwargs)
-
-
-def storage_from_env(storage: str | None = None) -> str:
-    """The storage URL: ``storage`` if given, else ``$EECONTROL_OPTUNA_STORAGE``.
-
-    Raises:
-        ValueError: when neither is set.
-    """
-    url = storage or os.environ.get(STORAGE_ENV)
-    if not url:
-        raise ValueError(
-            f"OptunaPruning: no study storage: pass `storage` or set {STORAGE_ENV} (the "
-            f"eecontrol_optuna sweeper sets it for its jobs)."
-        )
-    return url
-
-
-def build_pruner(pruner: Mapping[str, Any] | BasePruner | None) -> BasePruner:
-    """A pruner from a config with ``_target_`` (or a pruner, or None: no pruning).
-
-    Raises:
-        ValueError: when the config does not make an Optuna pruner.
-    """
-    if pruner is None:
-        return NopPruner()
-    if isinstance(pruner, BasePruner):
-        return pruner
-    import hydra.utils
-
-    obj = hydra.utils.instantiate(pruner)
-    if obj is None:
-        return NopPruner()
-    if not isinstance(obj, BasePruner):
-        raise ValueError(
-            f"`pruner` must make an optuna.pruners.BasePruner, got {type(obj).__name__} "
-            f"from {dict(pruner)!r}."
-        )
-    return obj
+__all__ = [
+    "OBJECTIVE_ATTR",
+    "PRUNED_ATTR",
+    "REPORT_STEPS",
+    "STORAGE_ENV",
+    "TRIAL_KEY",
+    "OptunaPruning",
+    "build_pruner",
+    "open_storage",
+    "pruning_callbacks",
+    "record_objective",
+    "redact",
+    "storage_from_env",
+    "trial_config",
+]
 
 
 class OptunaPruning(ControlCallback):
@@ -117,6 +79,13 @@ class OptunaPruning(ControlCallback):
             a pruner, or None (no pruning, reports only). A pruner is not stored in the
             study, so every job builds the sweep's pruner itself.
         strict: a missing monitor is an error (False: a warning, the validation skipped).
+        objectives: metrics to store on the trial when fit ends (``eecontrol:metrics``), for
+            a multi-objective sweep's ``hydra.sweeper.objectives``; ``epochs`` is the
+            number of epochs trained. In a multi-objective study nothing is reported
+            (Optuna prunes single-objective studies only).
+        parent: the owner id (``host:pid:start``) of the sweep's main process: this job
+            fails its trial and ends when that process is gone (a ``kill -9`` of the
+            sweep); None: no watch.
     """
 
     def __init__(
@@ -128,6 +97,8 @@ class OptunaPruning(ControlCallback):
         report_step: str = "check",
         pruner: Mapping[str, Any] | BasePruner | None = None,
         strict: bool = True,
+        parent: str | None = None,
+        objectives: list[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
@@ -146,6 +117,10 @@ class OptunaPruning(ControlCallback):
         self.pruner_name = type(self.pruner).__name__
         self._maximize = True
         self._storage_arg = storage
+        self.parent = parent
+        self.objectives = [str(o) for o in objectives] if objectives else None
+        self._watch: ParentWatch | None = None
+        self._reporting = True
         self._trial: optuna.Trial | None = None
         self._checks = 0
         self._reported: list[float] = []
@@ -161,6 +136,7 @@ class OptunaPruning(ControlCallback):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_trial"] = None  # a database connection does not pickle; reopened at fit start
+        state["_watch"] = None  # a thread; started again at fit start
         return state
 
     @property
@@ -174,7 +150,7 @@ class OptunaPruning(ControlCallback):
         url = storage_from_env(self._storage_arg)
         storage = open_storage(url)
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
-        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(
                 study._study_id, self.trial_number
@@ -193,6 +169,28 @@ class OptunaPruning(ControlCallback):
             )
         mark_owner(storage, trial_id)
         self._trial = optuna.Trial(study, trial_id)
+        if study._is_multi_objective():
+            log.info("OptunaPruning: multi-objective study %r: no reports", self.study_name)
+            self._reporting = False
+        self._watch = watch_parent(self.parent)
+        if self._watch is not None:
+            self._watch.set_trial(storage, trial_id)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
+        if not self.objectives or not trainer.is_global_zero or self._trial is None:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics["epochs"] = float(trainer.current_epoch)
+        stored = {o: metrics[o] for o in self.objectives if o in metrics}
+        self._trial.storage.set_trial_system_attr(self._trial._trial_id, METRICS_ATTR, stored)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._watch is not None:  # the process stays watched; no trial of it to fail now
+            self._watch.set_trial(None, None)
+        super().teardown(trainer, pl_module, stage)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -219,7 +217,7 @@ class OptunaPruning(ControlCallback):
         value = float(value)
         step = index if self.report_step == "check" else int(trainer.global_step)
         prune = False
-        if trainer.is_global_zero and self._trial is not None:
+        if trainer.is_global_zero and self._trial is not None and self._reporting:
             if math.isfinite(value):
                 self._reported.append(value)
                 self._trial.report(value, step)
@@ -271,6 +269,8 @@ def pruning_callbacks(cfg: Mapping[str, Any], existing: list[Any]) -> list[Optun
             trial_number=int(ident["number"]),
             report_step=str(ident.get("report_step", "check")),
             pruner=ident.get("pruner"),
+            parent=ident.get("parent"),
+            objectives=list(ident["objectives"]) if ident.get("objectives") else None,
         )
     ]
 

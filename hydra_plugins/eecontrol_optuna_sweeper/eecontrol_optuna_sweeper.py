@@ -53,7 +53,7 @@ PRUNERS: dict[str, dict[str, Any] | None] = {
 
 
 class EecontrolOptunaSweeper(Sweeper):
-    """A Hydra sweeper that runs an Optuna study (ask/tell in batches) with pruning jobs.
+    """A Hydra sweeper that runs an Optuna study (async workers or ask/tell batches).
 
     Args: see :class:`eecontrol.sweep.sweeper.SweeperCore` (the same names).
     """
@@ -66,13 +66,17 @@ class EecontrolOptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        """Instantiates the configured launcher."""
+        """Instantiates the configured launcher, running the app through a
+        :class:`~eecontrol.sweep.worker.SweepTask` (the app, or an async sweep's worker)."""
         from hydra.core.plugins import Plugins
 
+        from eecontrol.sweep.worker import SweepTask
+
+        task = SweepTask(task_function, hydra_context, config)
         launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
+            config=config, hydra_context=hydra_context, task_function=task
         )
-        self.core.setup(config, launcher)
+        self.core.setup(config, launcher, task)
 
     def sweep(self, arguments: list[str]) -> None:
         """Runs the study; ``arguments`` are the command line's overrides."""
@@ -88,7 +92,10 @@ cs.store(
         "defaults": [{"eecontrol_sampler": "tpe"}, {"eecontrol_pruner": "none"}, "_self_"],
         "_target_": TARGET,
         "_recursive_": False,
-        "direction": None,  # maximize | minimize; null: the app's optimized_mode (max | min)
+        # maximize | minimize; null: the app's optimized_mode (max | min); a list of two or
+        # more: a multi-objective study (Pareto front in optimization_results.yaml)
+        "direction": None,
+        "objectives": None,  # multi-objective: the job's metrics, e.g. [val/acc, epochs]
         "storage": None,
         "study_name": None,
         "n_trials": 20,
@@ -99,6 +106,14 @@ cs.store(
         "monitor": None,
         "report_step": "check",
         "params": None,
+        # async: each of n_jobs launched jobs asks the study for trials until it is full
+        # (a pruned trial frees its worker at once); batch: ask n_jobs, launch, wait, tell
+        "mode": "async",
+        "heartbeat_interval": 10,  # s, async workers' trials; null: off
+        "grace_period": None,  # s without a heartbeat -> FAIL; null: 2 * interval + 5
+        "max_failure_rate": None,  # [0, 1]: stop once more of this sweep's trials failed
+        "enqueue_trials": None,  # [{param: value}, ...]: run these first
+        "custom_search_space": None,  # module.function(cfg, trial): conditional parameters
     },
 )
 for _name, _node in SAMPLERS.items():

@@ -52,6 +52,7 @@ def test_four_concurrent_jobs_share_a_postgres_study_and_curve_store(tmp_path, p
             "hydra.sweeper.n_trials=4",
             "hydra.sweeper.n_jobs=4",
             "hydra.launcher.n_jobs=4",
+            "hydra.sweeper.mode=batch",  # one batch of 4 trials in 4 processes
             "trainer.max_epochs=3",
             "+trainer.limit_train_batches=2",
             "trainer.enable_model_summary=false",
@@ -110,3 +111,57 @@ def test_submitit_local_jobs_against_postgres(tmp_path, postgres):  # noqa: F811
     assert list((sweep / ".submitit").rglob("*_result.pkl")), "the jobs did not run in submitit"
     assert _files_with(tmp_path, postgres.secret) == []
     assert postgres.secret not in output
+
+
+@pytest.mark.timeout(900)
+def test_async_submitit_local_workers_share_a_postgres_study(tmp_path, postgres):  # noqa: F811
+    """Issue 26: two asynchronous workers (submitit's local executor) fill one study on a
+    real PostgreSQL server, each asking for trials until it holds n_trials."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from eecontrol.sweep.worker import WORKER_ATTR
+
+    output = _sweep(
+        [
+            "hparams_search=digits_optuna",
+            "hydra/launcher=submitit_local",
+            "hydra.sweeper.mode=async",
+            "hydra.sweeper.study_name=pg-async",
+            "hydra.sweeper.storage='${oc.env:SWEEP_DB}'",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.heartbeat_interval=1",
+            "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=2",
+            "trainer.enable_model_summary=false",
+            "callbacks=none",
+        ],
+        tmp_path,
+        {"SWEEP_DB": postgres.url},
+    )
+    study = optuna.load_study(study_name="pg-async", storage=postgres.url)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4, output[-4000:]
+    assert all(t.state.is_finished() for t in study.trials)
+    rows = {k: v for k, v in study.user_attrs.items() if k.startswith(f"{WORKER_ATTR}:")}
+    assert len(rows) == 2 and all(rows.values()), rows  # both workers ran trials
+    assert {t.number for t in finished} <= {n for r in rows.values() for n, *_ in r}
+    sweep = tmp_path / "logs" / "train" / "sweeps" / "pg-async"
+    assert len(list((sweep / ".submitit").rglob("*_result.pkl"))) == 2  # two worker jobs
+    assert all((sweep / str(t.number) / ".hydra" / "config.yaml").exists() for t in finished)
+    assert _files_with(tmp_path, postgres.secret) == []
+    assert postgres.secret not in output
+
+
+def test_a_plain_postgresql_url_connects_with_the_installed_psycopg3(postgres):  # noqa: F811
+    """Defect (5): `postgresql://` (SQLAlchemy: psycopg2) with only psycopg 3 installed."""
+    import importlib.util
+
+    assert importlib.util.find_spec("psycopg2") is None  # the slurm/dev extras: psycopg 3 only
+    url = postgres.url.replace("postgresql+psycopg://", "postgresql://")
+    assert url.startswith("postgresql://sweeper:")
+    store = CurveStore(url, "plain-url", "max")
+    run = store.start_run({"lr": 0.1})
+    store.report(run, 0, 0.4)
+    store.finish(run, 0.5)
+    [stored] = CurveStore(url, "plain-url", "max").runs()
+    assert stored.result == 0.5 and stored.values == (0.4,)

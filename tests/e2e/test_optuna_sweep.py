@@ -114,6 +114,7 @@ def test_a_sigkilled_job_fails_the_sweep_goes_on_and_a_rerun_completes_it(tmp_pa
         "callbacks.curve_stopping.in_run=false",
         "callbacks.curve_stopping.log_prediction=false",
         "hydra.sweeper.max_retries=0",  # the killed job waits for the rerun
+        "hydra.sweeper.mode=batch",  # a killed job breaks its batch (async: tests/e2e/test_optuna_async.py)
         "trainer.enable_model_summary=false",
     ]
     env = {**os.environ, "WANDB_MODE": "offline"}
