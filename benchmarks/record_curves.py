@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -341,6 +342,33 @@ def _report(i: int, run: dict[str, Any], monitor: str, mode: str) -> None:
     )
 
 
+def merge(paths: list[Path], out_path: Path) -> None:
+    """Joins the parts of one step sweep recorded by processes with different ``--first``.
+
+    Raises:
+        ValueError: if the parts differ in anything but their runs and command, or a
+            configuration is in two parts. Runs after a missing configuration are left out
+            (with a message), so the result is the sweep of ``--configs N`` in one process.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    head = {k: v for k, v in parts[0].items() if k not in ("runs", "command")}
+    for path, part in zip(paths, parts):
+        other = {k: v for k, v in part.items() if k not in ("runs", "command")}
+        if other != head:
+            raise ValueError(f"--merge: {path} is not a part of the sweep of {paths[0]}")
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["id"])
+    ids = [r["id"] for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--merge: run ids {ids} repeat")
+    keep = next((k for k, i in enumerate(ids) if i != k), len(ids))
+    if keep < len(ids):  # a part stopped early: keep configurations 0..keep-1 only
+        print(f"--merge: configuration {keep} is missing; runs {ids[keep:]} are left out")
+    runs = runs[:keep]
+    cmd = re.sub(r"--configs \d+ (--first \d+ )?", f"--configs {len(runs)} ", parts[0]["command"])
+    _write(out_path, {"command": cmd, **head, "runs": runs})
+    print(f"merged {len(runs)} runs into {out_path}")
+
+
 def main() -> None:
     from record_steps import STEP_TASKS, record_step_task
 
@@ -352,19 +380,29 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50, help="epoch-based tasks")
     parser.add_argument("--steps", type=int, default=300, help="step-based tasks")
     parser.add_argument("--eval-every", type=int, default=15, help="step-based tasks")
+    parser.add_argument(
+        "--first", type=int, default=0, help="step tasks: record configurations first.. only"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="join the files of one sweep split by --first"
+    )
     args = parser.parse_args()
     out_path = args.out or Path(f"benchmarks/data/{args.task}_curves.json")
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    if args.merge:
+        merge(args.merge, out_path)
+        return
     if args.task in STEP_TASKS:
         task = STEP_TASKS[args.task]
+        first = f"--first {args.first} " if args.first else ""
         out = {
             "command": f"python benchmarks/record_curves.py --task {args.task} --configs "
-            f"{args.configs} --steps {args.steps} --eval-every {args.eval_every} "
+            f"{args.configs} {first}--steps {args.steps} --eval-every {args.eval_every} "
             f"--seed {args.seed}",
             **task,
             "seed": args.seed,
@@ -374,8 +412,10 @@ def main() -> None:
             "eval_every": args.eval_every,
             "runs": [],
         }
-        runs = record_step_task(args.task, args.configs, args.steps, args.eval_every, args.seed)
-        for i, run in enumerate(runs):
+        runs = record_step_task(
+            args.task, args.configs, args.steps, args.eval_every, args.seed, args.first
+        )
+        for i, run in enumerate(runs, start=args.first):
             run["id"] = i
             out["runs"].append(run)
             _report(i, run, task["monitor"], task["mode"])
