@@ -24,7 +24,7 @@ such as LCDB and LCBench are kept for independent checks). Epoch-based tasks (x 
 * ``digits_mlp``: an MLP (depth 0: multinomial logistic regression) on the 64 pixels of
   scikit-learn's digits (1,797 images). Monitor ``val_acc`` (max).
 * ``fortunes``: a bag-of-words MLP on Debian ``fortunes`` (``apt-get install fortunes``;
-  the 9 category files with >= 600 texts, 7,967 texts; TF-IDF of 1,500 words). Monitor
+  the 9 category files with >= 600 texts, 7,967 texts; TF-IDF of 500 words). Monitor
   ``val_acc`` (max).
 
 Every task but ``digits`` trains in a plain PyTorch loop (one thread, AdamW; data in
@@ -55,7 +55,7 @@ rounded to 5 decimals. ``benchmarks/curves_fit.py``, ``benchmarks/sweep.py`` and
     python benchmarks/record_curves.py --task diabetes --configs 48 --epochs 60
     python benchmarks/record_curves.py --task wine --configs 48 --epochs 60
     python benchmarks/record_curves.py --task digits_mlp --configs 48 --epochs 40
-    python benchmarks/record_curves.py --task fortunes --configs 48 --epochs 40
+    python benchmarks/record_curves.py --task fortunes --configs 40 --epochs 30
     python benchmarks/record_curves.py --task shakespeare_char --configs 40 --steps 160 \\
         --eval-every 8
     HF_HUB_OFFLINE=1 python benchmarks/record_curves.py --task minilm_bbc --configs 8 \\
@@ -278,7 +278,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "fortunes": {
         "recipe": "Bag-of-words MLP (depth 0-2) on Debian fortunes (the 9 category files with "
-        ">= 600 texts, 7967 texts; TF-IDF of 1500 words fitted on the training split; 4780 "
+        ">= 600 texts, 7967 texts; TF-IDF of 500 words fitted on the training split; 4780 "
         "train / 1593 val / 1594 test, stratified), AdamW, plain PyTorch loop",
         "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
         "monitor": "val_acc",

@@ -102,7 +102,7 @@ def load_task(task: str) -> Splits:
 
         texts, y = load_fortunes()
         parts = _split(np.array(texts, dtype=object), y, stratify=True)
-        vec = TfidfVectorizer(max_features=1500, sublinear_tf=True, stop_words="english")
+        vec = TfidfVectorizer(max_features=500, sublinear_tf=True, stop_words="english")
         vec.fit(parts[0])
         for k in (0, 2, 4):
             parts[k] = vec.transform(parts[k]).toarray()
