@@ -55,11 +55,17 @@ rounded to 5 decimals. ``benchmarks/curves_fit.py``, ``benchmarks/sweep.py`` and
     python benchmarks/record_curves.py --task diabetes --configs 48 --epochs 60
     python benchmarks/record_curves.py --task wine --configs 48 --epochs 60
     python benchmarks/record_curves.py --task digits_mlp --configs 48 --epochs 40
-    python benchmarks/record_curves.py --task fortunes --configs 40 --epochs 30
-    python benchmarks/record_curves.py --task shakespeare_char --configs 40 --steps 160 \\
-        --eval-every 8
-    HF_HUB_OFFLINE=1 python benchmarks/record_curves.py --task minilm_bbc --configs 8 \\
-        --steps 40 --eval-every 2
+    python benchmarks/record_curves.py --task fortunes --configs 24 --epochs 30
+    python benchmarks/record_curves.py --task shakespeare_char --configs 40 --steps 120 \\
+        --eval-every 6
+    python benchmarks/record_curves.py --task minilm_bbc --configs 12 --steps 40 \\
+        --eval-every 2
+
+A slow sweep can be split over processes: ``--first K`` records configurations K..N-1 of
+the ``--configs N`` sweep (configuration i and its seed ``seed + i`` do not depend on the
+split), and ``--merge PART ... --task T`` joins the parts into the file one process would
+have written (configurations no part finished are listed in ``missing_ids``). Each file's
+``command`` is the one-process command; ``benchmarks/data/README.md`` lists the tasks.
 """
 
 from __future__ import annotations
@@ -343,12 +349,13 @@ def _report(i: int, run: dict[str, Any], monitor: str, mode: str) -> None:
 
 
 def merge(paths: list[Path], out_path: Path) -> None:
-    """Joins the parts of one step sweep recorded by processes with different ``--first``.
+    """Joins the parts of one sweep recorded by processes with different ``--first``.
 
     Raises:
         ValueError: if the parts differ in anything but their runs and command, or a
-            configuration is in two parts. Runs after a missing configuration are left out
-            (with a message), so the result is the sweep of ``--configs N`` in one process.
+            configuration is in two parts. The result is the sweep of ``--configs N`` (N:
+            the largest id + 1) in one process; configurations no part recorded (a part
+            stopped early) are listed in ``missing_ids``.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
     head = {k: v for k, v in parts[0].items() if k not in ("runs", "command")}
@@ -360,11 +367,12 @@ def merge(paths: list[Path], out_path: Path) -> None:
     ids = [r["id"] for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"--merge: run ids {ids} repeat")
-    keep = next((k for k, i in enumerate(ids) if i != k), len(ids))
-    if keep < len(ids):  # a part stopped early: keep configurations 0..keep-1 only
-        print(f"--merge: configuration {keep} is missing; runs {ids[keep:]} are left out")
-    runs = runs[:keep]
-    cmd = re.sub(r"--configs \d+ (--first \d+ )?", f"--configs {len(runs)} ", parts[0]["command"])
+    n = ids[-1] + 1
+    cmd = re.sub(r"--configs \d+ (--first \d+ )?", f"--configs {n} ", parts[0]["command"])
+    missing = sorted(set(range(n)) - set(ids))
+    if missing:  # a part stopped early: the sweep of --configs n without these
+        head["missing_ids"] = missing
+        print(f"--merge: configurations {missing} are missing")
     _write(out_path, {"command": cmd, **head, "runs": runs})
     print(f"merged {len(runs)} runs into {out_path}")
 
@@ -380,9 +388,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50, help="epoch-based tasks")
     parser.add_argument("--steps", type=int, default=300, help="step-based tasks")
     parser.add_argument("--eval-every", type=int, default=15, help="step-based tasks")
-    parser.add_argument(
-        "--first", type=int, default=0, help="step tasks: record configurations first.. only"
-    )
+    parser.add_argument("--first", type=int, default=0, help="record configurations first.. only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
@@ -428,27 +434,29 @@ def main() -> None:
     else:
         data = load_task(args.task)
         configs = sample_mlp_configs(args.configs, args.seed, task["max_log_lr"])
-    runs = []
-    for i, config in enumerate(configs):
-        if args.task == "digits":
-            run = train(config, args.epochs, args.seed + i)
-        else:
-            classify = args.task not in REGRESSIONS
-            run = train_plain(data, classify, config, args.epochs, args.seed + i)
-        run["id"] = i
-        runs.append(run)
-        _report(i, run, task["monitor"], task["mode"])
     task_flag = "" if args.task == "digits" else f"--task {args.task} "
+    first = f"--first {args.first} " if args.first else ""
     out = {
         "command": f"python benchmarks/record_curves.py {task_flag}--configs {args.configs} "
-        f"--epochs {args.epochs} --seed {args.seed}",
+        f"{first}--epochs {args.epochs} --seed {args.seed}",
         **{k: v for k, v in task.items() if k != "max_log_lr"},
         "x_unit": "epoch",
         "seed": args.seed,
         "epoch_budget": args.epochs,
-        "runs": runs,
+        "runs": [],
     }
-    _write(out_path, out)
+    if not 0 <= args.first < args.configs:
+        raise ValueError(f"`--first` must be an integer in [0, --configs), got {args.first!r}")
+    for i in range(args.first, args.configs):
+        if args.task == "digits":
+            run = train(configs[i], args.epochs, args.seed + i)
+        else:
+            classify = args.task not in REGRESSIONS
+            run = train_plain(data, classify, configs[i], args.epochs, args.seed + i)
+        run["id"] = i
+        out["runs"].append(run)
+        _report(i, run, task["monitor"], task["mode"])
+        _write(out_path, out)  # after every run: a partial sweep is usable
     print(f"wrote {out_path}")
 
 

