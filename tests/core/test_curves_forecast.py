@@ -52,7 +52,10 @@ def recorded_tasks() -> dict[str, dict]:
 def tasks() -> dict[str, dict]:
     found = recorded_tasks()
     assert len(found) >= 4, f"expected >= 4 recorded sweeps in {DATA}, found {sorted(found)}"
-    assert all(len(t["curves"]) >= 40 for t in found.values())
+    # the four epoch sweeps of b81904a have >= 40 runs each; the slow step-based sweeps
+    # (MiniLM, the Shakespeare transformer) have fewer and are checked too
+    assert sum(len(t["curves"]) >= 40 for t in found.values()) >= 4
+    assert all(len(t["curves"]) >= 8 for t in found.values())
     return found
 
 
