@@ -1254,10 +1254,13 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ),
     ("ResumableCheckpoint", "val_int"): xfail(
         10,
-        "an int val_check_interval with check_val_every_n_epoch=None: resumed from the "
-        "epoch-end checkpoint (step 12), Lightning runs one more training batch inside the "
-        "replayed epoch end (global step 12 -> 13 before epoch 1 starts), so the weights "
-        "differ from the uninterrupted run (the epoch counter itself is right)",
+        "Lightning: under max_steps a resumed fit is always 'restarting', and a restarting "
+        "epoch loop ends only after a validation has run (`_is_validation_done`); resumed "
+        "from the epoch-end checkpoint at step 12, where no validation is due with "
+        "val_check_interval=5 and check_val_every_n_epoch=None, it trains one more batch of "
+        "the finished epoch (global step 12 -> 13) before epoch 1 starts, so the weights "
+        "differ from the uninterrupted run. The epoch counter is right (the fix for "
+        "steps_map); no small fix outside Lightning's loop internals was found",
     ),
     # --- not applicable ---
     ("DARTSPlusStopping", "accumulation"): na(
