@@ -104,6 +104,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.pending_row: dict[str, Any] | None = None  # restored from a checkpoint
         self._metrics: dict[str, float] = {}
         self.restored_metrics: dict[str, float] = {}  # callback metrics at the checkpoint
+        self._at_epoch_end = False  # saving from on_train_epoch_end (see on_save_checkpoint)
 
     @property
     @override
@@ -156,7 +157,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         Lightning resumes these checkpoints correctly; they are left as they are.
         """
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
-        if not getattr(self, "_at_epoch_end", False) or trainer.max_steps in (-1, None):
+        if not self._at_epoch_end or trainer.max_steps in (-1, None):
             return
         progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
         for part in ("total", "current"):
