@@ -104,6 +104,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.pending_row: dict[str, Any] | None = None  # restored from a checkpoint
         self._metrics: dict[str, float] = {}
         self.restored_metrics: dict[str, float] = {}  # callback metrics at the checkpoint
+        self._at_epoch_end = False  # saving from on_train_epoch_end (see on_save_checkpoint)
 
     @property
     @override
@@ -133,8 +134,36 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        self.save_last_now(trainer, epoch_end=True)
+        self._at_epoch_end = True
+        try:
+            super().on_train_epoch_end(trainer, pl_module)
+            self.save_last_now(trainer, epoch_end=True)
+        finally:
+            self._at_epoch_end = False
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Under ``max_steps``, an epoch-end checkpoint resumes with the right epoch counter.
+
+        Lightning counts an epoch processed before the ``on_train_epoch_end`` hooks and
+        completed after them, so a checkpoint written there holds ``processed = completed
+        + 1``. With ``max_steps`` Lightning always resumes as "restarting": it replays the
+        epoch end and counts the epoch processed a second time, so the next epoch's sampler
+        gets epoch ``e + 2`` (``set_epoch(processed)``) while ``current_epoch`` is ``e + 1``
+        and the data order differs from the uninterrupted run. Recording the epoch as not
+        yet processed makes the replayed epoch end count it once. Without ``max_steps``
+        Lightning resumes these checkpoints correctly; they are left as they are.
+        """
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if not self._at_epoch_end or trainer.max_steps in (-1, None):
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+        for part in ("total", "current"):
+            counts = (progress or {}).get(part)
+            if counts and counts.get("processed") == counts.get("completed", 0) + 1:
+                counts["processed"] = counts["completed"]
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -46,7 +46,9 @@ def main() -> None:
             result["global_step"] = int(run.trainer.global_step)
             CALLBACKS[name].check(run)
         except AssertionError as err:
-            result.update(status="check failed", error=str(err))
+            result.update(
+                status="check failed", error=str(err), traceback=traceback.format_exc()[-3000:]
+            )
         except Exception as err:  # a crash or a refusal: the test reads the message
             result.update(
                 status="error",

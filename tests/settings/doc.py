@@ -26,9 +26,10 @@ This page is generated from the test tables (`python -m tests.settings.doc`); a 
 fails when the two disagree.
 
 Legend: **works** - the cell's checks pass; **refused** - the callback stops at set-up
-with an error that names the setting; **n/a** - the setting does not apply;
-**known defect (#23.N)** - the cell fails today because of item N of issue 23 (a strict
-expected failure in the suite, flipped to **works** when the fix lands).
+with an error that names the setting (the test asserts the message); **n/a** - the setting
+does not apply; **known defect (#23.N)** - the cell fails today, for the reason given under
+"Why a cell is not plain 'works'" (related to item N of issue 23); it is a strict expected
+failure in the suite, so the suite fails when it starts to pass and the page must change.
 """
 
 
@@ -37,7 +38,7 @@ def cell(callback: str, setting: str) -> str:
     if e.status == "works":
         return "works"
     if e.status == "refused":
-        return f"refused: {e.reason}"
+        return "refused"
     if e.status == "na":
         return "n/a"
     return f"known defect (#23.{e.item})"
@@ -80,7 +81,10 @@ def render() -> str:
     for s, st in SETTINGS.items():
         extra = []
         if st.stream:
-            extra.append("endless IterableDataset (no length)")
+            extra.append(
+                "endless IterableDataset (no length) through `ResumableDataLoader`, with "
+                "`EpochSeed(0, per_batch=True)` (docs/resume.md: what a stream needs to resume)"
+            )
         if st.variant != "plain":
             extra.append(f"module variant `{st.variant}`")
         if st.run != "fit":

@@ -22,10 +22,10 @@ on a GPU machine: ``benchmarks/device_check.sh``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,12 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from eecontrol.resume import EpochSeed, EpochSeededSampler, ResumableCheckpoint
+from eecontrol.resume import (
+    EpochSeed,
+    EpochSeededSampler,
+    ResumableCheckpoint,
+    ResumableDataLoader,
+)
 
 DEVICE = os.environ.get("EECONTROL_TEST_DEVICE", "cpu")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
@@ -124,10 +129,18 @@ def loaders(kind: str, stream: bool) -> tuple[DataLoader, DataLoader]:
         train = TensorDataset(xt, yt)
     val = TensorDataset(xv, yv)
     if stream:
-        train_loader = DataLoader(Stream(train), batch_size=BATCH)
+        # docs/resume.md "What your own loader needs": a loader that keeps its position in
+        # the checkpoint, over data that yields the same sequence for the same pass
+        train_loader = ResumableDataLoader(Stream(train), batch_size=BATCH)
     else:
         train_loader = DataLoader(train, batch_size=BATCH, sampler=EpochSeededSampler(train))
     return train_loader, DataLoader(val, batch_size=BATCH)
+
+
+def epoch_seed(setting: Setting) -> EpochSeed:
+    """The cell's ``EpochSeed``: reseeding at every batch on a stream (one epoch is the whole
+    run; what an exact mid-stream resume needs, docs/resume.md), at epoch starts otherwise."""
+    return EpochSeed(0, per_batch=setting.stream)
 
 
 # --- models ----------------------------------------------------------------------------
@@ -431,6 +444,7 @@ class Run:
     first: dict[str, Any] = field(default_factory=dict)  # the first fit of two
     compile_probe: CompileProbe | None = None
     backend: CountingBackend | None = None
+    warnings: list[str] = field(default_factory=list)  # warned during the (first) fit
 
 
 def trainer_kwargs(setting: Setting, root: Path, callbacks: list[Callback]) -> dict[str, Any]:
@@ -483,27 +497,17 @@ def strategy_for(spec: CallbackSpec, setting: Setting, plain_ddp: bool = False) 
         policy = {LlamaDecoderLayer}
     if DEVICE == "cuda":
         return FSDPStrategy(auto_wrap_policy=policy)
+    from eecontrol.testing import CPUFSDPStrategy
 
-    class CPUFSDPStrategy(FSDPStrategy):
-        """FSDP over gloo on CPU (Lightning refuses strategy="fsdp" without a GPU).
+    class ScriptCPUFSDPStrategy(CPUFSDPStrategy):
+        """``eecontrol.testing.CPUFSDPStrategy`` (FSDP over gloo on CPU, full state dicts
+        gathered in place) started like ``strategy="fsdp"``: by re-running the script, so
+        every rank runs the cell's checker on its own callbacks (``dist_worker.py``)."""
 
-        torch's FSDP needs ``device_id=cpu`` to run on CPU; Lightning passes the root
-        device's index (None on CPU), so the model is wrapped here.
-        """
+        def _configure_launcher(self) -> None:
+            FSDPStrategy._configure_launcher(self)
 
-        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(
-                module=model,
-                cpu_offload=self.cpu_offload,
-                mixed_precision=self.mixed_precision_config,
-                sharding_strategy=self.sharding_strategy,
-                device_id=torch.device("cpu"),
-                **self.kwargs,
-            )
-
-    return CPUFSDPStrategy(auto_wrap_policy=policy, process_group_backend="gloo")
+    return ScriptCPUFSDPStrategy(auto_wrap_policy=policy)
 
 
 def run_cell(callback: str, setting_name: str, root: Path, plain_ddp: bool = False) -> Run:
@@ -518,7 +522,7 @@ def run_cell(callback: str, setting_name: str, root: Path, plain_ddp: bool = Fal
     ctx: dict[str, Any] = {"root": root, "spec": spec, "setting": setting}
     module = build_module(spec, setting)
     probe = Probe()
-    callbacks = [EpochSeed(0), *spec.callbacks(ctx, setting), probe]
+    callbacks = [epoch_seed(setting), *spec.callbacks(ctx, setting), probe]
     train_loader, val_loader = loaders(spec.kind, setting.stream)
     backend = compile_probe = None
     fit_module: Any = module
@@ -540,7 +544,10 @@ def run_cell(callback: str, setting_name: str, root: Path, plain_ddp: bool = Fal
         run.first["validate"] = trainer.validate(fit_module, dataloaders=val_loader, verbose=False)
         run.first["test"] = trainer.test(fit_module, dataloaders=val_loader, verbose=False)
         return run
-    trainer.fit(fit_module, train_loader, val_loader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(fit_module, train_loader, val_loader)
+    run.warnings = [str(w.message) for w in caught]
     if setting.run == "fit_twice":
         run.first = spec.snapshot(run)
         trainer.fit_loop.max_epochs = 2 * int(setting.trainer["max_epochs"])
@@ -557,7 +564,7 @@ def run_cell(callback: str, setting_name: str, root: Path, plain_ddp: bool = Fal
             fresh = spec.callbacks(ctx, setting)
             if label == "reused":
                 fresh = [old if type(cb) is type(old) else cb for cb in fresh]
-            callbacks = [EpochSeed(0), *fresh, probe]
+            callbacks = [epoch_seed(setting), *fresh, probe]
             trainer = pl.Trainer(**trainer_kwargs(setting, root / label, callbacks))
             train_loader, val_loader = loaders(spec.kind, setting.stream)
             trainer.fit(module, train_loader, val_loader)
@@ -625,10 +632,15 @@ def _find(trainer: pl.Trainer, name: str) -> Any:
 
 
 class GradReference(Callback):
-    """Before GradES: the float64 L1 of each component's gradient at each optimizer step.
+    """Before GradES: the float64 L1 of each component's gradient at each step of its plan.
 
-    For manual optimisation the module's pre-clipping values are used (the gradient
-    GradES documents it reads: accumulated, unscaled, not yet clipped).
+    The gradient is read where ``optimizer.step`` receives it (``on_before_optimizer_step``):
+    accumulated and unscaled; under automatic optimization before ``gradient_clip_val``
+    clips it, under manual optimization after any ``self.clip_gradients`` in
+    ``training_step`` (what GradES documents it reads). Steps are GradES's plan steps
+    (``plan_step``: optimizer steps, or training batches under manual optimization).
+    ``pre_clip`` keeps the module's pre-clipping values (manual variants), so a cell can
+    show that clipping changed what was compared.
     """
 
     training_only = True  # never looks at hold-out metrics (CES checks this)
@@ -636,29 +648,31 @@ class GradReference(Callback):
     def __init__(self) -> None:
         self.grades: Any = None
         self.by_step: dict[int, dict[str, float]] = {}
+        self.pre_clip: dict[int, dict[str, float]] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.grades = _find(trainer, "GradES")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        step = int(trainer.global_step)
+        from eecontrol.callbacks._control import plan_step
+
+        step = plan_step(trainer)
         if step in self.by_step or self.grades is None or not self.grades._components:
             return
         pre = getattr(pl_module, "pre_clip", None) or {}
         values: dict[str, float] = {}
+        before: dict[str, float] = {}
         for comp in self.grades._components:
             if comp.name in self.grades.frozen:
                 continue
-            if pre:
-                if not all(n in pre for n in comp.param_names):
-                    continue
-                values[comp.name] = math.fsum(pre[n] for n in comp.param_names)
-            else:
-                grads = [p.grad for p in comp.params]
-                if any(g is None for g in grads):
-                    continue
-                values[comp.name] = math.fsum(float(g.detach().double().abs().sum()) for g in grads)
+            grads = [p.grad for p in comp.params]
+            if any(g is None for g in grads):
+                continue
+            values[comp.name] = math.fsum(float(g.detach().double().abs().sum()) for g in grads)
+            if pre and all(n in pre for n in comp.param_names):
+                before[comp.name] = math.fsum(pre[n] for n in comp.param_names)
         self.by_step[step] = values
+        self.pre_clip[step] = before
 
 
 class GradESReadings(Callback):
@@ -683,8 +697,12 @@ class GradESReadings(Callback):
         self.batches += 1
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        step = int(trainer.global_step)
-        if self.grades._last_step == step and step not in self.readings:
+        from eecontrol.callbacks._control import plan_step
+
+        step = plan_step(trainer)  # GradES's unit (training batches under manual optimization)
+        if self.grades._last_step == step:
+            # several optimizers: each call reads the components that optimizer owns, so
+            # the step's readings are complete after its last call (the values are kept)
             self.readings[step] = dict(self.grades.last_values)
         for comp in self.grades._components:
             if comp.name in self.grades.frozen and comp.name not in self.frozen_copies:
@@ -727,6 +745,17 @@ def _grades_check(run: Run) -> None:
             )
             compared += 1
     assert compared > 0, "no GradES reading could be compared with a recomputation"
+    if run.setting.variant == "manual":
+        # the cell tells the two gradients apart: clip_gradients changed some compared one
+        clipped = sum(
+            1
+            for step, values in got.readings.items()
+            for name, value in values.items()
+            if value is not None
+            and name in ref.pre_clip.get(step, {})
+            and abs(ref.pre_clip[step][name] - value) > 1e-3 * abs(value)
+        )
+        assert clipped > 0, "clip_gradients never changed a compared gradient"
     frozen = cb.frozen
     assert frozen, "GradES froze nothing (q_proj should freeze after the grace period)"
     assert sum(1 for d in cb.decisions if d.action == "freeze") == len(frozen), (
@@ -821,22 +850,16 @@ def _dropout_check(run: Run) -> None:
 # ConformalEarlyStopping ---------------------------------------------------------------------
 
 
-def _ces_step_option() -> str | None:
-    """The name of CES's storage-every-N-steps option, if it has one."""
-    from eecontrol import ConformalEarlyStopping
-
-    params = inspect.signature(ConformalEarlyStopping).parameters
-    return next((n for n in ("storage_every_n_steps",) if n in params), None)
+CES_EVERY = 5  # storage_period in optimizer steps on step-based settings
 
 
 def _ces_callbacks(ctx: dict[str, Any], setting: Setting) -> list[Callback]:
     from eecontrol import ConformalEarlyStopping
 
     kwargs: dict[str, Any] = {"task": "classification", "storage_period": 1}
-    option = _ces_step_option()
-    if setting.step_based and option is not None:
-        kwargs[option] = 5
-        ctx["every"] = 5
+    if setting.step_based:  # docs/ces.md "Step-based runs": a candidate every N steps
+        kwargs.update(storage_unit="steps", storage_period=CES_EVERY)
+        ctx["every"] = CES_EVERY
     return [ConformalEarlyStopping(**kwargs)]
 
 
@@ -872,12 +895,8 @@ def _ces_check(run: Run) -> None:
     assert cb.steps, "no candidate stored"
     every = run.ctx.get("every")
     last = int(run.trainer.global_step)
-    if every is not None:
+    if every is not None:  # storage_unit="steps": after every N-th optimizer step
         planned = list(range(every, last + 1, every))
-    elif run.setting.stream:
-        # one epoch is the whole run: candidates per validation, or there is nothing to
-        # select between
-        planned = [s for s, _ in fits_validated(run)]
     else:
         planned = list(run.probe.epoch_ends)
     assert list(cb.steps) == planned, f"candidates at steps {cb.steps}, planned {planned}"
@@ -954,8 +973,12 @@ class AlphaProbe(Callback):
 def _darts_callbacks(ctx: dict[str, Any], setting: Setting) -> list[Callback]:
     from eecontrol import DARTSPlusStopping
 
+    # a stream is one epoch: check per validation (docs/darts_plus.md)
+    unit = {"check_unit": "validations"} if setting.stream else {}
     return [
-        DARTSPlusStopping(criterion="either", patience=2, min_epochs=0, stop_training=False),
+        DARTSPlusStopping(
+            criterion="either", patience=2, min_epochs=0, stop_training=False, **unit
+        ),
         AlphaProbe(),
     ]
 
@@ -970,7 +993,7 @@ def _darts_check(run: Run) -> None:
         return
     probe = under_test(run, AlphaProbe)
     if run.setting.stream:
-        # one epoch is the whole run: the criteria are checked at every validation
+        # one epoch is the whole run: check_unit="validations", a check per validation
         planned, alphas = [s for s, _ in fits_validated(run)], probe.at_validation
     else:
         planned, alphas = list(run.probe.epoch_ends), probe.at_epoch_end
@@ -1086,7 +1109,7 @@ def _resume_check(run: Run) -> None:
         )
         extra: list[Callback] = [CrashAt(crash_at)] if attempt == "crash" else []
         start = StartStep()
-        callbacks = [EpochSeed(0), ckpt, start, *extra]
+        callbacks = [epoch_seed(setting), ckpt, start, *extra]
         trainer = pl.Trainer(**trainer_kwargs(setting, crash_root, callbacks))
         train_loader, val_loader = loaders(spec.kind, setting.stream)
         path = crash_root / "ck" / "last.ckpt"
@@ -1114,9 +1137,13 @@ CALLBACKS: dict[str, CallbackSpec] = {
         "llama",
         _grades_callbacks,
         _grades_check,
-        "every reading equals a float64 recomputation of the component's L1 gradient (the "
-        "accumulated, unscaled, unclipped gradient; rel. 1e-6); q_proj matrices freeze after "
-        "the grace period and stay bit-identical to the end; the other matrices keep training",
+        "every reading equals a float64 recomputation of the component's L1 gradient as "
+        "optimizer.step receives it (accumulated, unscaled; under automatic optimization "
+        "before gradient_clip_val clips it, under manual optimization after "
+        "self.clip_gradients, and the manual cell shows clipping changed the compared "
+        "gradient; rel. 1e-6), at GradES's plan steps (training batches under manual "
+        "optimization); q_proj matrices freeze after the 30% grace period and stay "
+        "bit-identical to the end; the other matrices keep training",
         ddp_strategy="ddp_find_unused_parameters_true",
     ),
     "DropoutSchedule": CallbackSpec(
@@ -1126,17 +1153,21 @@ CALLBACKS: dict[str, CallbackSpec] = {
         _dropout_check,
         "every target's rate at every micro-batch equals early-linear dropout (p 0.2, cutoff at "
         "half) at that micro-batch's optimizer step over the run's optimizer steps; both "
-        "phases are seen",
+        "phases are seen. Under torch.compile (where torch guards on every rate, so each "
+        "distinct rate compiles once) the cost stated at setup (`compiled_rate_values` in the "
+        "schedule decision) equals the distinct rates the run set, the recompiles seen do not "
+        "exceed it + 1, and a cost at torch's recompile limit is warned about; the other "
+        "callbacks under compile: at most 2 recompiles in training",
     ),
     "ConformalEarlyStopping": CallbackSpec(
         "ConformalEarlyStopping (CES)",
         "llama",
         _ces_callbacks,
         _ces_check,
-        "candidates stored at the planned steps (epoch ends; per validation or every N steps "
-        "when the run is step-based), the plan and the final 'candidates' decision count what "
-        "is stored, and every stored hold-out output equals a recomputation from its "
-        "checkpoint (1e-6)",
+        "candidates stored at the planned steps (epoch ends; on step-based settings "
+        "`storage_unit='steps', storage_period=5`: after every 5th optimizer step), the plan "
+        "and the final 'candidates' decision count what is stored, and every stored hold-out "
+        "output equals a recomputation from its checkpoint (1e-6)",
         _ces_snapshot,
     ),
     "LearningCurveStopping": CallbackSpec(
@@ -1151,8 +1182,10 @@ CALLBACKS: dict[str, CallbackSpec] = {
         "darts",
         _darts_callbacks,
         _darts_check,
-        "one criteria check per validation at its global step, on the architecture weights "
-        "of that moment (tiny first-order DARTS search, two optimizers, manual optimisation)",
+        "one criteria check per epoch end (the paper's unit), or on a stream "
+        "(`check_unit='validations'`) one per validation, at its global step, on the "
+        "architecture weights of that moment (tiny first-order DARTS search, two optimizers, "
+        "manual optimisation)",
     ),
     "OptunaPruning": CallbackSpec(
         "OptunaPruning",
@@ -1167,8 +1200,9 @@ CALLBACKS: dict[str, CallbackSpec] = {
         _resume_callbacks,
         _resume_check,
         "a run that crashes after its first checkpoint and resumes from it ends with weights "
-        "bit-identical to the uninterrupted run's (epoch-end checkpoints; every 5 steps when "
-        "step-based)",
+        "bit-identical to the uninterrupted run's (map data: after the first epoch-end "
+        "checkpoint; a stream: killed at step 8, resumed mid-stream from the step-5 "
+        "checkpoint, the loader's position and per-batch seeds restored)",
     ),
 }
 
@@ -1192,77 +1226,41 @@ def na(reason: str) -> Expect:
     return Expect("na", reason)
 
 
+def refused(reason: str, match: str) -> Expect:
+    """Refused at setup: the error contains ``match``; ``reason`` says why, for the docs."""
+    return Expect("refused", reason, match=match)
+
+
 _DARTS_NA = (
     "the DARTS search module is manual optimisation with two optimizers (in every DARTS+ cell)"
 )
 
-_REUSE = "the reused callback carries the first fit's progress into a new fit"
-_STEPS_CRASH = "OverflowError at fit start: num_training_batches is still inf with max_steps"
-
 EXPECTED: dict[tuple[str, str], Expect] = {
-    # --- known defects (issue 23), each seen failing for the reason given ---
-    ("GradES", "manual"): xfail(
-        9, "with manual optimization + clip_gradients GradES reads clipped gradients"
+    # --- refused at setup ---
+    ("GradES", "fsdp"): refused(
+        "sharded strategies flatten and shard parameters, so single weight matrices cannot be "
+        "frozen one by one (not implemented); GradES names the strategy and points to "
+        "strategy='ddp_find_unused_parameters_true'",
+        "GradES does not support",
     ),
-    ("GradES", "two_opt"): xfail(
-        2, "grace planned over estimated_stepping_batches, indexed by global_step (2 per batch)"
-    ),
-    ("GradES", "new_trainer"): xfail(6, _REUSE),
-    ("GradES", "fsdp"): xfail(
-        7, "GradES refuses FSDP; per-matrix statistics from shards are to be supported"
-    ),
-    ("DropoutSchedule", "steps_map"): xfail(1, _STEPS_CRASH),
-    ("DropoutSchedule", "steps_stream"): xfail(1, _STEPS_CRASH),
-    ("DropoutSchedule", "steps_stream_epochs"): xfail(1, _STEPS_CRASH),
-    ("DropoutSchedule", "val_int"): xfail(1, _STEPS_CRASH),
-    ("DropoutSchedule", "two_opt"): xfail(
-        2, "schedule over estimated_stepping_batches, indexed by global_step (2 per batch)"
-    ),
-    ("ConformalEarlyStopping", "steps_stream"): xfail(
-        4, "candidates only at epoch ends: one candidate on a stream"
-    ),
-    ("ConformalEarlyStopping", "steps_stream_epochs"): xfail(
-        4, "candidates only at epoch ends: one candidate on a stream"
-    ),
-    ("ConformalEarlyStopping", "fit_twice"): xfail(
-        6, "the plan and 'candidates' decision stay at the first fit's count"
-    ),
-    ("ConformalEarlyStopping", "new_trainer"): xfail(
-        6, _REUSE + " (refuses: 'candidates of the resumed run are missing')"
-    ),
-    ("ConformalEarlyStopping", "fsdp"): xfail(
-        7, "the hold-out pass bypasses the FSDP wrapper: 'weight' must be 2-D"
-    ),
-    ("DropoutSchedule", "new_trainer"): xfail(6, _REUSE + " (its phase and decisions)"),
-    ("LearningCurveStopping", "new_trainer"): xfail(
-        6, _REUSE + ": the new curve overwrites the old one's points"
-    ),
-    ("DARTSPlusStopping", "new_trainer"): xfail(6, _REUSE + ": epochs already checked are skipped"),
-    ("DARTSPlusStopping", "fsdp"): xfail(7, "reads sharded alphas: a misleading shape error"),
-    ("DropoutSchedule", "compile"): xfail(8, "every rate change recompiles the model"),
-    ("LearningCurveStopping", "validate_only"): xfail(
-        3,
-        "trainer.validate() without a train_dataloader: _horizon calls estimated_stepping_batches",
-    ),
-    ("DARTSPlusStopping", "steps_stream"): xfail(
-        5, "criteria checked at epoch ends only: once on a stream"
-    ),
-    ("DARTSPlusStopping", "steps_stream_epochs"): xfail(
-        5, "criteria checked at epoch ends only: once on a stream"
-    ),
-    ("ResumableCheckpoint", "steps_stream"): xfail(
-        10, "a stream restarts from its beginning; data position and RNG not in the checkpoint"
-    ),
-    ("ResumableCheckpoint", "steps_stream_epochs"): xfail(
-        10, "a stream restarts from its beginning; data position and RNG not in the checkpoint"
-    ),
-    ("ResumableCheckpoint", "steps_map"): xfail(
-        10,
-        "max_steps on a map dataset: after an epoch-end resume Lightning's epoch counter is one ahead (EpochSeededSampler epoch 2 for epoch 1), so the data order differs",
+    # --- known defects, each seen failing for the reason given ---
+    ("DARTSPlusStopping", "fsdp"): xfail(
+        7,
+        "the recipe's DARTS search module (manual optimization, two backward passes in "
+        "training_step) does not train under FSDP: torch's FSDP asserts 'Expects BACKWARD_PRE "
+        "or BACKWARD_POST state but got HandleTrainingState.FORWARD' at the architecture "
+        "step's manual_backward (recipes/darts.py), before DARTS+ checks anything. DARTS+ "
+        "itself reads the full alphas under FSDP: tests/callbacks/test_fsdp_ces_darts.py",
     ),
     ("ResumableCheckpoint", "val_int"): xfail(
         10,
-        "max_steps on a map dataset: after an epoch-end resume Lightning's epoch counter is one ahead (EpochSeededSampler epoch 2 for epoch 1), so the data order differs",
+        "Lightning: under max_steps a resumed fit is always 'restarting', and a restarting "
+        "epoch loop ends only after a validation has run (`_is_validation_done`); resumed "
+        "from the epoch-end checkpoint at step 12, where no validation is due with "
+        "val_check_interval=5 and check_val_every_n_epoch=None, it trains one more batch of "
+        "the finished epoch (global step 12 -> 13) before epoch 1 starts, so the weights "
+        "differ from the uninterrupted run. The epoch counter is right (the fix for "
+        "steps_map); no small fix outside Lightning's loop internals was found",
     ),
     # --- not applicable ---
     ("DARTSPlusStopping", "accumulation"): na(

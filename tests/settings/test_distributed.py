@@ -1,9 +1,11 @@
 """The acceptance matrix, distributed cells: every callback under DDP and FSDP, 2 processes.
 
 One worker run per strategy trains every callback in turn on both ranks
-(``tests/settings/dist_worker.py``; on CPU, gloo and a small ``FSDPStrategy`` subclass,
-since Lightning refuses ``strategy="fsdp"`` without a GPU). Each cell asserts the callback's
-checker passed on every rank and the ranks' decisions are identical, or a clear refusal.
+(``tests/settings/dist_worker.py``; FSDP on CPU: ``eecontrol.testing.CPUFSDPStrategy`` over
+gloo, started like ``strategy="fsdp"`` by re-running the script, since Lightning refuses
+``strategy="fsdp"`` without a GPU). Each cell asserts the callback's checker passed on every
+rank and the ranks' decisions are identical, or a refusal at setup with its message on
+every rank.
 """
 
 from __future__ import annotations
