@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,32 @@ def redact(url: str) -> str:
     return redact_text(_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url)))
 
 
+def rdb_storage(url: str, attempts: int = 6, **kwargs: Any) -> RDBStorage:
+    """``RDBStorage(url, **kwargs)``, retried while another process creates the same schema.
+
+    Two processes that open a new database at once (the sweeper and its first workers, or
+    ``optuna-dashboard`` started early) race to create Optuna's tables and stamp its
+    alembic version; the loser gets an ``IntegrityError`` or ``OperationalError``. Once the
+    winner is done the schema exists, so a retry succeeds.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, **kwargs)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, timeout: float = 60.0) -> RDBStorage:
     """An Optuna RDB storage for ``url``; SQLite writers wait ``timeout`` s for a lock."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": timeout}
-    return RDBStorage(driver_url(url), engine_kwargs=kwargs)
+    return rdb_storage(driver_url(url), engine_kwargs=kwargs)
 
 
 def storage_from_env(storage: str | None = None) -> str:

@@ -38,7 +38,13 @@ from omegaconf import DictConfig, open_dict
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from eecontrol.sweep.common import STORAGE_ENV, build_pruner, driver_url, storage_from_env
+from eecontrol.sweep.common import (
+    STORAGE_ENV,
+    build_pruner,
+    driver_url,
+    rdb_storage,
+    storage_from_env,
+)
 from eecontrol.sweep.liveness import (
     FAIL_REASON_ATTR,
     fail_dead_trials,
@@ -167,11 +173,11 @@ def heartbeat_storage(url: str, spec: WorkerSpec) -> RDBStorage:
         kwargs["connect_args"] = {"timeout": 60.0}
     url = driver_url(url)
     if not spec.heartbeat_interval:
-        return RDBStorage(url, engine_kwargs=kwargs)
+        return rdb_storage(url, engine_kwargs=kwargs)
     grace = spec.grace_period or 2 * int(spec.heartbeat_interval) + 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        return rdb_storage(
             url,
             engine_kwargs=kwargs,
             heartbeat_interval=int(spec.heartbeat_interval),
