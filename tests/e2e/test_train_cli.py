@@ -79,7 +79,11 @@ def test_resume_from_last_checkpoint_through_the_cli(tmp_path):
     assert "Restoring states from the checkpoint" in out.stderr + out.stdout or ckpt.exists()
     second = max((tmp_path / "logs" / "train" / "runs").iterdir())
     decisions = [json.loads(x) for x in (second / "decisions.jsonl").read_text().splitlines()]
-    assert [d["action"] for d in decisions] == ["plan", "candidates"]
+    # the restored plan (2 epochs), the plan of the longer resumed run (3 epochs: a new
+    # max_epochs changes the plan, and CES records the plan it now follows), the candidates
+    assert [d["action"] for d in decisions] == ["plan", "plan", "candidates"]
+    planned = [d["evidence"]["planned_candidates"] for d in decisions[:2]]
+    assert planned == [2, 3]
     assert decisions[-1]["evidence"]["candidates"] == 3  # 2 restored from the checkpoint + 1 new
 
 
