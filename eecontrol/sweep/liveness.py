@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Any
 
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
@@ -119,6 +120,18 @@ class ParentWatch:
         """The trial this process runs now (None: none)."""
         with self._lock:
             self._trial = None if storage is None or trial_id is None else (storage, trial_id)
+
+    def ask(self, storage: BaseStorage, ask: Any) -> Any:
+        """Runs ``ask()`` (which creates a RUNNING trial) and registers that trial atomically.
+
+        The watch cannot end the process between the trial's creation and its
+        registration, so a trial asked at the moment the main process dies is failed, not
+        left RUNNING.
+        """
+        with self._lock:
+            trial = ask()
+            self._trial = (storage, trial._trial_id)
+            return trial
 
     def stop(self) -> None:
         """Stops watching (the process ends normally)."""

@@ -375,7 +375,12 @@ class SweepTask:
             with ask_lock(url):  # one machine (SQLite): no two workers ask the last trial
                 if budget_used(study, spec.first_number) >= spec.n_trials:
                     break
-                trial = ask_trial(study, space, extender, self.config)
+                if watch is not None:  # asked and registered at once: never left RUNNING
+                    trial = watch.ask(
+                        storage, lambda: ask_trial(study, space, extender, self.config)
+                    )
+                else:
+                    trial = ask_trial(study, space, extender, self.config)
             if budget_used(study, spec.first_number, below=trial.number) >= spec.n_trials:
                 # another worker asked the last trial at the same moment: give this one up
                 storage.set_trial_system_attr(

