@@ -179,6 +179,13 @@ def test_sigkill_of_the_main_process_ends_its_workers_and_the_rerun_finishes(tmp
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == n_trials
     assert len(study.trials) > len(before), "the rerun ran nothing"
+    # every trial the kill left RUNNING (a worker loky ended before its watch) is failed
+    # by the rerun, with the reason, and nothing is left RUNNING
+    after = {t.number: t for t in study.trials}
+    assert not [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    for t in running:
+        assert after[t.number].state == TrialState.FAIL, f"trial {t.number} was not failed"
+        assert after[t.number].system_attrs.get(FAIL_REASON_ATTR), f"trial {t.number}: no reason"
     sets = _param_sets(finished)
     assert len(set(sets)) == len(sets), "the seeded rerun repeated a parameter set"
 
