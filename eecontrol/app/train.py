@@ -250,7 +250,12 @@ def _fit_and_test(
                 if isinstance(lg, ResumableCSVLogger):
                     lg.truncate(info["global_step"], saved.get("eecontrol_pending_row"))
         # weights_only=True: a checkpoint (local or a URL) can never run code when loaded
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except ValueError as err:
+            if trainer.global_step == 0 and _raised_by_eecontrol(err):
+                raise SetUpError(str(err)) from err  # one line, before training (GradES on a CNN)
+            raise
         _restore_metrics(trainer, saved.get("eecontrol_metrics") or {})
     train_metrics = dict(trainer.callback_metrics)
     if cfg.get("test", False):
@@ -367,7 +372,30 @@ def _report(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Trainer) -> 
 
 
 # errors that end a run with one line on stderr (no traceback): the message says it all
-_ONE_LINE_ERRORS = (CheckpointWriteError, UnsafeRunDirError, RunLockedError, ResumeError)
+class SetUpError(ValueError):
+    """An eecontrol callback refused the model or the set-up before the first training step."""
+
+
+def _raised_by_eecontrol(err: BaseException) -> bool:
+    """Whether ``err`` was raised in eecontrol's callbacks or core (its checks of the set-up),
+    not in the user's model or data code (whose errors keep their traceback)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    here = Path(tb.tb_frame.f_code.co_filename).resolve()
+    package = Path(__file__).resolve().parent.parent
+    return any(here.is_relative_to(package / part) for part in ("callbacks", "core"))
+
+
+_ONE_LINE_ERRORS = (
+    CheckpointWriteError,
+    UnsafeRunDirError,
+    RunLockedError,
+    ResumeError,
+    SetUpError,
+)
 
 
 def _one_line_error(err: BaseException) -> BaseException | None:
