@@ -3,52 +3,39 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, check_monitor_mode, run_dir
-from eecontrol.core.checks import check_bounds, check_choice, check_range
+from eecontrol.callbacks._control import ControlCallback, check_monitor_mode
+from eecontrol.callbacks._curve_rules import (  # noqa: F401  (PREDICTION_FILE re-exported)
+    PREDICTION_FILE,
+    check_options,
+    ensemble_fit,
+    evaluate_rules,
+    flatten_numeric,
+    log_results,
+    open_store,
+    rule_evidence,
+    run_horizon,
+    stop_reason,
+    write_prediction,
+)
+from eecontrol.core.checks import check_bounds, check_choice
 from eecontrol.core.curves import (
     MODES,
-    CurveFit,
-    RuleResult,
-    convergence_rule,
-    cross_run_rule,
-    fit_curve,
-    in_run_rule,
-    sweep_rule,
 )
 from eecontrol.core.curves.forecasters import DEFAULT_FORECASTER, check_forecaster
-from eecontrol.resume import check_store, check_study_name, redact_url
+from eecontrol.util.checks import check_store, check_study_name
+from eecontrol.util.redact import redact_url
 
 X_AXES = ("step", "check")
 RULES = ("convergence", "sweep", "ensemble")
-PREDICTION_FILE = "curve_prediction.json"
-
-
-def _flatten_numeric(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested mapping as ``{"a.b": value}`` (booleans skipped)."""
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten_numeric(value, f"{name}."))
-        elif (
-            not isinstance(value, bool)
-            and isinstance(value, int | float)
-            and math.isfinite(float(value))
-        ):
-            out[name] = float(value)
-    return out
 
 
 class LearningCurveStopping(ControlCallback):
@@ -168,23 +155,21 @@ class LearningCurveStopping(ControlCallback):
         self.mode = check_choice("mode", mode, MODES)
         check_monitor_mode("LearningCurveStopping", monitor, self.mode)
         self.x_axis = check_choice("x_axis", x_axis, X_AXES)
-        if min_delta is not None:
-            check_range("min_delta", min_delta, low=0.0)
         self.rule = check_choice("rule", rule, RULES)
-        check_range(
-            "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+        check_options(
+            min_delta=min_delta,
+            threshold=threshold,
+            min_points=min_points,
+            warmup=warmup,
+            band=band,
+            min_r2=min_r2,
+            horizon=horizon,
+            delta=delta,
+            min_finished=min_finished,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
         )
-        check_range("min_points", min_points, low=1, integer=True)
         self.forecaster = check_forecaster(forecaster)
-        check_range("warmup", warmup, low=0.0, high=1.0, high_inclusive=False)
-        check_range("band", band, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-        check_range("min_r2", min_r2, low=0.0, high=1.0)
-        if horizon is not None:
-            check_range("horizon", horizon, low=0.0, low_inclusive=False)
-        check_range("delta", delta, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-        check_range("min_finished", min_finished, low=2, integer=True)
-        check_range("n_bootstrap", n_bootstrap, low=1, integer=True)
-        check_range("seed", seed, low=0, integer=True)
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`hparams` must be a mapping of name -> number, got {hparams!r}.")
         self.min_delta = None if min_delta is None else float(min_delta)
@@ -205,7 +190,7 @@ class LearningCurveStopping(ControlCallback):
                 "(a curve-store URL or SQLite path shared by the sweep's runs)."
             )
         self.study_name = check_study_name(study_name)
-        self.hparams = None if hparams is None else _flatten_numeric(dict(hparams))
+        self.hparams = None if hparams is None else flatten_numeric(dict(hparams))
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
         self.strict = bool(strict)
@@ -281,18 +266,6 @@ class LearningCurveStopping(ControlCallback):
     def _x(self) -> list[float]:
         return [float(v) for v in (self._steps if self.x_axis == "step" else self._checks)]
 
-    def _horizon(self, trainer: pl.Trainer) -> float | None:
-        if self.horizon is not None:
-            return self.horizon
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total) or total < 1:
-            return None
-        if self.x_axis == "step":
-            return float(total)
-        if not self._steps or self._steps[-1] <= 0:
-            return None
-        return float(self._checks[-1]) * float(total) / float(self._steps[-1])
-
     @property
     def _other_rank_reason(self) -> str:
         return f"another rank's {self.monitor} curve cannot win"
@@ -310,172 +283,17 @@ class LearningCurveStopping(ControlCallback):
             raise ValueError(message)
         rank_zero_warn(message + " (strict=False: skipping this check)")
 
-    def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.store_url is None or not trainer.is_global_zero:
-            return
-        from eecontrol.sweep.store import CurveStore
-
-        self._store = CurveStore(self.store_url, self.study_name, self.mode)
-        if self._run_id is not None and self._store.is_running(self._run_id):
-            return  # resumed: continue the same stored run
-        if self.hparams is not None:
-            self._run_hparams = dict(self.hparams)
-        else:
-            self._run_hparams = _flatten_numeric(dict(getattr(pl_module, "hparams", {}) or {}))
-        self._run_id = self._store.start_run(self._run_hparams)
-        for i, value in enumerate(self._values):
-            if math.isfinite(value):
-                self._store.report(self._run_id, i, value, self._steps[i])
-
-    def _fit(self) -> CurveFit | None:
-        """The ensemble fit (``rule="ensemble"`` only), or None."""
-        y = np.asarray(self._values, dtype=float)
-        if self.rule != "ensemble" or len(y) < max(self.min_points, 3):
-            return None
-        return fit_curve(
-            self._x(),
-            y,
-            self.mode,
-            n_bootstrap=self.n_bootstrap,
-            seed=self.seed,
-            bounds=self.bounds,
-        )
-
-    def _write_prediction(
-        self, trainer: pl.Trainer, fit: CurveFit | None, in_run: RuleResult | None
-    ) -> None:
-        """Writes the observed curve and the predicted curve the in-run rule decided with
-        (its band, forecaster and decision), rank zero."""
-        if not trainer.is_global_zero or len(self._values) < self.min_points:
-            return
-        predicted = None if in_run is None or in_run.curve is None else dict(in_run.curve)
-        if predicted is not None and fit is not None and fit.ok:
-            predicted["families"] = [[f.family, f.weight] for f in fit.fits]
-        record: dict[str, Any] = {
-            "monitor": self.monitor,
-            "x_axis": self.x_axis,
-            "rule": self.rule,
-            "forecaster": None if in_run is None else in_run.forecaster,
-            "observed": {"x": self._x(), "y": list(self._values)},
-            "predicted": predicted,
-            "decision": None if in_run is None else in_run.decision,
-            "probability": None if in_run is None else in_run.probability,
-            "reason": "no in-run rule result" if in_run is None else in_run.reason,
-        }
-        path = run_dir(trainer) / PREDICTION_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-
-    def _sweep_best(self) -> float | None:
-        """The best value any other run of the sweep reported so far (None: none yet)."""
-        values = [
-            v
-            for r in self._store.runs()
-            if r.run_id != self._run_id
-            for v in r.values
-            if math.isfinite(v)
-        ]
-        if not values:
-            return None
-        return max(values) if self.mode == "max" else min(values)
-
     @property
     def _in_run_name(self) -> str:
         """The evidence prefix of the in-run rule (``in_run`` for the ensemble)."""
         return "in_run" if self.rule == "ensemble" else self.rule
-
-    def _evaluate(
-        self, fit: CurveFit | None, horizon: float | None
-    ) -> tuple[list[RuleResult], RuleResult | None]:
-        """The results of the rules that may stop, and the in-run rule's result (also
-        computed with ``in_run=False`` when the prediction is logged: it is the report)."""
-        results: list[RuleResult] = []
-        in_run: RuleResult | None = None
-        y = np.asarray(self._values, dtype=float)
-        x = self._x()
-        if self.in_run or self.log_prediction:
-            if horizon is None:
-                results.append(
-                    RuleResult(
-                        "no_decision", "unknown training length (no horizon)", self._in_run_name
-                    )
-                )
-            elif self.rule == "ensemble":
-                results.append(
-                    in_run_rule(
-                        x,
-                        y,
-                        horizon,
-                        mode=self.mode,
-                        min_delta=self.min_delta or 0.0,
-                        threshold=self.threshold,
-                        min_points=self.min_points,
-                        band=self.band,
-                        min_r2=self.min_r2,
-                        fit=fit,
-                    )
-                )
-            elif self.rule == "convergence":
-                results.append(
-                    convergence_rule(
-                        x,
-                        y,
-                        horizon,
-                        mode=self.mode,
-                        min_delta=self.min_delta,
-                        threshold=self.threshold,
-                        min_points=self.min_points,
-                        band=self.band,
-                        bounds=self.bounds,
-                        forecaster=self.forecaster,
-                        n_bootstrap=self.n_bootstrap,
-                        seed=self.seed,
-                    )
-                )
-            elif self._store is not None:
-                results.append(
-                    sweep_rule(
-                        x,
-                        y,
-                        horizon,
-                        self._sweep_best(),
-                        mode=self.mode,
-                        delta=self.threshold,
-                        min_points=self.min_points,
-                        band=self.band,
-                        bounds=self.bounds,
-                        forecaster=self.forecaster,
-                        n_bootstrap=self.n_bootstrap,
-                        seed=self.seed,
-                    )
-                )
-            if results:
-                in_run = results[0]
-                if not self.in_run:
-                    results = []  # reported, but it does not stop the run
-        if self._store is not None:
-            results.append(
-                cross_run_rule(
-                    y,
-                    self._store.finished(),
-                    self._run_hparams,
-                    mode=self.mode,
-                    delta=self.delta,
-                    min_points=self.min_points,
-                    min_finished=self.min_finished,
-                    bounds=self.bounds,
-                )
-            )
-        return results, in_run
 
     # --- hooks ----------------------------------------------------------------------------
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._open_store(trainer, pl_module)
+        open_store(self, trainer, pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -515,43 +333,19 @@ class LearningCurveStopping(ControlCallback):
             self._values.append(value)
         if self._store is not None and self._run_id is not None:
             self._store.report(self._run_id, len(self._values) - 1, value, step)
-        horizon = self._horizon(trainer)
-        fit = self._fit() if self.in_run or self.log_prediction else None
-        results, in_run = self._evaluate(fit, horizon)
-        evidence: dict[str, Any] = {"value": value, "best_so_far": self.best_so_far}
-        for r in ([in_run] if in_run is not None and not self.in_run else []) + results:
-            evidence.update(r.evidence())
+        horizon = run_horizon(self, trainer)
+        fit = ensemble_fit(self) if self.in_run or self.log_prediction else None
+        results, in_run = evaluate_rules(self, fit, horizon)
+        evidence = rule_evidence(self, value, results, in_run)
         self._last = {
             k: (v if isinstance(v, str | None) else float(v)) for k, v in evidence.items()
         }
         if self.log_prediction:
             shown = results if self.in_run or in_run is None else [in_run, *results]
-            self._log(pl_module, shown)
-            self._write_prediction(trainer, fit, in_run)
-        stopping = [r for r in results if r.stop]
-        total = trainer.estimated_stepping_batches
-        in_warmup = math.isfinite(total) and step < self.warmup * float(total)
-        should_stop = bool(stopping) and not in_warmup
-        reason = (
-            f"{stopping[0].rule.replace('_', '-')} rule: {stopping[0].reason}"
-            if should_stop
-            else self._other_rank_reason
-        )
+            log_results(pl_module, shown)
+            write_prediction(self, trainer, fit, in_run)
+        should_stop, reason = stop_reason(self, trainer, results, step)
         self._stop(trainer, should_stop, reason, evidence)
-
-    def _log(self, pl_module: pl.LightningModule, results: list[RuleResult]) -> None:
-        for r in results:
-            if r.predicted_final is None:
-                continue
-            prefix = "curve/cross_run" if r.rule == "cross_run" else "curve"
-            for key, value in (
-                ("predicted_final", r.predicted_final),
-                ("lower", r.lower),
-                ("upper", r.upper),
-                ("p_improve", r.probability),
-            ):
-                if value is not None and math.isfinite(value):
-                    pl_module.log(f"{prefix}/{key}", float(value), on_epoch=True, batch_size=1)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

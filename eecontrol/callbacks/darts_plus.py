@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from eecontrol.callbacks._ces_checks import fsdp_model
-from eecontrol.callbacks._control import ControlCallback, check_choice, check_range, run_dir
+from eecontrol.callbacks._control import ControlCallback, check_choice, check_range
+from eecontrol.callbacks._darts_parts import (  # noqa: F401  (PROTOCOL re-exported)
+    PROTOCOL,
+    build_space,
+    check_evidence,
+    check_place,
+    export_genotype,
+    log_check,
+    read_alphas,
+    record_check,
+    report_criteria,
+    stop_reason_text,
+    write_artifacts,
+)
 from eecontrol.callbacks._darts_schedule import (
     CHECK_UNITS,
     check_ops,
@@ -28,22 +37,10 @@ from eecontrol.callbacks._darts_schedule import (
 from eecontrol.core.darts import (
     CRITERIA,
     SCOPES,
-    CheckResult,
     DartsPlusCriteria,
     Derivation,
     Genotype,
     SearchSpace,
-    softmax_weights,
-    steps_from_edges,
-)
-
-log = logging.getLogger(__name__)
-
-PROTOCOL = (
-    "a DARTS search LightningModule must provide `arch_parameters()` returning "
-    "{'normal': Tensor(edges, ops), 'reduce': Tensor(edges, ops)} (raw alphas; 'reduce' is "
-    "optional) and `op_names` (a sequence of op names, one per column); `steps` "
-    "(intermediate nodes per cell) and `multiplier` (nodes concatenated) are optional"
 )
 
 
@@ -205,69 +202,12 @@ class DARTSPlusStopping(ControlCallback):
         """The first epoch (>= ``min_epochs``) at which each criterion held, or None."""
         return dict(self._fired)
 
-    # --- protocol -------------------------------------------------------------------
-
-    def _read_alphas(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-        """The full architecture weights, on CPU (gathered from the shards under FSDP)."""
-        wrapped = fsdp_model(trainer)
-        if wrapped is None:
-            return self._read_module_alphas(pl_module)
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        # a collective: every rank calls it at the same hook
-        with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False):
-            return self._read_module_alphas(pl_module)
-
-    def _read_module_alphas(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-        missing = []
-        if not callable(getattr(pl_module, "arch_parameters", None)):
-            missing.append("arch_parameters()")
-        if getattr(pl_module, "op_names", None) is None:
-            missing.append("op_names")
-        if missing:
-            raise ValueError(
-                f"DARTSPlusStopping: {type(pl_module).__name__} lacks {missing}; {PROTOCOL}."
-            )
-        alphas = pl_module.arch_parameters()
-        if not isinstance(alphas, Mapping) or "normal" not in alphas:
-            got = list(alphas) if isinstance(alphas, Mapping) else type(alphas).__name__
-            raise ValueError(
-                f"DARTSPlusStopping: {type(pl_module).__name__}.arch_parameters() returned "
-                f"{got}, not a dict with a 'normal' tensor; {PROTOCOL}."
-            )
-        return {str(k): v.detach().to("cpu", torch.float32).clone() for k, v in alphas.items()}
-
-    def _build_space(self, pl_module: pl.LightningModule, alphas: Mapping[str, Tensor]) -> None:
-        steps = getattr(pl_module, "steps", None)
-        if steps is None:
-            steps = steps_from_edges(int(alphas["normal"].shape[0]))
-        self._space = SearchSpace(
-            op_names=tuple(pl_module.op_names),
-            steps=int(steps),
-            multiplier=getattr(pl_module, "multiplier", None),
-            none_op=self.none_op,
-            skip_op=self.skip_op,
-            learnable_ops=self.learnable_ops,
-        )
-        for name, alpha in alphas.items():
-            self._space.check(name, alpha)
-        self._criteria = DartsPlusCriteria(
-            self._space,
-            max_skip=self.max_skip,
-            patience=self.patience,
-            criterion=self.criterion,
-            scope=self.scope,
-            min_epochs=self.min_epochs,
-            derive=self.derive,
-        )
-        self._criteria.load_state_dict(self._tracker_state)
-
     # --- hooks ----------------------------------------------------------------------
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._build_space(pl_module, self._read_alphas(trainer, pl_module))
+        build_space(self, pl_module, read_alphas(trainer, pl_module))
         self._seen_step = int(trainer.global_step)
         if self.check_unit == "validations" and (
             trainer.limit_val_batches == 0 or not has_validation(trainer)
@@ -322,172 +262,35 @@ class DARTSPlusStopping(ControlCallback):
 
     def _run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         """One DARTS+ check; ``index`` is the epoch (epochs unit) or the check's number."""
-        alphas = self._read_alphas(trainer, pl_module)
+        alphas = read_alphas(trainer, pl_module)
         if trainer.world_size > 1:
             alphas = trainer.strategy.broadcast(alphas, src=0)
         if self._criteria is None:
-            self._build_space(pl_module, alphas)
+            build_space(self, pl_module, alphas)
         assert self._criteria is not None
         result = self._criteria.update(alphas, index)
         self._tracker_state = self._criteria.state_dict()
-        self._record(trainer, alphas, result)
-        self._log_metrics(pl_module, result)
-        self._report_criteria(trainer, result)
+        record_check(self, trainer, alphas, result)
+        log_check(self, pl_module, result)
+        report_criteria(self, trainer, result)
         if self.stop_training:
             first = self.stopped_epoch is None
             stopped = self._stop(
                 trainer,
                 result.stop,
-                self._stop_reason(result),
-                self._evidence(result),
+                stop_reason_text(self, result),
+                check_evidence(self, result),
             )
             if stopped and first:
                 self._genotype = result.genotype.to_dict()
-                self._export_genotype(trainer, "stop")
+                export_genotype(self, trainer, "stop")
         if trainer.is_global_zero:
-            self._write_artifacts(trainer)
+            write_artifacts(self, trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.stopped_epoch is None and self._history:
-            self._export_genotype(trainer, "end of search")
-
-    # --- helpers --------------------------------------------------------------------
-
-    def _record(self, trainer: pl.Trainer, alphas: Mapping[str, Tensor], r: CheckResult) -> None:
-        for name, alpha in alphas.items():
-            self._alphas.setdefault(name, []).append(softmax_weights(alpha))
-        if self.stopped_epoch is None:
-            self._genotype = r.genotype.to_dict()
-        self._history.append(
-            {
-                "epoch": int(trainer.current_epoch) if self.check_unit != "epochs" else r.epoch,
-                "check": r.epoch,
-                "step": int(trainer.global_step),
-                "skips": dict(r.skips),
-                "stable_epochs": r.stable_epochs,
-                "skip_met": r.skip_met,
-                "stable_met": r.stable_met,
-                "guarded": r.guarded,
-                "genotype": r.genotype.to_dict(),
-            }
-        )
-        log.info("DARTSPlusStopping %s: %s", self._at(r), r.genotype)
-
-    def _at(self, r: CheckResult) -> str:
-        """Where a check happened, in words: ``epoch 3`` or ``check 3 (step 40)``."""
-        if self.check_unit == "epochs":
-            return f"epoch {r.epoch}"
-        return f"check {r.epoch} (step {self._history[-1]['step']})"
-
-    @property
-    def _counted(self) -> str:
-        return "epochs" if self.check_unit == "epochs" else "checks"
-
-    def _log_metrics(self, pl_module: pl.LightningModule, r: CheckResult) -> None:
-        values = {f"darts_plus/skip_{name}": float(n) for name, n in r.skips.items()}
-        values["darts_plus/stable_epochs"] = float(r.stable_epochs)
-        per_step = self.check_unit == "steps"
-        for key, value in values.items():
-            pl_module.log(
-                key,
-                value,
-                on_step=per_step,
-                on_epoch=not per_step,
-                prog_bar=self.prog_bar and key != "darts_plus/skip_reduce",
-                batch_size=1,
-                sync_dist=pl_module.trainer.world_size > 1,
-            )
-
-    def _evidence(self, r: CheckResult) -> dict[str, Any]:
-        return {
-            "epoch": r.epoch,
-            "skip_normal": r.skips.get("normal", 0),
-            "skip_reduce": r.skips.get("reduce", 0),
-            "max_skip": self.max_skip,
-            "stable_epochs": r.stable_epochs,
-            "patience": self.patience,
-            "skip_met": r.skip_met,
-            "stable_met": r.stable_met,
-            "genotype": r.genotype.to_json(),
-        }
-
-    def _report_criteria(self, trainer: pl.Trainer, r: CheckResult) -> None:
-        """Records the first epoch (past ``min_epochs``) at which each criterion holds."""
-        if r.guarded:
-            return
-        for key, met, action, why in (
-            (
-                "skip",
-                r.skip_met,
-                "skip_criterion",
-                f"criterion 1: the normal cell has {r.skips.get('normal', 0)} {self.skip_op} "
-                f"(>= {self.max_skip})",
-            ),
-            (
-                "stable",
-                r.stable_met,
-                "stable_criterion",
-                f"criterion 2: the {self.scope} ranking has not changed for "
-                f"{r.stable_epochs} {self._counted} (>= {self.patience})",
-            ),
-        ):
-            if met and self._fired[key] is None:
-                self._fired[key] = r.epoch
-                stops = self.stop_training and self.criterion in (key, "either")
-                self._decide(
-                    trainer,
-                    action,
-                    f"{why} at {self._at(r)}"
-                    + ("" if stops else f" (criterion={self.criterion!r}: not stopping on it)"),
-                    self._evidence(r),
-                )
-
-    def _stop_reason(self, r: CheckResult) -> str:
-        met = [
-            name
-            for name, ok in (
-                (f"{r.skips.get('normal', 0)} {self.skip_op} in the normal cell", r.skip_met),
-                (f"ranking stable for {r.stable_epochs} {self._counted}", r.stable_met),
-            )
-            if ok
-        ]
-        return f"DARTS+ criterion={self.criterion}: " + " and ".join(met)
-
-    def _export_genotype(self, trainer: pl.Trainer, why: str) -> None:
-        if not trainer.is_global_zero or self._genotype is None:
-            return
-        out = run_dir(trainer) / self.artifact_dir
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "genotype": self._genotype,
-            "text": str(Genotype.from_dict(self._genotype)),
-            "reason": self.stop_reason if why == "stop" else why,
-            "epoch": self.stopped_epoch if why == "stop" else self._history[-1]["epoch"],
-            "criterion": self.criterion,
-            "fired_epochs": self._fired,
-        }
-        _write_json(out / "genotype.json", record)
-
-    def _write_artifacts(self, trainer: pl.Trainer) -> None:
-        out = run_dir(trainer) / self.artifact_dir
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(
-            out / "history.json",
-            {
-                "config": self._config(),
-                "op_names": list(self._space.op_names) if self._space else None,
-                "fired_epochs": self._fired,
-                "stopped_epoch": self.stopped_epoch,
-                "epochs": self._history,
-            },
-        )
-        arrays = {name: torch.stack(v).numpy() for name, v in self._alphas.items() if v}
-        arrays["epochs"] = np.array([r["epoch"] for r in self._history])
-        arrays["op_names"] = np.array(self._space.op_names if self._space else [])
-        tmp = out / "alphas.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out / "alphas.npz")
+            export_genotype(self, trainer, "end of search")
 
     # --- what the user sees ---------------------------------------------------------
 
@@ -538,9 +341,3 @@ class DARTSPlusStopping(ControlCallback):
         self._validations = int(state.get("validations", 0))
         if self._criteria is not None:
             self._criteria.load_state_dict(self._tracker_state)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

@@ -53,8 +53,8 @@ class DropoutSchedule(ControlCallback):
     after a resume; it is applied once per optimizer step (on the first micro-batch of an
     accumulation group). The plan works from ``max_steps`` alone, with an
     ``IterableDataset`` of unknown length too (``cutoff_unit`` ``fraction`` or ``steps``).
-    The rate goes to the loggers at their cadence (``log_every_n_steps``), not per
-    micro-batch.
+    The rate goes to the loggers at their cadence (``log_every_n_steps``) and at every
+    step where it changes, not per micro-batch.
 
     Example::
 
@@ -142,6 +142,7 @@ class DropoutSchedule(ControlCallback):
         self._drop_path_schedule: DropSchedule | None = None
         self._rates: dict[str, float] = {}
         self._bar_rates: dict[str, float] = {}
+        self._logged_rates: dict[str, float] = {}
         self.report: RateReport | None = None
 
     @override
@@ -257,6 +258,7 @@ class DropoutSchedule(ControlCallback):
         step = plan_step(trainer)
         compile_note = self._compile_cost(pl_module, total, step)
         self._bar_rates = {}
+        self._logged_rates = {}
         rates = self._apply(step)
         if not self._decisions or self.fit_kind == "continued":
             self._phase = self._phase_of(rates)
@@ -305,9 +307,11 @@ class DropoutSchedule(ControlCallback):
                 f"optimizer step {step}",
                 {f"{k}_rate": v for k, v in rates.items()},
             )
-        # Loggers at their cadence, once per optimizer step; pl_module.log per micro-batch
+        # Loggers at their cadence and at every change (so that the logged series, drawn as
+        # steps, is the schedule), once per optimizer step; pl_module.log per micro-batch
         # cost several percent of a small model's step.
-        if trainer.loggers and step % log_every_n(trainer) == 0:
+        if trainer.loggers and (step % log_every_n(trainer) == 0 or rates != self._logged_rates):
+            self._logged_rates = dict(rates)
             metrics = {f"{kind}/rate": rate for kind, rate in rates.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=int(trainer.global_step))

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 
 from eecontrol.callbacks._control import Decision
 from eecontrol.report.artifacts import RunArtifacts
-from eecontrol.resume import safe_dir
+from eecontrol.util.files import safe_dir
 
 
 @dataclass(frozen=True)

@@ -272,3 +272,44 @@ def test_setup_report_lists_controlled_and_left_out_rates(tmp_path):
     assert net[2].attention_dropout == 0.2 and isinstance(net[2].attention_dropout, float)
     journal = [json.loads(x) for x in (tmp_path / DECISIONS_FILE).read_text().splitlines()]
     assert journal[0]["evidence"]["left_out"] == schedule.evidence["left_out"]
+
+
+@pytest.mark.parametrize(("mode", "schedule"), [("early", "constant"), ("late", "linear")])
+def test_logged_rate_series_has_a_point_at_every_change(tmp_path, mode, schedule):
+    """Issue 27: at the loggers' cadence alone (every 5 steps), ``rates.png`` drew the phase
+    change at step 10 while the decision said 7. The rate is logged at every change too, so
+    the logged series (drawn as steps) equals the schedule at every optimizer step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = DropoutSchedule(p=0.2, mode=mode, schedule=schedule, cutoff=7, cutoff_unit="steps")
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=-1,
+        max_steps=12,
+        callbacks=[cb],
+        logger=CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=5,
+        limit_val_batches=0,
+    )
+    trainer.fit(digits_model(), datamodule=digits_data())
+    assert trainer.global_step == 12
+    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    col, step_col = header.index("dropout/rate"), header.index("step")
+    logged = {
+        int(row.split(",")[step_col]): float(row.split(",")[col])
+        for row in lines[1:]
+        if row.split(",")[col]
+    }
+    schedule_at = {s: drop_rate(s, 0.2, 12, 7, mode, schedule) for s in range(12)}
+    changes = [s for s in range(1, 12) if schedule_at[s] != schedule_at[s - 1]]
+    # the schedule really changes: at the cutoff (early constant), or every step after it
+    # (late linear: 0 until step 7, then the ramp)
+    assert changes == ([7] if schedule == "constant" else [8, 9, 10, 11])
+    flip = [d.step for d in cb.decisions if d.action != "schedule"]
+    assert flip == [changes[0]]  # the decision's step
+    for s in changes:  # a point at each change step, equal to the schedule
+        assert s in logged and logged[s] == pytest.approx(schedule_at[s]), (s, logged)
+    for s in range(12):  # drawn as steps (where="post"): the schedule at every step
+        last = max(t for t in logged if t <= s)
+        assert logged[last] == pytest.approx(schedule_at[s]), (s, logged)

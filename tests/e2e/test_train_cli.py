@@ -112,3 +112,28 @@ def test_grades_tiny_experiment_freezes_every_matrix_stops_and_logs_a_wandb_hist
     assert inspected.returncode == 0, inspected.stderr
     hist = json.loads(inspected.stdout)["summary"]["grades/grad_l1/log10_histogram"]
     assert hist["_type"] == "histogram" and sum(hist["values"]) >= 1
+
+
+def test_grades_on_a_cnn_is_a_one_line_error_before_training(tmp_path):
+    """Issue 27: GradES on the digits CNN (no repeated blocks) ended with a traceback.
+
+    The run ends before its first training step with status 1 and one ``eecontrol-train:``
+    line that names what to pass; errors from the user's own code keep their traceback.
+    """
+    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    out = subprocess.run(
+        [TRAIN, "callbacks=[default,grades]", "trainer.max_epochs=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    ours = [x for x in out.stderr.splitlines() if x.startswith("eecontrol-train: ")]
+    assert len(ours) == 1, out.stderr[-3000:]
+    assert "GradES found no repeated blocks" in ours[0] and "`patterns`" in ours[0]
+    assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1 and not (runs[0] / "checkpoints" / "last.ckpt").exists()  # no step
