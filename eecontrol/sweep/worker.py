@@ -51,6 +51,7 @@ from eecontrol.sweep.liveness import (
     mark_owner,
     watch_parent,
 )
+from eecontrol.sweep.options import config_text
 from eecontrol.sweep.outcome import tell_job
 from eecontrol.sweep.sampling import build_sampler
 from eecontrol.sweep.space import format_value, parse_search_space, trial_overrides
@@ -391,8 +392,6 @@ class SweepTask:
             mark_owner(storage, trial._trial_id)
             storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, index)
             ident = {**spec.ident, "number": trial.number}
-            from eecontrol.sweep.sweeper import config_text
-
             overrides = [
                 *trial_overrides(trial.params, space),
                 *wandb_overrides(self.config, spec.study_name, trial.number),
