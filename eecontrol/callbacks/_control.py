@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from eecontrol.callbacks._distributed import release_process_group_at_worker_exit
 from eecontrol.core.checks import check_choice, check_range  # noqa: F401  (re-exported)
-from eecontrol.resume import append_line, safe_file
+from eecontrol.util.files import append_line, safe_file
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from eecontrol.core.curves import (
     sweep_rule,
 )
 from eecontrol.core.curves.forecasters import DEFAULT_FORECASTER, check_forecaster
-from eecontrol.resume import check_store, check_study_name, redact_url
+from eecontrol.util.checks import check_store, check_study_name
+from eecontrol.util.redact import redact_url
 
 X_AXES = ("step", "check")
 RULES = ("convergence", "sweep", "ensemble")

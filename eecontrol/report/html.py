@@ -10,7 +10,7 @@ from typing import Any
 
 from eecontrol.report.artifacts import RunArtifacts
 from eecontrol.report.figures import Plot
-from eecontrol.resume import safe_file
+from eecontrol.util.files import safe_file
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}

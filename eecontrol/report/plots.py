@@ -26,7 +26,7 @@ from eecontrol.report.figures import (
     _split_metric,
     _tex_safe,
 )
-from eecontrol.resume import safe_dir
+from eecontrol.util.files import safe_dir
 
 
 def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:

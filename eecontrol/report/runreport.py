@@ -22,7 +22,7 @@ from eecontrol.report.artifacts import (
 )
 from eecontrol.report.html import write_run_page, write_sweep_page
 from eecontrol.report.plots import Plot, make_plots, plot_sweep
-from eecontrol.resume import safe_file
+from eecontrol.util.files import safe_file
 
 
 def _best(values: list[float], maximise: bool) -> float | None:

@@ -31,7 +31,7 @@ def redact(url: str) -> str:
 
     Both forms: ``user:PASSWORD@host`` and credential query parameters (``?password=``).
     """
-    from eecontrol.resume import redact_text
+    from eecontrol.util.redact import redact_text
 
     return redact_text(_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", str(url)))
 

@@ -27,9 +27,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from eecontrol.resume import check_store, check_study_name, redact_text, redact_url
 from eecontrol.sweep.common import driver_url, storage_url
 from eecontrol.sweep.liveness import fail_dead_trials, mark_owner
+from eecontrol.util.checks import check_store, check_study_name
+from eecontrol.util.redact import redact_text, redact_url
 
 __all__ = ["CurveStore", "StoredRun", "storage_url"]
 

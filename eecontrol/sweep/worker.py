@@ -317,7 +317,7 @@ class SweepTask:
         index = cfg.get(WORKER_KEY) if hasattr(cfg, "get") else None
         if index is None or self.spec is None:
             return self.task_function(cfg)
-        from eecontrol.resume import redact_hydra_files
+        from eecontrol.util.redact import redact_hydra_files
 
         redact_hydra_files()  # the worker job's own .hydra files hold the sweep's overrides
         return self.work(int(index))
