@@ -314,7 +314,7 @@ class LearningCurveStopping(ControlCallback):
     def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store_url is None or not trainer.is_global_zero:
             return
-        from eecontrol.sweep.store import CurveStore
+        from eecontrol.core.curves.store import CurveStore
 
         self._store = CurveStore(self.store_url, self.study_name, self.mode)
         if self._run_id is not None and self._store.is_running(self._run_id):

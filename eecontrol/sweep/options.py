@@ -7,8 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eecontrol.sweep.common import REPORT_STEPS
 from eecontrol.sweep.space import format_value
+from eecontrol.util.optuna_study import REPORT_STEPS
 
 DIRECTIONS = {
     "maximize": "maximize",

@@ -10,8 +10,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import ListConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.sweep.common import METRICS_ATTR, OBJECTIVE_ATTR, PRUNED_ATTR
-from eecontrol.sweep.liveness import FAIL_REASON_ATTR, OWNER_ATTR, fail_dead_trials, owner_alive
+from eecontrol.util.liveness import FAIL_REASON_ATTR, OWNER_ATTR, fail_dead_trials, owner_alive
+from eecontrol.util.optuna_study import METRICS_ATTR, OBJECTIVE_ATTR, PRUNED_ATTR
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from eecontrol.sweep.common import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
-from eecontrol.sweep.liveness import FAIL_REASON_ATTR
+from eecontrol.util.liveness import FAIL_REASON_ATTR
+from eecontrol.util.optuna_study import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
 
 if TYPE_CHECKING:
     import optuna

@@ -13,9 +13,9 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.sweep.common import open_storage, redact
 from eecontrol.sweep.space import same_params
 from eecontrol.sweep.worker import ENQUEUED_ATTR
+from eecontrol.util.optuna_study import open_storage, redact
 
 log = logging.getLogger(__name__)
 

@@ -34,18 +34,6 @@ from optuna.pruners import NopPruner
 from optuna.samplers import BaseSampler, GridSampler
 from optuna.trial import TrialState
 
-from eecontrol.sweep.common import (
-    STORAGE_ENV,
-    TRIAL_KEY,
-    build_pruner,
-    redact,
-    storage_url,
-)
-from eecontrol.sweep.liveness import (
-    FAIL_REASON_ATTR,
-    OWNER_ATTR,
-    owner_id,
-)
 from eecontrol.sweep.options import (
     DIRECTIONS,
     MODES,
@@ -80,6 +68,18 @@ from eecontrol.sweep.worker import (
     load_extender,
     settle,
     wandb_overrides,
+)
+from eecontrol.util.liveness import (
+    FAIL_REASON_ATTR,
+    OWNER_ATTR,
+    owner_id,
+)
+from eecontrol.util.optuna_study import (
+    STORAGE_ENV,
+    TRIAL_KEY,
+    build_pruner,
+    redact,
+    storage_url,
 )
 
 log = logging.getLogger(__name__)
