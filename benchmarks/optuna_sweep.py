@@ -52,6 +52,16 @@ def run_sweep(workdir: Path, pruner: str, seed: int, trials: int, epochs: int) -
         "trainer.enable_model_summary=false",
     ]
     env = {**os.environ, "WANDB_MODE": "offline"}
+    _study, row = measure(cmd, workdir, name, env)
+    return {"pruner": pruner, "seed": seed, **row}
+
+
+def measure(
+    cmd: list[str], workdir: Path, name: str, env: dict[str, str]
+) -> tuple[optuna.Study, dict]:
+    """Runs one sweep command in ``workdir``; its study and what every sweep benchmark records:
+    trial counts by state, epochs (validations reported), wall time, best value, the command.
+    """
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -61,9 +71,7 @@ def run_sweep(workdir: Path, pruner: str, seed: int, trials: int, epochs: int) -
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     ts = study.trials
     complete = [t for t in ts if t.state == TrialState.COMPLETE]
-    return {
-        "pruner": pruner,
-        "seed": seed,
+    return study, {
         "trials": len(ts),
         "complete": len(complete),
         "pruned": sum(t.state == TrialState.PRUNED for t in ts),

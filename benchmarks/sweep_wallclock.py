@@ -26,13 +26,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optuna_sweep import measure  # the same run-and-count as the pruner benchmark
 
 MODES = ("batch", "async")
 PRUNERS = ("none", "successive_halving", "median")
@@ -70,29 +70,9 @@ def run_sweep(workdir: Path, mode: str, pruner: str, seed: int, args: argparse.N
         "trainer.enable_model_summary=false",
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": str(args.threads)}
-    start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-    db = workdir / "logs" / "train" / "sweeps" / name / "optuna.db"
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    ts = study.trials
-    complete = [t for t in ts if t.state == TrialState.COMPLETE]
-    return {
-        "mode": mode,
-        "pruner": pruner,
-        "seed": seed,
-        "trials": len(ts),
-        "complete": len(complete),
-        "pruned": sum(t.state == TrialState.PRUNED for t in ts),
-        "failed": sum(t.state == TrialState.FAIL for t in ts),
-        "epochs": sum(len(t.intermediate_values) for t in ts),
-        "wall_s": round(wall, 1),
-        "worker_idle_s": _idle(study) if mode == "async" else None,
-        "best_value": round(max(t.value for t in complete), 5) if complete else None,
-        "command": " ".join(["eecontrol-train", *cmd[1:]]),
-    }
+    study, row = measure(cmd, workdir, name, env)
+    row["worker_idle_s"] = _idle(study) if mode == "async" else None
+    return {"mode": mode, "pruner": pruner, "seed": seed, **row}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -206,7 +206,7 @@ def open_store(
 ) -> None:
     if cb.store_url is None or not trainer.is_global_zero:
         return
-    from eecontrol.sweep.store import CurveStore
+    from eecontrol.core.curves.store import CurveStore
 
     cb._store = CurveStore(cb.store_url, cb.study_name, cb.mode)
     if cb._run_id is not None and cb._store.is_running(cb._run_id):

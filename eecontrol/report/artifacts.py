@@ -36,6 +36,7 @@ class RunArtifacts:
     extra_json: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     label: str | None = None
+    legend_label: str | None = None
 
     @property
     def name(self) -> str:
@@ -46,6 +47,12 @@ class RunArtifacts:
     def display_name(self) -> str:
         """What tables and legends call the run: its distinguishing overrides, else its name."""
         return self.label or self.name
+
+    @property
+    def legend_name(self) -> str:
+        """What a plot's legend calls the run: its distinguishing values under short keys
+        (``lr=0.001235 weight_decay=0.0001``), else :attr:`display_name`."""
+        return self.legend_label or self.display_name
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -147,26 +154,96 @@ def read_overrides(run: Path) -> list[str]:
     return [str(o) for o in data if isinstance(o, str)]
 
 
+#: overrides that identify a job rather than configure it: the ``eecontrol_optuna`` trial's
+#: identity and worker index, and the W&B run name and group the sweeper sets per trial
+INTERNAL_OVERRIDES = ("optuna_trial", "optuna_worker", "logger.wandb.name", "logger.wandb.group")
+SIGNIFICANT_DIGITS = 4
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _is_internal(override: str) -> bool:
+    """Hydra's own settings (``hydra/launcher=...``) and :data:`INTERNAL_OVERRIDES`."""
+    key = _override_key(override)
+    return key.startswith(("hydra.", "hydra/")) or key in INTERNAL_OVERRIDES
+
+
+def round_number(text: str, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """A decimal number with more than ``digits`` significant digits, rounded to them
+    (``0.0012345678901`` -> ``0.001235``); anything else (integers, words, short numbers
+    such as ``0.1`` or ``1.0``) unchanged."""
+    if not any(c in text for c in ".eE") or text.strip().lower().lstrip("+-") in ("inf", "nan"):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    short = f"{number:.{digits}g}"
+    return short if math.isfinite(number) and float(short) != number else text
+
+
+def _rounded(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{round_number(value)}" if sep else override
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest ending that no other key shares (``model.optimizer.lr`` ->
+    ``lr``; ``encoder.dropout`` and ``decoder.dropout`` keep their first part)."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(o != key and (o == tail or o.endswith("." + tail)) for o in keys):
+                break
+        out[key] = tail
+    return out
+
+
+def _unique(runs: list[RunArtifacts], attr: str) -> None:
+    """Appends ``[directory]`` to the names that two runs share."""
+    seen: dict[str, int] = {}
+    for art in runs:
+        name = getattr(art, attr)
+        if name:
+            seen[name] = seen.get(name, 0) + 1
+    for art in runs:
+        name = getattr(art, attr)
+        if name and seen[name] > 1:
+            setattr(art, attr, f"{name} [{art.name}]")
+
+
 def label_runs(runs: list[RunArtifacts]) -> None:
     """Names each run by the overrides that tell it apart from the others (in place).
 
-    Overrides shared by every run and Hydra's own (``hydra/launcher=...``) are left out;
-    a run whose overrides say nothing distinct keeps its directory name.
+    Overrides shared by every run, Hydra's own (``hydra/launcher=...``) and a sweep's
+    internal ones (the ``optuna_trial`` identity, :data:`INTERNAL_OVERRIDES`) are left out,
+    and long decimal values are rounded to :data:`SIGNIFICANT_DIGITS` significant digits;
+    a run whose overrides say nothing distinct keeps its directory name. Legends get the
+    same values under short keys (:attr:`RunArtifacts.legend_name`).
     """
 
     def own(overrides: list[str]) -> list[str]:
-        return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        return [o for o in overrides if not _is_internal(o)]
 
     shared = set.intersection(*(set(own(a.overrides)) for a in runs)) if runs else set()
+    distinct = {id(a): [o.lstrip("+") for o in own(a.overrides) if o not in shared] for a in runs}
+    keys = list(dict.fromkeys(_override_key(o) for d in distinct.values() for o in d if "=" in o))
+    short = _short_keys(keys)
     for art in runs:
-        distinct = [o.lstrip("+") for o in own(art.overrides) if o not in shared]
-        art.label = " ".join(distinct) if distinct else None
-    seen: dict[str, int] = {}
-    for art in runs:
-        seen[art.display_name] = seen.get(art.display_name, 0) + 1
-    for art in runs:
-        if art.label and seen[art.label] > 1:
-            art.label = f"{art.label} [{art.name}]"
+        mine = [_rounded(o) for o in distinct[id(art)]]
+        art.label = " ".join(mine) if mine else None
+        art.legend_label = (
+            " ".join(
+                f"{short[_override_key(o)]}={o.partition('=')[2]}" if "=" in o else o for o in mine
+            )
+            or None
+        )
+    _unique(runs, "label")
+    _unique(runs, "legend_label")
 
 
 def sort_by_objective(runs: list[RunArtifacts]) -> list[RunArtifacts]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eecontrol.report.artifacts import RunArtifacts
-from eecontrol.report.plots import Plot
+from eecontrol.report.figures import Plot
 from eecontrol.util.files import safe_file
 
 _STYLE = """

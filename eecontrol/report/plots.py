@@ -6,7 +6,6 @@ import math
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -16,91 +15,18 @@ import matplotlib.pyplot as plt
 
 from eecontrol.callbacks._control import Decision
 from eecontrol.report.artifacts import RunArtifacts
+from eecontrol.report.figures import (
+    Plot,
+    _decision_lines,
+    _is_loss,
+    _save,
+    _series,
+    _series_panel,
+    _short,
+    _split_metric,
+    _tex_safe,
+)
 from eecontrol.util.files import safe_dir
-
-
-@dataclass(frozen=True)
-class Plot:
-    """One written figure.
-
-    Args:
-        title: short title.
-        path: the PNG file.
-        caption: one line saying what it shows.
-    """
-
-    title: str
-    path: Path
-    caption: str
-
-
-def _short(callback: str) -> str:
-    return callback.split("{")[0]
-
-
-def _tex_safe(text: str) -> str:
-    """Escapes ``$`` so that matplotlib never reads a metric name as mathtext."""
-    return str(text).replace("$", r"\$")
-
-
-_SPLITS = ("train", "val", "valid", "validation", "test")
-
-
-def _split_metric(key: str) -> bool:
-    """Whether a CSV column is a train/val/test metric (``val/loss``, ``val_loss``, ``test/acc``)."""
-    head = key.replace("/", "_").split("_", 1)
-    return len(head) == 2 and head[0] in _SPLITS and bool(head[1]) and not key.endswith("_step")
-
-
-def _is_loss(key: str) -> bool:
-    """Whether a metric's name says lower is better (loss, error, mse, ...)."""
-    from eecontrol.callbacks._control import lower_is_better
-
-    return lower_is_better(key) is True
-
-
-def _series(art: RunArtifacts, key: str) -> tuple[list[float], list[float]]:
-    """Non-NaN (step, value) pairs of a metrics column."""
-    steps, values = art.metrics.get("step", []), art.metrics.get(key, [])
-    pairs = [(s, v) for s, v in zip(steps, values) if not (math.isnan(s) or math.isnan(v))]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _decision_lines(ax: plt.Axes, art: RunArtifacts, max_lines: int = 3) -> None:
-    """Marks decisions on a step axis, labelled in the legend (never as overlapping text).
-
-    Stops are solid lines; an action taken at most ``max_lines`` times is a dashed line;
-    a frequent one (GradES freezing 40 matrices) is a row of ticks at the bottom.
-    """
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    groups: dict[tuple[str, str], list[int]] = {}
-    for d in art.decisions:
-        if d.action in ("plan", "schedule"):
-            continue
-        groups.setdefault((_short(d.callback), d.action), []).append(d.step)
-    for i, ((name, action), steps) in enumerate(groups.items()):
-        colour = "red" if action == "stop" else palette[(i + 3) % len(palette)]
-        label = _tex_safe(f"{name}: {action}" + (f" x{len(steps)}" if len(steps) > 1 else ""))
-        if action == "stop" or len(steps) <= max_lines:
-            for j, step in enumerate(steps):
-                ax.axvline(
-                    step,
-                    color=colour,
-                    linestyle="-" if action == "stop" else "--",
-                    linewidth=1.2 if action == "stop" else 0.9,
-                    alpha=0.8,
-                    label=label if j == 0 else None,
-                )
-        else:
-            ax.plot(
-                steps,
-                [0.02] * len(steps),
-                "|",
-                color=colour,
-                markersize=10,
-                transform=ax.get_xaxis_transform(),
-                label=label,
-            )
 
 
 def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
@@ -122,21 +48,12 @@ def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
     ]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.8 * len(groups), 3.8), squeeze=False)
     for ax, (group, label) in zip(axes[0], groups):
-        for key in group:
-            x, y = _series(art, key)
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=_tex_safe(key))
-        _decision_lines(ax, art)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        _series_panel(ax, art, group, label)
     fig.suptitle(f"{_tex_safe(art.name)}: metrics and decisions", fontsize=10)
-    fig.tight_layout()
-    path = out / "metrics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "metrics.png",
         "Metrics",
-        path,
         "Training and validation curves by optimizer step; solid red: a stop, dashed: other "
         "decisions, ticks at the bottom: frequent decisions (see the legend).",
     )
@@ -172,13 +89,10 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="action")
-    fig.tight_layout()
-    path = out / "decisions.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "decisions.png",
         "Decisions",
-        path,
         "When each callback acted; one marker per action (the HTML table gives reasons and evidence).",
     )
 
@@ -195,12 +109,11 @@ def plot_rates(art: RunArtifacts, out: Path) -> Plot | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("rate")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "rates.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
-        "Drop rates", path, "DropoutSchedule: the rate set in the model at every optimizer step."
+    return _save(
+        fig,
+        out / "rates.png",
+        "Drop rates",
+        "DropoutSchedule: the rate set in the model at every optimizer step.",
     )
 
 
@@ -266,13 +179,10 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
         ax2.set_xticks(list(xs), methods)
         ax2.set_ylabel(f"{cov_key} (blue)")
         ax2.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = out / "ces.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "ces.png",
         "Conformalized early stopping",
-        path,
         "Left: hold-out loss of each stored candidate (red: what plain early stopping would pick). "
         "Right: coverage (or type-I error) and set size / width on the test split; dotted: "
         "the target level.",
@@ -300,13 +210,10 @@ def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
     ax.set_xlabel(record.get("x_axis", "x"))
     ax.set_ylabel(_tex_safe(record.get("monitor", "metric")))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "learning_curve.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "learning_curve.png",
         "Learning curve",
-        path,
         "LearningCurveStopping: observations, the extrapolated curve and its band.",
     )
 
@@ -355,13 +262,10 @@ def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
     ax.set_xlabel("optimizer step (green: trained until frozen; blue: never frozen)")
     title = f"frozen fraction {record.get('frozen_fraction', 0):.2f}"
     ax.set_title(title + (f"; names after '{_tex_safe(prefix)}'" if prefix else ""), fontsize=9)
-    fig.tight_layout()
-    path = out / "grades_timeline.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "grades_timeline.png",
         "GradES freeze timeline",
-        path,
         "Each matrix trains until its freeze step (a tick); grey: grace period.",
     )
 
@@ -404,13 +308,10 @@ def plot_darts(art: RunArtifacts, out: Path) -> Plot | None:
         ax2.set_ylabel("edge")
         ax2.set_title("softmax(alpha), normal cell, last epoch", fontsize=9)
         fig.colorbar(image, ax=ax2)
-    fig.tight_layout()
-    path = out / "darts_plus.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return _save(
+        fig,
+        out / "darts_plus.png",
         "DARTS+",
-        path,
         "Skip-connects in the derived cells and the ranking-stability counter per epoch; "
         "right: the normal cell's softmax(alpha) at the last epoch.",
     )
@@ -423,19 +324,12 @@ def plot_gradient_diagnostics(art: RunArtifacts, out: Path) -> Plot | None:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        x, y = _series(art, key)
-        ax.plot(x, y, marker="o", markersize=3, label=_tex_safe(key))
-        _decision_lines(ax, art)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(_tex_safe(key.split("/", 1)[1].replace("_", " ")))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "gradient_diagnostics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+        label = _tex_safe(key.split("/", 1)[1].replace("_", " "))
+        _series_panel(ax, art, [key], label, markers_below=math.inf)
+    return _save(
+        fig,
+        out / "gradient_diagnostics.png",
         "Gradient diagnostics",
-        path,
         "GradientDiagnostics: how much mini-batch gradient directions vary (variance) and how "
         "far they are from the whole-data gradient (error), at each measurement.",
     )
@@ -474,13 +368,15 @@ def make_plots(art: RunArtifacts, out: Path) -> list[Plot]:
     return plots
 
 
-def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
-    """Every run's ``metric`` by optimizer step, labelled by its overrides, stops crossed.
+def sweep_figure(runs: list[RunArtifacts], metric: str) -> tuple[plt.Figure, int]:
+    """The sweep plot's figure: every run's ``metric`` by optimizer step, stops crossed.
 
-    Runs are drawn in the order given (``report_sweep`` sorts them by objective); a run with
-    one or few points gets markers, so a 1-epoch run is visible too.
+    Each run is named in the legend by its parameter values that differ between the runs
+    (:attr:`~eecontrol.report.artifacts.RunArtifacts.legend_name`).
+
+    Returns:
+        The figure (the caller closes it) and how many runs it draws.
     """
-    safe_dir(out)
     fig, ax = plt.subplots(figsize=(11, 4.4))
     drawn = 0
     for art in runs:
@@ -490,7 +386,7 @@ def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
         (line,) = ax.plot(
             x,
             y,
-            label=_tex_safe(art.display_name),
+            label=_tex_safe(art.legend_name),
             linewidth=1.2,
             marker="o" if len(x) < 30 else None,
             markersize=4,
@@ -499,8 +395,7 @@ def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
         if any(d.action == "stop" for d in art.decisions):
             ax.scatter([x[-1]], [y[-1]], marker="x", s=70, color=line.get_color(), zorder=3)
     if not drawn:
-        plt.close(fig)
-        return None
+        return fig, drawn
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(_tex_safe(metric))
     ax.legend(
@@ -512,12 +407,24 @@ def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
     )
     ax.set_title(f"{drawn} of {len(runs)} runs; x = stopped by a callback", fontsize=9)
     fig.tight_layout()
-    path = out / "sweep.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Plot(
+    return fig, drawn
+
+
+def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
+    """Every run's ``metric`` by optimizer step, labelled by its parameters, stops crossed.
+
+    Runs are drawn in the order given (``report_sweep`` sorts them by objective); a run with
+    one or few points gets markers, so a 1-epoch run is visible too.
+    """
+    safe_dir(out)
+    fig, drawn = sweep_figure(runs, metric)
+    if not drawn:
+        plt.close(fig)
+        return None
+    return _save(
+        fig,
+        out / "sweep.png",
         "Sweep",
-        path,
         f"{metric} of every run by optimizer step, runs named by their overrides (best first); "
         "crosses mark runs a callback stopped.",
     )

@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from eecontrol.callbacks._control import Decision
-from eecontrol.report.plots import Plot
+from eecontrol.report.figures import Plot
 
 DECISION_COLUMNS = ["step", "epoch", "callback", "action", "reason", "evidence"]
 

@@ -10,8 +10,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import ListConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from eecontrol.sweep.common import METRICS_ATTR, OBJECTIVE_ATTR, PRUNED_ATTR
-from eecontrol.sweep.liveness import FAIL_REASON_ATTR
+from eecontrol.util.liveness import FAIL_REASON_ATTR, OWNER_ATTR, fail_dead_trials, owner_alive
+from eecontrol.util.optuna_study import METRICS_ATTR, OBJECTIVE_ATTR, PRUNED_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +95,30 @@ def tell_job(
     study.tell(number, state=TrialState.FAIL)
     log.warning("eecontrol_optuna: trial %d FAIL: %s", number, error[:300])
     return ("lost: " if lost else "") + error
+
+
+def recover_trials(study: optuna.Study) -> None:
+    """Fails trials left running by dead processes (a killed earlier sweep or its jobs).
+
+    A dead owner's trial that recorded its result (pruned, or its objective) is told that
+    result; the others are failed; trials of live owners or other hosts are left alone.
+    """
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get(OWNER_ATTR)
+        if owner and owner_alive(str(owner)) is False:
+            # its job ended after recording its result, but no sweeper told it
+            if PRUNED_ATTR in t.system_attrs:
+                study.tell(t.number, state=TrialState.PRUNED)
+            elif OBJECTIVE_ATTR in t.system_attrs:
+                study.tell(t.number, float(t.system_attrs[OBJECTIVE_ATTR]))
+    failed = fail_dead_trials(storage, study._study_id)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in failed:
+            continue
+        owner = t.system_attrs.get(OWNER_ATTR)
+        log.warning(
+            "eecontrol_optuna: trial %d is still RUNNING (owner %s); left alone",
+            t.number,
+            owner or "unknown",
+        )

@@ -156,33 +156,33 @@ class LearningCurvePruner(BasePruner):
         self, study: optuna.Study, trial: FrozenTrial, x: np.ndarray, values: np.ndarray, mode: str
     ) -> RuleResult:
         horizon = self.horizon + 1.0
+        # the options every in-run rule takes
+        common = {
+            "mode": mode,
+            "min_points": self.min_points,
+            "bounds": self.bounds,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
+        }
         if self.rule == "ensemble":
             return in_run_rule(
                 x,
                 values,
                 horizon,
-                mode=mode,
                 min_delta=self.min_delta or 0.0,
                 threshold=self.threshold,
-                min_points=self.min_points,
                 min_r2=self.min_r2,
-                n_bootstrap=self.n_bootstrap,
-                seed=self.seed,
-                bounds=self.bounds,
+                **common,
             )
         if self.rule == "convergence":
             return convergence_rule(
                 x,
                 values,
                 horizon,
-                mode=mode,
                 min_delta=self.min_delta,
                 threshold=self.threshold,
-                min_points=self.min_points,
-                bounds=self.bounds,
                 forecaster=self.forecaster,
-                n_bootstrap=self.n_bootstrap,
-                seed=self.seed,
+                **common,
             )
         best = None
         for t in study.get_trials(deepcopy=False):
@@ -196,13 +196,9 @@ class LearningCurvePruner(BasePruner):
             values,
             horizon,
             best,
-            mode=mode,
             delta=self.threshold,
-            min_points=self.min_points,
-            bounds=self.bounds,
             forecaster=self.forecaster,
-            n_bootstrap=self.n_bootstrap,
-            seed=self.seed,
+            **common,
         )
 
     def _cross_run(

@@ -1,17 +1,25 @@
-"""Reading an ``eecontrol_optuna`` sweep back: its trials, states and best result."""
+"""An ``eecontrol_optuna`` sweep's results: written at its end, read back (trials, states, best)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from eecontrol.sweep.common import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
-from eecontrol.sweep.liveness import FAIL_REASON_ATTR
-from eecontrol.sweep.sweeper import DEFAULT_DB, RESULTS_FILE
+from eecontrol.util.liveness import FAIL_REASON_ATTR
+from eecontrol.util.optuna_study import PRUNED_ATTR, STORAGE_ENV, open_storage, redact
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "optuna.db"
+RESULTS_FILE = "optimization_results.yaml"
 
 
 @dataclass
@@ -124,3 +132,67 @@ def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
             f"params {results.get('best_params')}"
         )
     return True
+
+
+def write_results(
+    study: optuna.Study,
+    sweep_dir: Path,
+    url: str,
+    direction: str | None,
+    directions: list[str] | None,
+    objectives: list[str] | None,
+    metric: str,
+) -> None:
+    """Writes ``optimization_results.yaml`` (best parameters and value, trial counts).
+
+    Args:
+        study: the sweep's study.
+        sweep_dir: the sweep directory.
+        url: the storage URL (written redacted).
+        direction: the study's direction (single objective), or None.
+        directions: the directions of a multi-objective study (its Pareto front is
+            written), or None.
+        objectives: the metrics of a multi-objective study, or None.
+        metric: the monitored metric.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        s.name.lower(): sum(t.state == s for t in trials)
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    }
+    results: dict[str, Any] = {"name": "eecontrol_optuna"}
+    if directions is not None:  # the Pareto front
+        front = study.best_trials
+        results["best_trials"] = [
+            {
+                "number": t.number,
+                "values": [float(v) for v in t.values],
+                "params": dict(t.params),
+            }
+            for t in sorted(front, key=lambda t: t.number)
+        ]
+        log.info("eecontrol_optuna: Pareto front of %d trial(s)", len(front))
+    try:
+        if directions is not None:
+            raise ValueError("multi-objective: see best_trials")
+        best = study.best_trial
+        results["best_params"] = dict(best.params)
+        results["best_value"] = float(best.value)  # type: ignore[arg-type]
+        results["best_trial"] = best.number
+        log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
+    except ValueError:
+        if directions is None:
+            log.warning("eecontrol_optuna: no trial completed; no best parameters")
+    results.update(
+        study_name=study.study_name,
+        storage=redact(url),
+        direction=direction,
+        metric=metric,
+        trials=counts,
+    )
+    if directions is not None:
+        results.update(directions=list(directions), objectives=objectives)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)

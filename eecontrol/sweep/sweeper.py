@@ -3,8 +3,8 @@
 Two modes. ``async`` (the default): launch ``n_jobs`` worker jobs
 (:mod:`eecontrol.sweep.worker`), each asking the shared study for trials and running them
 in-process until the sweep's trials are done; a pruned trial frees its worker at once.
-``batch``, described below: ask the study for a batch of ``n_jobs`` trials, turn each into overrides plus its
-identity (``optuna_trial.*``; the storage URL goes through ``$EECONTROL_OPTUNA_STORAGE``),
+``batch``, described below: ask the study for a batch of ``n_jobs`` trials, turn each into
+overrides plus its identity (``optuna_trial.*``; the storage URL goes through ``$EECONTROL_OPTUNA_STORAGE``),
 launch the batch with the configured launcher (basic, joblib, submitit, ...), and tell the
 study each result. A job's pruning callback reports to its trial and marks it when pruned.
 
@@ -29,42 +29,36 @@ from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.pruners import NopPruner
 from optuna.samplers import BaseSampler, GridSampler
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from eecontrol.sweep.common import (
-    OBJECTIVE_ATTR,
-    PRUNED_ATTR,
-    REPORT_STEPS,
-    STORAGE_ENV,
-    TRIAL_KEY,
-    build_pruner,
-    open_storage,
-    redact,
-    storage_url,
+from eecontrol.sweep.options import (
+    DIRECTIONS,
+    MODES,
+    _plain,
+    check_directions,
+    check_enqueue_trials,
+    check_options,
+    config_text,
 )
-from eecontrol.sweep.liveness import (
-    FAIL_REASON_ATTR,
-    OWNER_ATTR,
-    fail_dead_trials,
-    owner_alive,
-    owner_id,
-)
-from eecontrol.sweep.outcome import tell_job
+from eecontrol.sweep.outcome import recover_trials, tell_job
+from eecontrol.sweep.results import DEFAULT_DB, RESULTS_FILE, write_results
 from eecontrol.sweep.sampling import build_sampler
 from eecontrol.sweep.space import (
     SearchSpace,
-    format_value,
     params_to_arguments,
     parse_search_space,
-    same_params,
     trial_overrides,
 )
+from eecontrol.sweep.study import (
+    RETRY_ATTR,
+    open_study,
+    queue_grid,
+    queue_trials,
+)
 from eecontrol.sweep.worker import (
-    ENQUEUED_ATTR,
     WORKER_KEY,
     SweepTask,
     WorkerSpec,
@@ -75,35 +69,36 @@ from eecontrol.sweep.worker import (
     settle,
     wandb_overrides,
 )
+from eecontrol.util.liveness import (
+    FAIL_REASON_ATTR,
+    OWNER_ATTR,
+    owner_id,
+)
+from eecontrol.util.optuna_study import (
+    STORAGE_ENV,
+    TRIAL_KEY,
+    build_pruner,
+    redact,
+    storage_url,
+)
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {
-    "maximize": "maximize",
-    "max": "maximize",
-    "minimize": "minimize",
-    "min": "minimize",
-}
-RETRY_ATTR = "eecontrol:retry_of"
-DEFAULT_DB = "optuna.db"
-MODES = ("async", "batch")
-RESULTS_FILE = "optimization_results.yaml"
+__all__ = [
+    "DEFAULT_DB",
+    "DIRECTIONS",
+    "MODES",
+    "RESULTS_FILE",
+    "RETRY_ATTR",
+    "SweeperCore",
+    "config_text",
+]
 
 
-def _plain(value: Any) -> Any:
-    """A config node as plain Python (resolved)."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def config_text(value: Any) -> str:
-    """A value (dicts and lists included) as Hydra override text."""
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{config_text(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(config_text(v) for v in value) + "]"
-    return format_value(value)
+def _first_line(err: BaseException) -> str:
+    """``Type: the message's first line`` (at most 300 characters), for a log line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {(text.splitlines()[0] if text else '')[:300]}"
 
 
 class SweeperCore:
@@ -171,68 +166,20 @@ class SweeperCore:
         custom_search_space: str | None = None,
         objectives: Sequence[str] | None = None,
     ) -> None:
-        direction = _plain(direction)
-        many = direction if isinstance(direction, list | tuple) else [direction]
-        for d in many:
-            if (d is not None or len(many) > 1) and str(d) not in DIRECTIONS:
-                raise ValueError(
-                    f"hydra.sweeper.direction must be one of {sorted(DIRECTIONS)} or a list of "
-                    f"them, got {direction!r}."
-                )
-        self.directions = [DIRECTIONS[str(d)] for d in many] if len(many) > 1 else None
-        if isinstance(direction, list | tuple):
-            direction = many[0] if len(many) == 1 else None
-        self.objectives = None if objectives is None else [str(o) for o in _plain(objectives)]
-        if self.objectives is not None and (
-            self.directions is None or len(self.objectives) != len(self.directions)
-        ):
-            raise ValueError(
-                f"hydra.sweeper.objectives={self.objectives} needs one metric per direction of a "
-                f"multi-objective study, got direction={direction!r}."
-            )
-        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
-            if name == "n_trials" and value is None:
-                continue  # a grid: every point
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"hydra.sweeper.{name} must be an integer >= 1, got {value!r}.")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(
-                f"hydra.sweeper.max_retries must be an integer >= 0, got {max_retries!r}."
-            )
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-            raise ValueError(f"hydra.sweeper.timeout must be seconds > 0 or null, got {timeout!r}.")
-        if report_step not in REPORT_STEPS:
-            raise ValueError(
-                f"hydra.sweeper.report_step must be one of {list(REPORT_STEPS)}, got {report_step!r}."
-            )
-        if mode not in MODES:
-            raise ValueError(f"hydra.sweeper.mode must be one of {list(MODES)}, got {mode!r}.")
-        for name, value in (
-            ("heartbeat_interval", heartbeat_interval),
-            ("grace_period", grace_period),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(
-                    f"hydra.sweeper.{name} must be an integer >= 1 (seconds) or null, got {value!r}."
-                )
-        if max_failure_rate is not None and (
-            isinstance(max_failure_rate, bool)
-            or not isinstance(max_failure_rate, int | float)
-            or not 0.0 <= max_failure_rate <= 1.0
-        ):
-            raise ValueError(
-                f"hydra.sweeper.max_failure_rate must be in [0, 1] or null, got {max_failure_rate!r}."
-            )
+        self.directions, self.direction, self.objectives = check_directions(direction, objectives)
+        check_options(
+            n_trials,
+            n_jobs,
+            max_retries,
+            timeout,
+            report_step,
+            mode,
+            heartbeat_interval,
+            grace_period,
+            max_failure_rate,
+        )
         self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
-        self.enqueue_trials = [dict(p) for p in (_plain(enqueue_trials) or [])]
-        for p in self.enqueue_trials:
-            if not isinstance(p, dict) or not p:
-                raise ValueError(
-                    "hydra.sweeper.enqueue_trials must be a list of {parameter: value} maps, "
-                    f"got {p!r}."
-                )
+        self.enqueue_trials = check_enqueue_trials(enqueue_trials)
         self.custom_search_space = custom_search_space
         self._extender = load_extender(custom_search_space)
         self.mode = mode
@@ -240,7 +187,6 @@ class SweeperCore:
         self.task: SweepTask | None = None
         self.sampler_cfg = _plain(sampler)
         self.pruner_cfg = _plain(pruner)
-        self.direction = None if direction is None else DIRECTIONS[str(direction)]
         self.storage = storage
         self.study_name = study_name
         self.n_trials = None if n_trials is None else int(n_trials)
@@ -322,31 +268,7 @@ class SweeperCore:
             )
         url = self._url = self._storage_url()
         name = self.study_name or Path(str(self.sweep_dir)).name
-        study = optuna.create_study(
-            storage=open_storage(url),
-            study_name=name,
-            sampler=sampler,
-            pruner=pruner,
-            direction=None if self.directions else self.direction,
-            directions=self.directions,
-            load_if_exists=True,
-        )
-        if self.directions is not None:
-            stored = [d.name.lower() for d in study.directions]
-            if stored != self.directions:
-                raise ValueError(
-                    f"study {name!r} in {redact(url)} is set to {stored}, but "
-                    f"hydra.sweeper.direction={self.directions}; use another study_name."
-                )
-        elif (
-            study._is_multi_objective()
-            or study.direction != StudyDirection[str(self.direction).upper()]
-        ):
-            raise ValueError(
-                f"study {name!r} in {redact(url)} is set to "
-                f"{[d.name.lower() for d in study.directions]}, but "
-                f"hydra.sweeper.direction={self.direction}; use another study_name."
-            )
+        study = open_study(url, name, sampler, pruner, self.direction, self.directions)
         os.environ[STORAGE_ENV] = url  # the jobs' storage (never written into their configs)
         log.info(
             "eecontrol_optuna: study %r in %s, sampler %s, pruner %s, %s %s",
@@ -361,24 +283,9 @@ class SweeperCore:
         first = len(study.get_trials(deepcopy=False))  # this sweep's trials: from here on
         names = list(space.distributions)
         if isinstance(sampler, GridSampler):
-            points = space.grid_points()
-            if self.n_trials is not None and self.n_trials < len(points):
-                log.info(
-                    "eecontrol_optuna: the first %d of %d grid points", self.n_trials, len(points)
-                )
-                points = points[: self.n_trials]
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            budget = sum(not any(same_params(_params(t), p, names) for t in done) for p in points)
-            self._enqueue_grid(study, points, names)
+            budget = queue_grid(study, space.grid_points(), names, self.n_trials)
         else:
-            if self.n_trials is None:
-                raise ValueError(
-                    "hydra.sweeper.n_trials=null needs the grid sampler; give a number."
-                )
-            budget = max(0, self.n_trials - self._finished(study))
-            self._enqueue_failed(study, names)
-            for p in self.enqueue_trials:  # known-good configurations first
-                study.enqueue_trial(p, user_attrs={ENQUEUED_ATTR: True}, skip_if_exists=True)
+            budget = queue_trials(study, names, self.n_trials, self.enqueue_trials)
         log.info("eecontrol_optuna: %d trial(s) to run (%s mode)", budget, self._mode())
         if self._mode() == "async":
             self._run_async(study, name, space, list(arguments), budget, first)
@@ -488,12 +395,10 @@ class SweeperCore:
             try:
                 returns = self.launcher.launch(workers, initial_job_idx=0)
             except Exception as err:  # a lost worker must not end the sweep
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 log.warning(
-                    "eecontrol_optuna: the launcher failed for the workers (%s: %s); the "
+                    "eecontrol_optuna: the launcher failed for the workers (%s); the "
                     "study keeps what they finished",
-                    type(err).__name__,
-                    first_line[:300],
+                    _first_line(err),
                 )
                 returns = []
             for i, ret in enumerate(returns):
@@ -510,65 +415,9 @@ class SweeperCore:
                 self.failures.append(f"trial {t.number}: {reason[:200]}")
         self._check_failure_rate(study, first)
 
-    @staticmethod
-    def _finished(study: optuna.Study) -> int:
-        return len(
-            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        )
-
     def _recover(self, study: optuna.Study) -> None:
         """Fails trials left running by dead processes (a killed earlier sweep or its jobs)."""
-        storage = study._storage
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.system_attrs.get(OWNER_ATTR)
-            if owner and owner_alive(str(owner)) is False:
-                # its job ended after recording its result, but no sweeper told it
-                if PRUNED_ATTR in t.system_attrs:
-                    study.tell(t.number, state=TrialState.PRUNED)
-                elif OBJECTIVE_ATTR in t.system_attrs:
-                    study.tell(t.number, float(t.system_attrs[OBJECTIVE_ATTR]))
-        failed = fail_dead_trials(storage, study._study_id)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number in failed:
-                continue
-            owner = t.system_attrs.get(OWNER_ATTR)
-            log.warning(
-                "eecontrol_optuna: trial %d is still RUNNING (owner %s); left alone",
-                t.number,
-                owner or "unknown",
-            )
-
-    def _enqueue_grid(
-        self, study: optuna.Study, points: list[dict[str, Any]], names: list[str]
-    ) -> None:
-        """Queues, in order, the grid points that have no finished or waiting trial."""
-        have = study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
-        )
-        for p in points:
-            if not any(same_params(_params(t), p, names) for t in have):
-                study.enqueue_trial(p)
-
-    def _enqueue_failed(self, study: optuna.Study, names: list[str]) -> None:
-        """On a rerun, asks again the parameters of failed trials that no trial finished."""
-        trials = study.get_trials(deepcopy=False)
-        done = [
-            t
-            for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
-        ]
-        queued: list[dict[str, Any]] = []
-        for t in trials:
-            if t.state != TrialState.FAIL or not t.params:
-                continue
-            p = {k: t.params[k] for k in names if k in t.params}
-            if len(p) != len(names) or any(same_params(_params(d), p, names) for d in done):
-                continue
-            if any(same_params(q, p, names) for q in queued):
-                continue
-            log.info("eecontrol_optuna: asking again the parameters of failed trial %d", t.number)
-            study.enqueue_trial(p, user_attrs={RETRY_ATTR: t.number})
-            queued.append(p)
+        recover_trials(study)
 
     def _job_overrides(self, trial: optuna.Trial, space: SearchSpace) -> list[str]:
         ident = {**self._ident(trial.study.study_name), "number": trial.number}
@@ -595,13 +444,11 @@ class SweeperCore:
                 raise RuntimeError(f"trial numbers of one batch are not consecutive: {numbers}")
             returns = self.launcher.launch(overrides, initial_job_idx=numbers[0])
         except Exception as err:  # one job's fault must not end the sweep
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             log.warning(
-                "eecontrol_optuna: the launcher failed for trials %s (%s: %s); reading their "
+                "eecontrol_optuna: the launcher failed for trials %s (%s); reading their "
                 "results from the study",
                 numbers,
-                type(err).__name__,
-                first[:300],
+                _first_line(err),
             )
             returns = [None] * len(batch)
         for trial, ret in zip(batch, returns):
@@ -634,47 +481,12 @@ class SweeperCore:
     def _write_results(self, study: optuna.Study, url: str) -> None:
         """Writes ``optimization_results.yaml`` (best parameters and value, trial counts)."""
         assert self.sweep_dir is not None
-        trials = study.get_trials(deepcopy=False)
-        counts = {
-            s.name.lower(): sum(t.state == s for t in trials)
-            for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-        }
-        results: dict[str, Any] = {"name": "eecontrol_optuna"}
-        if self.directions is not None:  # the Pareto front
-            front = study.best_trials
-            results["best_trials"] = [
-                {
-                    "number": t.number,
-                    "values": [float(v) for v in t.values],
-                    "params": dict(t.params),
-                }
-                for t in sorted(front, key=lambda t: t.number)
-            ]
-            log.info("eecontrol_optuna: Pareto front of %d trial(s)", len(front))
-        try:
-            if self.directions is not None:
-                raise ValueError("multi-objective: see best_trials")
-            best = study.best_trial
-            results["best_params"] = dict(best.params)
-            results["best_value"] = float(best.value)  # type: ignore[arg-type]
-            results["best_trial"] = best.number
-            log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
-        except ValueError:
-            if self.directions is None:
-                log.warning("eecontrol_optuna: no trial completed; no best parameters")
-        results.update(
-            study_name=study.study_name,
-            storage=redact(url),
+        write_results(
+            study,
+            self.sweep_dir,
+            url,
             direction=self.direction,
+            directions=self.directions,
+            objectives=self.objectives,
             metric=self._monitor(),
-            trials=counts,
         )
-        if self.directions is not None:
-            results.update(directions=list(self.directions), objectives=self.objectives)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
-
-
-def _params(trial: FrozenTrial) -> dict[str, Any]:
-    """A trial's parameters, or the ones it was enqueued with (waiting trials)."""
-    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})

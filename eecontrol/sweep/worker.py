@@ -38,22 +38,23 @@ from omegaconf import DictConfig, open_dict
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from eecontrol.sweep.common import (
+from eecontrol.sweep.options import config_text
+from eecontrol.sweep.outcome import tell_job
+from eecontrol.sweep.sampling import build_sampler
+from eecontrol.sweep.space import format_value, parse_search_space, trial_overrides
+from eecontrol.util.liveness import (
+    FAIL_REASON_ATTR,
+    fail_dead_trials,
+    mark_owner,
+    watch_parent,
+)
+from eecontrol.util.optuna_study import (
     STORAGE_ENV,
     build_pruner,
     driver_url,
     rdb_storage,
     storage_from_env,
 )
-from eecontrol.sweep.liveness import (
-    FAIL_REASON_ATTR,
-    fail_dead_trials,
-    mark_owner,
-    watch_parent,
-)
-from eecontrol.sweep.outcome import tell_job
-from eecontrol.sweep.sampling import build_sampler
-from eecontrol.sweep.space import format_value, parse_search_space, trial_overrides
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +392,6 @@ class SweepTask:
             mark_owner(storage, trial._trial_id)
             storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, index)
             ident = {**spec.ident, "number": trial.number}
-            from eecontrol.sweep.sweeper import config_text
-
             overrides = [
                 *trial_overrides(trial.params, space),
                 *wandb_overrides(self.config, spec.study_name, trial.number),

@@ -116,19 +116,12 @@ cs.store(
         "custom_search_space": None,  # module.function(cfg, trial): conditional parameters
     },
 )
-for _name, _node in SAMPLERS.items():
-    cs.store(
-        group="hydra/sweeper/eecontrol_sampler",
-        name=_name,
-        node=_node,
-        package="hydra.sweeper.sampler",
-        provider="eecontrol",
-    )
-for _name, _node in PRUNERS.items():
-    cs.store(
-        group="hydra/sweeper/eecontrol_pruner",
-        name=_name,
-        node=_node,
-        package="hydra.sweeper.pruner",
-        provider="eecontrol",
-    )
+for _kind, _nodes in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+    for _name, _node in _nodes.items():
+        cs.store(
+            group=f"hydra/sweeper/eecontrol_{_kind}",
+            name=_name,
+            node=_node,
+            package=f"hydra.sweeper.{_kind}",
+            provider="eecontrol",
+        )
