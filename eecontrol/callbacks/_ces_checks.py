@@ -1,17 +1,21 @@
 """Setup and end-of-fit checks of ConformalEarlyStopping that only warn or explain.
 
-Each function returns a message (or None); the callback decides how to say it.
+Each function returns a message (or None); the callback decides how to say it. The
+Lightning-free messages (levels too small, swapped quantiles) live in
+:mod:`eecontrol.core.conformal.messages`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from torch import Tensor
 
-from eecontrol.core import conformal as core
+from eecontrol.core.conformal.messages import (  # re-exported: the callback says them
+    alpha_message,
+    class_counts_message,
+    smallest_alpha,
+    swapped_quantiles_message,
+)
 
 # eecontrol callbacks that may stop training (on training-only signals, else CES refuses them)
 _STOPPERS = frozenset({"GradES", "LearningCurveStopping", "DARTSPlusStopping"})
@@ -70,53 +74,52 @@ def fsdp_model(trainer: pl.Trainer) -> object | None:
     return model if isinstance(model, FullyShardedDataParallel) else None
 
 
-def smallest_alpha(n: int) -> float:
-    """The smallest level at which ``n`` calibration points give a finite quantile: 1/(n+1)."""
-    return 1.0 / (n + 1)
+__all__ = [
+    "alpha_message",
+    "can_stop",
+    "class_counts_message",
+    "few_candidates_message",
+    "fsdp_model",
+    "late_stoppers",
+    "lr_message",
+    "order_message",
+    "refuse_fsdp_bypass",
+    "smallest_alpha",
+    "stopped_message",
+    "swapped_quantiles_message",
+]
 
 
-def alpha_message(alpha: float, n: int, what: str) -> str | None:
-    """Says when ``alpha`` is too small for ``n`` calibration points (None when it is not).
-
-    With ``ceil((1 - alpha)(n + 1)) > n`` the conformal quantile is infinite: every
-    interval is the whole line, every set holds every label, no outlier is ever flagged.
-    """
-    if n <= 0 or core.conformal_rank(n, alpha) <= n:
-        return None
+def stopped_message(trainer: pl.Trainer, ces: Callback, when: str) -> str:
+    """Says that training was stopped ``when``, by which callbacks (CES never stops)."""
+    stoppers = [
+        type(cb).__name__
+        for cb in trainer.callbacks
+        if cb is not ces and getattr(cb, "stopped_epoch", None) not in (None, 0)
+    ]
     return (
-        f"alpha={alpha} is too small for {n} {what}: ceil((1 - alpha)(n + 1)) = "
-        f"{core.conformal_rank(n, alpha)} > n, so every interval is the whole line, every "
-        f"prediction set holds every label and no outlier is flagged. The smallest alpha that "
-        f"{n} points support is 1/(n + 1) = {smallest_alpha(n):.4g}; use more hold-out points "
-        "or a larger alpha."
+        f"training was stopped {when} "
+        f"(by {', '.join(stoppers) if stoppers else 'trainer.should_stop set by hand'}). "
+        "CES keeps the candidates stored so far; if the stop depended on hold-out metrics, "
+        "the conformal guarantee is void."
     )
 
 
-def class_counts_message(alpha: float, targets: Tensor, conditional: bool) -> str | None:
-    """:func:`alpha_message` for classification: label-conditional sets use each class's points."""
-    if not conditional:
-        return alpha_message(alpha, int(targets.numel()), "hold-out points")
-    counts = targets.long().bincount()
-    present = counts[counts > 0]
-    if present.numel() == 0:
-        return None
-    smallest = int(present.min())
-    label = int((counts == smallest).nonzero()[0])
-    return alpha_message(
-        alpha, smallest, f"hold-out points of class {label} (label-conditional calibration)"
+def lr_message(before: list[float], now: list[float], epoch: int) -> str:
+    """Says that the learning rate changed without a scheduler Lightning knows of."""
+    return (
+        f"the learning rate changed from {before} to {now} before epoch "
+        f"{epoch} without a scheduler configured in Lightning (a "
+        "hand-stepped scheduler?). If the change depends on hold-out metrics, the "
+        "conformal guarantee is void."
     )
 
 
-def swapped_quantiles_message(out: Tensor, epoch: int, levels: Sequence[float]) -> str | None:
-    """Warns when a quantile model's column 0 exceeds column 1 on most hold-out points."""
-    if out.dim() != 2 or out.shape[1] != 2 or out.shape[0] == 0:
-        return None
-    share = float((out[:, 0] > out[:, 1]).double().mean())
-    if share <= 0.5:
-        return None
+def few_candidates_message(stored: int, planned: int | None) -> str:
+    """Says that fewer than two candidates were stored: nothing to select between."""
     return (
-        f"the model's first output column exceeds its second on {share:.0%} of the hold-out "
-        f"points (candidate of epoch {epoch}). CES reads the columns as (lower, upper) "
-        f"quantiles at levels {list(levels)}; the model looks trained with them swapped "
-        "(upper, lower), which gives wrong selection losses and intervals. Return (lower, upper)."
+        f"only {stored} candidate(s) stored (the plan: {planned}); CES "
+        "selects among candidates and has nothing to select between"
+        + ("" if stored else ", and no ConformalPredictor can be built")
+        + ". Lower storage_period or storage_start, or train longer."
     )

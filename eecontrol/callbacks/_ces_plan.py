@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
+
+from eecontrol.core.checks import check_range
 
 UNITS = ("epochs", "steps")
 
@@ -183,3 +186,29 @@ def plan_messages(
             )
         )
     return out
+
+
+def check_storage_start(start: object, unit: str) -> None:
+    """Validates ``storage_start``: an integer >= 0 (units) or a fraction in [0, 1)."""
+    if isinstance(start, float):
+        if not 0.0 <= start < 1.0:  # also NaN
+            of = "max_epochs" if unit == "epochs" else "estimated_stepping_batches"
+            raise ValueError(
+                f"`storage_start` must be an integer number of {unit} in [0, inf) "
+                f"or a fraction of {of} in [0.0, 1.0), got {start!r}."
+            )
+    else:
+        check_range("storage_start", start, low=0, integer=True)
+
+
+def plan_evidence(plan: StoragePlan, n: int, task: str, checked: dict[str, str]) -> dict[str, Any]:
+    """The evidence of the ``plan`` decision: the plan, the hold-out size, what was checked."""
+    return {
+        "holdout_points": n,
+        "planned_candidates": plan.candidates,
+        "storage_unit": plan.unit,
+        "run_length": plan.total,
+        "task": task,
+        "callbacks_checked": "; ".join(f"{k}: {v}" for k, v in checked.items()) or "none",
+        "callbacks_warned": sum(v.endswith("warned") for v in checked.values()),
+    }
