@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 # and the config package do not import torch and Lightning.
 _LAZY = {
     "ConformalEarlyStopping": "eecontrol.callbacks",
-    "ConformalPredictor": "eecontrol.callbacks",
+    "ConformalPredictor": "eecontrol.core.conformal.predictor",
     "ControlCallback": "eecontrol.callbacks",
     "DARTSPlusStopping": "eecontrol.callbacks",
     "Decision": "eecontrol.callbacks",
@@ -17,11 +17,11 @@ _LAZY = {
     "GradientDiagnostics": "eecontrol.callbacks",
     "LearningCurveStopping": "eecontrol.callbacks",
     "LearningCurvePruner": "eecontrol.sweep.pruner",
-    "CurveStore": "eecontrol.sweep.store",
+    "CurveStore": "eecontrol.core.curves.store",
     "PredictiveHalvingPruner": "eecontrol.sweep.halving",
-    "OptunaPruning": "eecontrol.sweep.trial",
-    "ResumableCheckpoint": "eecontrol.resume",
-    "EpochSeed": "eecontrol.resume",
+    "OptunaPruning": "eecontrol.callbacks.optuna_pruning",
+    "ResumableCheckpoint": "eecontrol.callbacks.checkpoint",
+    "EpochSeed": "eecontrol.callbacks.seeding",
 }
 
 
@@ -41,7 +41,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from eecontrol.callbacks import (
         ConformalEarlyStopping,
-        ConformalPredictor,
         ControlCallback,
         DARTSPlusStopping,
         Decision,
@@ -50,11 +49,13 @@ if TYPE_CHECKING:
         GradientDiagnostics,
         LearningCurveStopping,
     )
-    from eecontrol.resume import EpochSeed, ResumableCheckpoint
+    from eecontrol.callbacks.checkpoint import ResumableCheckpoint
+    from eecontrol.callbacks.optuna_pruning import OptunaPruning
+    from eecontrol.callbacks.seeding import EpochSeed
+    from eecontrol.core.conformal.predictor import ConformalPredictor
+    from eecontrol.core.curves.store import CurveStore
     from eecontrol.sweep.halving import PredictiveHalvingPruner
     from eecontrol.sweep.pruner import LearningCurvePruner
-    from eecontrol.sweep.store import CurveStore
-    from eecontrol.sweep.trial import OptunaPruning
 
 try:
     __version__ = version("eecontrol")
