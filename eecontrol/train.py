@@ -1,7 +1,7 @@
-"""``eecontrol-train``: a re-export shim of :mod:`eecontrol.app.main` and :mod:`eecontrol.app.train`.
+"""``eecontrol-train``: a re-export shim of :mod:`eecontrol.app.train` and :mod:`eecontrol.app.job`.
 
 ``main`` (the console script) is light; every other name (``train``, ``finalize_run``,
-``sweeper_value``, ...) is imported from :mod:`eecontrol.app.train` on first use, so that
+``sweeper_value``, ...) is imported from :mod:`eecontrol.app.job` on first use, so that
 ``eecontrol-train --help`` imports neither torch nor Lightning.
 """
 
@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from eecontrol.app.main import hydra_main, main
+from eecontrol.app.train import hydra_main, main
 
 __all__ = ["hydra_main", "main"]
 
 
 def __getattr__(name: str) -> Any:
-    """Names of :mod:`eecontrol.app.train` (imported on first use)."""
+    """Names of :mod:`eecontrol.app.job` (imported on first use)."""
     if name.startswith("__"):  # import machinery probes (``__path__``): no training import
         raise AttributeError(name)
-    module = importlib.import_module("eecontrol.app.train")
+    module = importlib.import_module("eecontrol.app.job")
     try:
         return getattr(module, name)
     except AttributeError:

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from eecontrol._quiet import silence_third_party_noise
-from eecontrol.app.train import _instantiate_group, finish_wandb
+from eecontrol.app.job import _instantiate_group, finish_wandb
 from eecontrol.util.files import CHECKPOINT_DIR, LAST
 
 EVAL_FILE = "eval_metrics.json"

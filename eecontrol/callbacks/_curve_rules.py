@@ -111,6 +111,14 @@ def evaluate_rules(
     in_run: RuleResult | None = None
     y = np.asarray(cb._values, dtype=float)
     x = cb._x()
+    # the band and forecaster of the convergence and sweep rules
+    forecast = {
+        "band": cb.band,
+        "bounds": cb.bounds,
+        "forecaster": cb.forecaster,
+        "n_bootstrap": cb.n_bootstrap,
+        "seed": cb.seed,
+    }
     if cb.in_run or cb.log_prediction:
         if horizon is None:
             results.append(
@@ -141,11 +149,7 @@ def evaluate_rules(
                     min_delta=cb.min_delta,
                     threshold=cb.threshold,
                     min_points=cb.min_points,
-                    band=cb.band,
-                    bounds=cb.bounds,
-                    forecaster=cb.forecaster,
-                    n_bootstrap=cb.n_bootstrap,
-                    seed=cb.seed,
+                    **forecast,
                 )
             )
         elif cb._store is not None:
@@ -158,11 +162,7 @@ def evaluate_rules(
                     mode=cb.mode,
                     delta=cb.threshold,
                     min_points=cb.min_points,
-                    band=cb.band,
-                    bounds=cb.bounds,
-                    forecaster=cb.forecaster,
-                    n_bootstrap=cb.n_bootstrap,
-                    seed=cb.seed,
+                    **forecast,
                 )
             )
         if results:

@@ -18,6 +18,18 @@ from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
 from tests.core.test_drop_targets import Block
 
 
+def logged_rates(path, key: str = "dropout/rate") -> dict[int, float]:
+    """``{step: rate}`` of the rows of a CSV logger's ``metrics.csv`` that hold ``key``."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    col, step_col = header.index(key), header.index("step")
+    return {
+        int(row.split(",")[step_col]): float(row.split(",")[col])
+        for row in lines[1:]
+        if row.split(",")[col]
+    }
+
+
 class RateRecorder(Callback):
     """Records, at every training micro-batch, the rates really set in the model."""
 
@@ -293,14 +305,7 @@ def test_logged_rate_series_has_a_point_at_every_change(tmp_path, mode, schedule
     )
     trainer.fit(digits_model(), datamodule=digits_data())
     assert trainer.global_step == 12
-    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    col, step_col = header.index("dropout/rate"), header.index("step")
-    logged = {
-        int(row.split(",")[step_col]): float(row.split(",")[col])
-        for row in lines[1:]
-        if row.split(",")[col]
-    }
+    logged = logged_rates(tmp_path / "csv" / "version_0" / "metrics.csv")
     schedule_at = {s: drop_rate(s, 0.2, 12, 7, mode, schedule) for s in range(12)}
     changes = [s for s in range(1, 12) if schedule_at[s] != schedule_at[s - 1]]
     # the schedule really changes: at the cutoff (early constant), or every step after it

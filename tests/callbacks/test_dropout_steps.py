@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from eecontrol import DropoutSchedule
 from eecontrol.core.schedules import drop_rate
 from tests.callbacks.llm_setting import TinyLlama, loaders
+from tests.callbacks.test_dropout import logged_rates
 from tests.conftest import make_trainer
 
 
@@ -148,12 +149,5 @@ def test_rate_is_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp_path)
     # self.log only when the rate changes (for Lightning's progress bar): on, then off
     assert [c for c in calls if c == "dropout/rate"] == ["dropout/rate"] * 2
     assert "dropout/rate" in trainer.progress_bar_metrics
-    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    col, step_col = header.index("dropout/rate"), header.index("step")
-    logged = {
-        int(row.split(",")[step_col]): float(row.split(",")[col])
-        for row in lines[1:]
-        if row.split(",")[col]
-    }
+    logged = logged_rates(tmp_path / "csv" / "version_0" / "metrics.csv")
     assert logged == {s: drop_rate(s, 0.2, 8, 4) for s in (0, 2, 4, 6)}

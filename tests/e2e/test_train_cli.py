@@ -16,12 +16,15 @@ pytestmark = pytest.mark.e2e
 TRAIN = shutil.which("eecontrol-train") or str(Path(sys.executable).parent / "eecontrol-train")
 
 
-def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, timeout: int = 300, status: int = 0
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)  # the messages as a user sees them
     out = subprocess.run(
         [TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
-    assert out.returncode == 0, (
+    assert out.returncode == status, (
         f"exit {out.returncode}\nSTDOUT\n{out.stdout[-3000:]}\nSTDERR\n{out.stderr[-5000:]}"
     )
     return out
@@ -120,17 +123,7 @@ def test_grades_on_a_cnn_is_a_one_line_error_before_training(tmp_path):
     The run ends before its first training step with status 1 and one ``eecontrol-train:``
     line that names what to pass; errors from the user's own code keep their traceback.
     """
-    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    out = subprocess.run(
-        [TRAIN, "callbacks=[default,grades]", "trainer.max_epochs=1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert out.returncode == 1, out.stderr[-3000:]
+    out = _run(["callbacks=[default,grades]", "trainer.max_epochs=1"], tmp_path, status=1)
     ours = [x for x in out.stderr.splitlines() if x.startswith("eecontrol-train: ")]
     assert len(ours) == 1, out.stderr[-3000:]
     assert "GradES found no repeated blocks" in ours[0] and "`patterns`" in ours[0]

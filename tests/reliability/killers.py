@@ -48,7 +48,7 @@ class KillAfterSave(Checkpoint):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.where == "report":
-            import eecontrol.app.train as train
+            import eecontrol.app.job as train
 
             def killed(*args: Any, **kwargs: Any) -> Any:
                 _die()
