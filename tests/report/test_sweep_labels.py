@@ -91,3 +91,37 @@ def test_sweep_tables_hide_the_trial_identity_and_round_values(tmp_path, table, 
     assert "0.0012345678901234" not in text and "3.4567891e-05" not in text  # rounded
     assert "optuna_trial" not in text and "MedianPruner" not in text  # internal identity
     assert "hparams_search" not in text  # shared by every run
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("0.0012345678901234", "0.001235"),
+        ("3.4567891e-05", "3.457e-05"),
+        ("0.1", "0.1"),  # short: the user's spelling is kept
+        ("1.0", "1.0"),
+        ("1e-3", "1e-3"),
+        ("12345678", "12345678"),  # an integer is never rounded
+        ("nan", "nan"),
+        ("adamw", "adamw"),
+        ("'0.5e'", "'0.5e'"),
+    ],
+)
+def test_round_number_rounds_only_long_decimals(text, shown):
+    from eecontrol.report.artifacts import round_number
+
+    assert round_number(text) == shown
+
+
+def test_legend_keys_keep_enough_of_a_dotted_name_to_tell_them_apart(tmp_path):
+    runs = []
+    for i in range(2):
+        art = RunArtifacts(path=tmp_path / str(i))
+        art.overrides = [f"model.encoder.dropout={0.1 * (i + 1)}", f"model.decoder.dropout={i}"]
+        runs.append(art)
+    label_runs(runs)
+    assert [r.legend_name for r in runs] == [
+        "encoder.dropout=0.1 decoder.dropout=0",
+        "encoder.dropout=0.2 decoder.dropout=1",
+    ]
+    assert runs[0].display_name == "model.encoder.dropout=0.1 model.decoder.dropout=0"
