@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from eecontrol import DropoutSchedule
 from eecontrol.core.schedules import drop_rate
 from tests.callbacks.llm_setting import TinyLlama, loaders
-from tests.conftest import make_trainer
+from tests.conftest import count_log_calls, csv_lines, make_trainer
 
 
 class AttentionRates(Callback):
@@ -124,14 +124,7 @@ def test_rate_is_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp_path)
     # the rate goes to the loggers directly, on the first micro-batch of a logged step only.
     cb = DropoutSchedule(p=0.2, mode="early", cutoff=0.5)
     module = TinyLlama()
-    calls: list[str] = []
-    original = module.log
-
-    def counting_log(name, *args, **kwargs):
-        calls.append(name)
-        return original(name, *args, **kwargs)
-
-    module.log = counting_log
+    calls = count_log_calls(module)
     trainer, rec, _ = _fit(
         tmp_path,
         cb,
@@ -148,7 +141,7 @@ def test_rate_is_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp_path)
     # self.log only when the rate changes (for Lightning's progress bar): on, then off
     assert [c for c in calls if c == "dropout/rate"] == ["dropout/rate"] * 2
     assert "dropout/rate" in trainer.progress_bar_metrics
-    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    lines = csv_lines(tmp_path)
     header = lines[0].split(",")
     col, step_col = header.index("dropout/rate"), header.index("step")
     logged = {
