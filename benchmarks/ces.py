@@ -36,7 +36,9 @@ import itertools
 import json
 import math
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,9 @@ from eecontrol.recipes.regression import load_regression_data
 from sklearn.datasets import load_digits
 
 from eecontrol.core import conformal as core
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import write_json
 
 ALPHA = 0.1
 
@@ -106,6 +111,29 @@ def _outputs(task: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((out - x) ** 2).sum(-1)
 
 
+def train_epoch(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    batch_size: int,
+    g: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """One epoch of minibatch steps of R networks at once, each replicate's rows in its own
+    order drawn from ``g``; ``loss_fn(out, xb, yb)`` is the summed batch loss."""
+    reps, n = x_train.shape[:2]
+    rows = torch.arange(reps).unsqueeze(1)
+    perm = torch.argsort(torch.rand(reps, n, generator=g), dim=1)
+    for lo in range(0, n, batch_size):
+        idx = perm[:, lo : lo + batch_size]
+        xb, yb = x_train[rows, idx], y_train[rows, idx]
+        loss = loss_fn(net(xb), xb, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def train_batched(
     task: str,
     sizes: list[int],
@@ -120,20 +148,15 @@ def train_batched(
 ) -> dict[str, torch.Tensor]:
     """Trains R networks side by side; returns per-epoch outputs on each eval set (T, R, n, ...)."""
     g = torch.Generator().manual_seed(seed)
-    reps, n = x_train.shape[:2]
-    net = BatchedMLP(reps, sizes, relu_after, g)
+    net = BatchedMLP(x_train.shape[0], sizes, relu_after, g)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     history: dict[str, list[torch.Tensor]] = {k: [] for k in evals}
-    rows = torch.arange(reps).unsqueeze(1)
+
+    def loss_fn(out: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return _per_sample_loss(task, out, xb, yb).mean(dim=1).sum()
+
     for _ in range(epochs):
-        perm = torch.argsort(torch.rand(reps, n, generator=g), dim=1)
-        for lo in range(0, n, batch_size):
-            idx = perm[:, lo : lo + batch_size]
-            xb, yb = x_train[rows, idx], y_train[rows, idx]
-            loss = _per_sample_loss(task, net(xb), xb, yb).mean(dim=1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(net, opt, x_train, y_train, batch_size, g, loss_fn)
         with torch.no_grad():
             for name, x in evals.items():
                 history[name].append(_outputs(task, net(x), x).to(torch.float64))
@@ -488,10 +511,8 @@ def main() -> None:
                 for res in run_setting(task, data, n, args.reps, args.epochs, args.seed):
                     result["settings"].append(res)
                     print(json.dumps(res), flush=True)
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(result, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+                    write_json(args.out, result)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

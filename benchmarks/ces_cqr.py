@@ -50,7 +50,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ces import BatchedMLP, regression_splits, split_targets, summarise
+from _shared import write_json
+from ces import BatchedMLP, regression_splits, split_targets, summarise, train_epoch
 
 from eecontrol.core import conformal as core
 
@@ -110,7 +111,7 @@ def train_quantile(
 ) -> dict[str, torch.Tensor]:
     """Trains R quantile networks side by side; outputs (T, R, n, 2) on each eval set."""
     g = torch.Generator().manual_seed(seed)
-    reps, n, p = x_train.shape
+    reps, _, p = x_train.shape
     net = BatchedMLP(reps, [p, 128, 128, 2], {0, 1}, g)
     with torch.no_grad():  # the authors' initialisation: orthogonal weights, zero biases
         for w, b in zip(net.weights, net.biases):
@@ -121,16 +122,16 @@ def train_quantile(
             b.zero_()
     opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     history: dict[str, list[torch.Tensor]] = {k: [] for k in evals}
-    rows = torch.arange(reps).unsqueeze(1)
     for epoch in range(epochs):
-        perm = torch.argsort(torch.rand(reps, n, generator=g), dim=1)
-        for lo in range(0, n, batch_size):
-            idx = perm[:, lo : lo + batch_size]
-            xb, yb = x_train[rows, idx], y_train[rows, idx]
-            loss = _pinball_sum(net(xb), yb).mean(dim=1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(
+            net,
+            opt,
+            x_train,
+            y_train,
+            batch_size,
+            g,
+            lambda out, _, yb: _pinball_sum(out, yb).mean(dim=1).sum(),
+        )
         if (epoch + 1) % every == 0:
             with torch.no_grad():
                 for name, x in evals.items():
@@ -355,8 +356,7 @@ def main() -> None:
             ):
                 result["settings"].append(res)
                 print(json.dumps(res), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=1))
+            write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

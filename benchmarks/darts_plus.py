@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -33,6 +34,9 @@ from lightning.pytorch.callbacks import Callback
 
 from eecontrol.callbacks.darts_plus import DARTSPlusStopping
 from eecontrol.core.darts import Genotype
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import quiet_trainer, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,19 +60,7 @@ class Recorder(Callback):
 
 
 def _trainer(root: Path, max_epochs: int, callbacks: list[Callback], **kw: Any) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=str(root),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        **kw,
-    )
+    return quiet_trainer(root, callbacks, max_epochs=max_epochs, **kw)
 
 
 def search(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -272,8 +264,7 @@ def main() -> None:
                 f"test acc {retrains[name]['test_acc_mean']:.4f} ± {retrains[name]['test_acc_std']:.4f}"
             )
         result["retrain"] = retrains
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     plot(result, args.plot)
     print(f"wrote {args.out} and {args.plot}")
 

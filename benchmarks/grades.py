@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -38,6 +39,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from eecontrol.callbacks.grades import GradES
 from eecontrol.core.gradstats import find_components, freeze_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import quiet_trainer, write_json
 
 GRADES_KWARGS: dict[str, Any] = {"tau": "auto", "rel_tau": 0.5, "grace": 0.3, "interval": 1}
 
@@ -75,22 +79,6 @@ def _model(lr: float) -> TextClassifier:
     )
 
 
-def _trainer(root: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
-    args: dict[str, Any] = {
-        "default_root_dir": str(root),
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "callbacks": callbacks,
-    }
-    args.update(kwargs)
-    return pl.Trainer(**args)
-
-
 def run_variant(
     variant: str, data: BBCNewsDataModule, seed: int, epochs: int, lr: float, root: Path
 ) -> dict[str, Any]:
@@ -104,7 +92,7 @@ def run_variant(
     elif variant == "grades":
         grades = GradES(**GRADES_KWARGS)
         callbacks.append(grades)
-    trainer = _trainer(root / f"{variant}-{seed}", callbacks, max_epochs=epochs)
+    trainer = quiet_trainer(root / f"{variant}-{seed}", callbacks, max_epochs=epochs)
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - start
@@ -149,7 +137,7 @@ def _median_step(
     if kind.get("half_frozen"):
         comps = find_components(model)
         freeze_parameters(p for c in comps[::2] for p in c.params)
-    trainer = _trainer(root, callbacks, max_steps=steps, limit_val_batches=0)
+    trainer = quiet_trainer(root, callbacks, max_steps=steps, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     warm = timer.times[3:]  # drop warm-up steps
     out: dict[str, Any] = {"median_step_s": statistics.median(warm), "steps_timed": len(warm)}
@@ -264,8 +252,7 @@ def main() -> None:
             "machine": "2-core CPU shared with other jobs (ratios within a round)",
             "kernels": kernel_rounds(args.rounds),
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
         print(json.dumps(result["kernels"]["new_over_old"], indent=1))
         return
     data = BBCNewsDataModule(batch_size=16, max_length=64, seed=0)
@@ -355,8 +342,7 @@ def main() -> None:
         "timing": timing,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(json.dumps(summary, indent=1))
 
 

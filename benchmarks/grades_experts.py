@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ import transformers as tf
 from eecontrol.recipes.text import load_bbc_news
 
 from eecontrol.core.gradstats import find_components
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import write_json
 
 
 def batches(seq: int, batch: int, seed: int) -> torch.Tensor:
@@ -138,8 +142,7 @@ def main() -> None:
         "rounds": rounds,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(json.dumps(summary, indent=1))
 
 

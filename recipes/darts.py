@@ -24,6 +24,18 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from eecontrol.recipes.base import check_fraction
+from eecontrol.recipes.darts_ops import (  # noqa: F401 (the ops stay importable from here)
+    DilConv,
+    FactorizedReduce,
+    ReLUConvBN,
+    SepConv,
+    Zero,
+    build_cells,
+    classify,
+    make_op,
+    preprocess_inputs,
+)
 from eecontrol.recipes.digits import DigitsDataModule
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
@@ -31,110 +43,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from eecontrol.core.darts import DARTS_OPS, Genotype, SearchSpace, derive_genotype, num_edges
-
-# --- candidate operations -------------------------------------------------------------
-
-
-class ReLUConvBN(nn.Sequential):
-    """ReLU, convolution, batch norm."""
-
-    def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool
-    ) -> None:
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
-        )
-
-
-class DilConv(nn.Sequential):
-    """ReLU, dilated depthwise convolution, pointwise convolution, batch norm."""
-
-    def __init__(
-        self, c: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool
-    ) -> None:
-        super().__init__(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(c, c, kernel, stride, padding, dilation=dilation, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False),
-            nn.BatchNorm2d(c, affine=affine),
-        )
-
-
-class SepConv(nn.Sequential):
-    """Two stacked depthwise-separable convolutions (the first one strided)."""
-
-    def __init__(self, c: int, kernel: int, stride: int, padding: int, affine: bool) -> None:
-        super().__init__(
-            DilConv(c, kernel, stride, padding, 1, affine),
-            DilConv(c, kernel, 1, padding, 1, affine),
-        )
-
-
-class Zero(nn.Module):
-    """The ``none`` op: zeros of the output shape."""
-
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
-
-
-class FactorizedReduce(nn.Module):
-    """Halves the resolution with two offset strided 1x1 convolutions, concatenated."""
-
-    def __init__(self, c_in: int, c_out: int, affine: bool) -> None:
-        super().__init__()
-        self.relu = nn.ReLU(inplace=False)
-        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_b = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(x)
-        a = self.conv_a(x)
-        b = self.conv_b(F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1)))
-        return self.bn(torch.cat([a, b], dim=1))
-
-
-def make_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
-    """Builds the candidate op ``name`` for ``c`` channels.
-
-    Raises:
-        ValueError: for an unknown op name.
-    """
-    if name == "none":
-        return Zero(stride)
-    if name == "skip_connect":
-        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
-    if name in ("max_pool_3x3", "avg_pool_3x3"):
-        pool: nn.Module = (
-            nn.MaxPool2d(3, stride=stride, padding=1)
-            if name.startswith("max")
-            else nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
-        )
-        # the search adds a non-affine batch norm after pooling, as DARTS does
-        return pool if affine else nn.Sequential(pool, nn.BatchNorm2d(c, affine=False))
-    if name.startswith("sep_conv_"):
-        k = int(name[-1])
-        return SepConv(c, k, stride, k // 2, affine)
-    if name.startswith("dil_conv_"):
-        k = int(name[-1])
-        return DilConv(c, k, stride, k - 1, 2, affine)
-    raise ValueError(f"unknown op {name!r}; known: {list(DARTS_OPS)}.")
-
-
-def _preprocess(c_pp: int, c_p: int, c: int, reduction_prev: bool, affine: bool) -> nn.ModuleList:
-    first = (
-        FactorizedReduce(c_pp, c, affine)
-        if reduction_prev
-        else ReLUConvBN(c_pp, c, 1, 1, 0, affine)
-    )
-    return nn.ModuleList([first, ReLUConvBN(c_p, c, 1, 1, 0, affine)])
-
 
 # --- the search supernet --------------------------------------------------------------
 
@@ -168,7 +76,7 @@ class SearchCell(nn.Module):
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
-        self.pre = _preprocess(c_pp, c_p, c, reduction_prev, affine=False)
+        self.pre = preprocess_inputs(c_pp, c_p, c, reduction_prev, affine=False)
         self.edges = nn.ModuleList(
             MixedOp(c, 2 if reduction and j < 2 else 1, op_names)
             for i in range(steps)
@@ -183,10 +91,6 @@ class SearchCell(nn.Module):
             offset += len(states)
             states.append(node)  # type: ignore[arg-type]
         return torch.cat(states[-self.multiplier :], dim=1)
-
-
-def _reduction_layers(layers: int) -> tuple[int, ...]:
-    return (layers // 3, 2 * layers // 3) if layers >= 3 else (layers // 2,)
 
 
 class SearchNetwork(nn.Module):
@@ -219,24 +123,16 @@ class SearchNetwork(nn.Module):
         self.steps = steps
         self.multiplier = multiplier
         self.op_names = tuple(op_names)
-        c_stem = stem_multiplier * c
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
-        )
-        c_pp, c_p, c_cur = c_stem, c_stem, c
-        reduction_prev = False
-        self.cells = nn.ModuleList()
-        for i in range(layers):
-            reduction = i in _reduction_layers(layers)
-            if reduction:
-                c_cur *= 2
-            self.cells.append(
-                SearchCell(
-                    steps, multiplier, c_pp, c_p, c_cur, reduction, reduction_prev, self.op_names
-                )
+
+        def search_cell(
+            c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool
+        ) -> tuple[nn.Module, int]:
+            cell = SearchCell(
+                steps, multiplier, c_pp, c_p, c, reduction, reduction_prev, self.op_names
             )
-            reduction_prev = reduction
-            c_pp, c_p = c_p, multiplier * c_cur
+            return cell, multiplier * c
+
+        self.stem, self.cells, c_p = build_cells(c, layers, stem_multiplier, search_cell)
         self.classifier = nn.Linear(c_p, num_classes)
         shape = (num_edges(steps), len(self.op_names))
         self.alphas_normal = nn.Parameter(alpha_init * torch.randn(shape))
@@ -248,7 +144,7 @@ class SearchNetwork(nn.Module):
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
-        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        return classify(self.classifier, s1)
 
 
 class DartsSearchModule(pl.LightningModule):
@@ -332,7 +228,7 @@ class DartsSearchModule(pl.LightningModule):
         xa, ya = batch["arch"]
         a_opt.zero_grad()
         arch_loss = self.criterion(self(xa), ya)
-        self.manual_backward(arch_loss)
+        self._arch_backward(arch_loss)
         a_opt.step()
 
         x, y = batch["weights"]
@@ -347,6 +243,19 @@ class DartsSearchModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train/arch_loss", arch_loss, on_step=False, on_epoch=True, batch_size=bs)
         return loss
+
+    def _arch_backward(self, arch_loss: Tensor) -> None:
+        """Backward of the architecture step, into the alphas only on a single process.
+
+        The weight gradients of this pass were never used (the weight step zeroes them
+        before its own backward), and skipping them halves the pass. Under DDP every
+        parameter still gets its gradient, as the gradient reducer expects.
+        """
+        alphas = [a for a in self.arch_parameters().values() if a.requires_grad]
+        if self.trainer.world_size == 1 and alphas:
+            self.manual_backward(arch_loss, inputs=alphas)
+        else:
+            self.manual_backward(arch_loss)
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
@@ -399,8 +308,7 @@ class DartsSearchDataModule(DigitsDataModule):
 
     def __init__(self, batch_size: int = 32, arch_fraction: float = 0.5, **kwargs: Any) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        if not 0.0 < arch_fraction < 1.0:
-            raise ValueError(f"`arch_fraction` must be in (0, 1), got {arch_fraction!r}.")
+        check_fraction("arch_fraction", arch_fraction)
         self.arch_fraction = arch_fraction
         self.weight_set: TensorDataset | None = None
         self.arch_set: TensorDataset | None = None
@@ -444,7 +352,7 @@ class FixedCell(nn.Module):
     ) -> None:
         super().__init__()
         self.reduction = reduction
-        self.pre = _preprocess(c_pp, c_p, c, reduction_prev, affine=True)
+        self.pre = preprocess_inputs(c_pp, c_p, c, reduction_prev, affine=True)
         if len(edges) % 2:
             raise ValueError(f"a genotype cell needs 2 edges per node, got {len(edges)} edges.")
         self.inputs = [j for _, j in edges]
@@ -492,33 +400,25 @@ class DartsNetwork(nn.Module):
         missing = [k for k in ("normal", "reduce") if k not in self.genotype.cells]
         if missing:
             raise ValueError(f"genotype lacks cells {missing}: {self.genotype}.")
-        c_stem = stem_multiplier * c
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
-        )
-        c_pp, c_p, c_cur = c_stem, c_stem, c
-        reduction_prev = False
-        self.cells = nn.ModuleList()
-        for i in range(layers):
-            reduction = i in _reduction_layers(layers)
-            if reduction:
-                c_cur *= 2
+
+        def fixed_cell(
+            c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool
+        ) -> tuple[nn.Module, int]:
             kind = "reduce" if reduction else "normal"
             concat = self.genotype.concat[kind]
-            self.cells.append(
-                FixedCell(
-                    self.genotype.cells[kind], concat, c_pp, c_p, c_cur, reduction, reduction_prev
-                )
-            )
-            reduction_prev = reduction
-            c_pp, c_p = c_p, len(concat) * c_cur
+            cells = self.genotype.cells[kind]
+            return FixedCell(cells, concat, c_pp, c_p, c, reduction, reduction_prev), len(
+                concat
+            ) * c
+
+        self.stem, self.cells, c_p = build_cells(c, layers, stem_multiplier, fixed_cell)
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        return classify(self.classifier, s1)
 
 
 def _plain(value: Any) -> Any:

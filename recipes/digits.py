@@ -8,9 +8,14 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from eecontrol.recipes.splits import TensorSplitsDataModule, check_split_args
+from eecontrol.recipes.base import (
+    TensorSplitsDataModule,
+    check_split_args,
+    index_splits,
+    stratified_split,
+    stratified_subset,
+)
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
@@ -34,6 +39,7 @@ class DigitsDataModule(TensorSplitsDataModule):
 
     num_classes = 10
     image_size = 8
+    fixed_eval_batch_size = None  # evaluate at the training batch size
 
     def __init__(
         self,
@@ -47,29 +53,16 @@ class DigitsDataModule(TensorSplitsDataModule):
         super().__init__()
         check_split_args(batch_size, val_fraction, test_fraction)
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.train_subset = train_subset
-        self.seed = seed
-        self.num_workers = num_workers
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         x, y = load_digits(return_X_y=True)
         x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
         y = y.astype(np.int64)
-        idx = np.arange(len(y))
-        rest, test_idx = train_test_split(
-            idx, test_size=self.test_fraction, random_state=self.seed, stratify=y
-        )
-        val_share = self.val_fraction / (1.0 - self.test_fraction)
-        train_idx, val_idx = train_test_split(
-            rest, test_size=val_share, random_state=self.seed + 1, stratify=y[rest]
+        train_idx, val_idx, test_idx = stratified_split(
+            y, self.val_fraction, self.test_fraction, self.seed
         )
         if self.train_subset is not None:
             if not 10 <= self.train_subset <= len(train_idx):
@@ -77,23 +70,10 @@ class DigitsDataModule(TensorSplitsDataModule):
                     f"`train_subset` must be in [10, {len(train_idx)}], got {self.train_subset!r}."
                 )
             if self.train_subset < len(train_idx):
-                train_idx, _ = train_test_split(
-                    train_idx,
-                    train_size=self.train_subset,
-                    random_state=self.seed + 2,
-                    stratify=y[train_idx],
-                )
-
-        def make(ids: np.ndarray) -> TensorDataset:
-            ids = np.sort(ids)
-            return TensorDataset(torch.from_numpy(x[ids]), torch.from_numpy(y[ids]))
-
-        self.train_set, self.val_set, self.test_set = make(train_idx), make(val_idx), make(test_idx)
-
-    @property
-    def eval_batch_size(self) -> int:  # type: ignore[override]
-        """Evaluation batch size: the training batch size (results do not depend on it)."""
-        return self.batch_size
+                train_idx = stratified_subset(train_idx, y, self.train_subset, self.seed)
+        return index_splits(
+            (torch.from_numpy(x), torch.from_numpy(y)), train_idx, val_idx, test_idx
+        )
 
 
 class DigitsCNN(nn.Module):

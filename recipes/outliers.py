@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from eecontrol.recipes.splits import TensorSplitsDataModule
+from eecontrol.recipes.base import TensorSplitsDataModule, check_fraction
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -44,19 +44,13 @@ class DigitsOutlierDataModule(TensorSplitsDataModule):
             raise ValueError(
                 f"`inlier_classes` must be a non-empty proper subset of 0..9, got {inlier_classes!r}."
             )
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"`holdout_fraction` must be in (0, 1), got {holdout_fraction!r}.")
+        check_fraction("holdout_fraction", holdout_fraction)
         self.save_hyperparameters()
         self.inlier_classes = classes
         self.holdout_fraction, self.batch_size, self.seed = holdout_fraction, batch_size, seed
         self.n_test_inliers, self.n_test_outliers = n_test_inliers, n_test_outliers
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         x, y = load_digits(return_X_y=True)
         x = (x / 16.0).astype(np.float32)
         rng = np.random.default_rng(self.seed)
@@ -76,10 +70,9 @@ class DigitsOutlierDataModule(TensorSplitsDataModule):
             flags = np.broadcast_to(np.asarray(outlier, dtype=np.float32), (len(ids),)).copy()
             return TensorDataset(torch.from_numpy(x[ids]), torch.from_numpy(flags))
 
-        self.train_set, self.val_set = make(train, False), make(hold, False)
         test_ids = np.concatenate([test_in, test_out])
         flags = np.concatenate([np.zeros(len(test_in)), np.ones(len(test_out))])
-        self.test_set = make(test_ids, flags)
+        return make(train, False), make(hold, False), make(test_ids, flags)
 
 
 class DigitsAutoencoder(pl.LightningModule):

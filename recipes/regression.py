@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from eecontrol.recipes.splits import TensorSplitsDataModule
+from eecontrol.recipes.base import TensorSplitsDataModule, check_fraction
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -70,23 +70,17 @@ class RegressionDataModule(TensorSplitsDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"`dataset` must be one of {list(DATASETS)}, got {dataset!r}.")
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"`holdout_fraction` must be in (0, 1), got {holdout_fraction!r}.")
+        check_fraction("holdout_fraction", holdout_fraction)
         self.save_hyperparameters()
         self.dataset, self.n_total, self.holdout_fraction = dataset, n_total, holdout_fraction
         self.n_test, self.batch_size, self.seed = n_test, batch_size, seed
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
     @property
     def num_features(self) -> int:
         """Number of input features."""
         return {"concrete": 8, "bio": 9, "diabetes": 10}[self.dataset]
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         x, y = load_regression_data(self.dataset)
         n_all = len(y)
         n_total = n_all - self.n_test if self.n_total is None else self.n_total
@@ -109,11 +103,7 @@ class RegressionDataModule(TensorSplitsDataModule):
             return TensorDataset(xs, ys)
 
         self.y_scale = float(y_scale)
-        self.train_set, self.val_set, self.test_set = (
-            make(train_idx),
-            make(hold_idx),
-            make(test_idx),
-        )
+        return make(train_idx), make(hold_idx), make(test_idx)
 
 
 class RegressionMLP(pl.LightningModule):

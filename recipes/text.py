@@ -23,8 +23,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from eecontrol.recipes.splits import TensorSplitsDataModule, check_split_args
-from sklearn.model_selection import train_test_split
+from eecontrol.recipes.base import (
+    TensorSplitsDataModule,
+    check_split_args,
+    index_splits,
+    stratified_split,
+    stratified_subset,
+)
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
@@ -109,6 +114,8 @@ class BBCNewsDataModule(TensorSplitsDataModule):
         tokenizer_path: directory of a Hugging Face tokenizer (default: packaged MiniLM).
     """
 
+    fixed_eval_batch_size = None  # evaluate at the training batch size
+
     def __init__(
         self,
         batch_size: int = 16,
@@ -125,35 +132,21 @@ class BBCNewsDataModule(TensorSplitsDataModule):
         if not 8 <= max_length <= 512:
             raise ValueError(f"`max_length` must be an integer in [8, 512], got {max_length!r}.")
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.train_subset = train_subset
-        self.seed = seed
-        self.num_workers = num_workers
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.max_length, self.train_subset = max_length, train_subset
         self.tokenizer_path = tokenizer_path
         self.classes: list[str] = list(BBC_CLASSES)
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
     @property
     def num_classes(self) -> int:
         """Number of topics."""
         return len(self.classes)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         texts, y, self.classes = load_bbc_news()
-        idx = np.arange(len(y))
-        rest, test_idx = train_test_split(
-            idx, test_size=self.test_fraction, random_state=self.seed, stratify=y
-        )
-        val_share = self.val_fraction / (1.0 - self.test_fraction)
-        train_idx, val_idx = train_test_split(
-            rest, test_size=val_share, random_state=self.seed + 1, stratify=y[rest]
+        train_idx, val_idx, test_idx = stratified_split(
+            y, self.val_fraction, self.test_fraction, self.seed
         )
         if self.train_subset is not None and self.train_subset < len(train_idx):
             if self.train_subset < 2 * self.num_classes:
@@ -161,12 +154,7 @@ class BBCNewsDataModule(TensorSplitsDataModule):
                     f"`train_subset` must be an integer in [{2 * self.num_classes}, "
                     f"{len(train_idx)}], got {self.train_subset!r}."
                 )
-            train_idx, _ = train_test_split(
-                train_idx,
-                train_size=self.train_subset,
-                random_state=self.seed + 2,
-                stratify=y[train_idx],
-            )
+            train_idx = stratified_subset(train_idx, y, self.train_subset, self.seed)
         tokenizer = load_tokenizer(self.tokenizer_path)
         # An article is cut to max_length tokens anyway: tokenize only its beginning.
         enc = tokenizer(
@@ -176,19 +164,8 @@ class BBCNewsDataModule(TensorSplitsDataModule):
             padding="max_length",
             return_tensors="pt",
         )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        labels = torch.from_numpy(y)
-
-        def make(sel: np.ndarray) -> TensorDataset:
-            sel_t = torch.from_numpy(np.sort(sel))
-            return TensorDataset(ids[sel_t], mask[sel_t], labels[sel_t])
-
-        self.train_set, self.val_set, self.test_set = make(train_idx), make(val_idx), make(test_idx)
-
-    @property
-    def eval_batch_size(self) -> int:  # type: ignore[override]
-        """Evaluation batch size: the training batch size (results do not depend on it)."""
-        return self.batch_size
+        tensors = (enc["input_ids"], enc["attention_mask"], torch.from_numpy(y))
+        return index_splits(tensors, train_idx, val_idx, test_idx)
 
 
 class TextClassifier(pl.LightningModule):

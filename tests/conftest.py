@@ -38,6 +38,52 @@ def make_trainer(root: Path, **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
+def csv_trainer(root: Path, **kwargs: Any) -> pl.Trainer:
+    """``make_trainer`` with a CSVLogger writing ``root/csv/version_0/metrics.csv``."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    return make_trainer(root, logger=CSVLogger(root, name="csv"), **kwargs)
+
+
+def csv_lines(root: Path) -> list[str]:
+    """The lines of the metrics file a :func:`csv_trainer` wrote (the header first)."""
+    return (root / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+
+
+def fit_on_two_processes(
+    root: Path, callbacks: list[Callback], model: pl.LightningModule | None = None, **kwargs: Any
+) -> pl.Trainer:
+    """Fits ``model`` (default: the digits CNN) on digits with ``ddp_spawn``, 2 CPU processes."""
+    trainer = make_trainer(root, strategy="ddp_spawn", devices=2, callbacks=callbacks, **kwargs)
+    trainer.fit(model if model is not None else digits_model(), datamodule=digits_data())
+    return trainer
+
+
+def count_log_calls(module: pl.LightningModule) -> list[str]:
+    """Wraps ``module.log`` to record each call's metric name; returns the growing list."""
+    calls: list[str] = []
+    original = module.log
+
+    def counting_log(name: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return original(name, *args, **kwargs)
+
+    module.log = counting_log  # type: ignore[method-assign]
+    return calls
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """A map-style dataset as an endless stream in a fixed order (no length)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Any:
+        while True:
+            for i in range(len(self.dataset)):
+                yield self.dataset[i]
+
+
 def digits_data(**kwargs: Any) -> DigitsDataModule:
     kwargs.setdefault("batch_size", 128)
     return DigitsDataModule(**kwargs)

@@ -86,6 +86,13 @@ def record_curves(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def record_steps(monkeypatch):
+    """The step recorder's module (benchmarks/ on the path for the test)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("record_steps")
+
+
 def record(module, monkeypatch, out: Path, *args: str, part: bool = False) -> dict:
     """Runs the recorder's command line; returns the written file's layout-checked content
     (a ``part`` of a sweep split by ``--first`` is read unchecked: it lacks configuration 0)."""
@@ -186,13 +193,8 @@ def test_a_tiny_minilm_run_gives_step_curves(monkeypatch):
     assert all(0 < v < 5 for v in run["val_loss"]) and 0 <= run["test_acc_final"] <= 1
 
 
-def test_a_diverging_step_run_is_recorded_as_diverged_to_the_full_budget():
+def test_a_diverging_step_run_is_recorded_as_diverged_to_the_full_budget(record_steps):
     """A non-finite training loss fills the remaining validations with 1e3, as epoch runs do."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        steps = importlib.import_module("record_steps")
-    finally:
-        sys.path.remove(str(BENCH))
     net = torch.nn.Linear(1, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     losses = iter([1.0, 0.5, float("nan")] + [0.1] * 10)
@@ -203,7 +205,7 @@ def test_a_diverging_step_run_is_recorded_as_diverged_to_the_full_budget():
         return {"val_loss": 0.25}
 
     config = {"warmup": 0.0, "schedule": "constant"}
-    run = steps._step_loop(lambda: next(losses), evaluate, opt, config, 8, 2, has_acc=False)
+    run = record_steps._step_loop(lambda: next(losses), evaluate, opt, config, 8, 2, has_acc=False)
     assert run["diverged_at"] == 3
     assert run["steps"] == [2, 4, 6, 8]
     assert run["val_loss"] == [0.25, 1e3, 1e3, 1e3]
@@ -211,13 +213,8 @@ def test_a_diverging_step_run_is_recorded_as_diverged_to_the_full_budget():
     assert evaluated == ["val"]  # nothing is evaluated after the divergence
 
 
-def test_lr_schedules():
-    sys.path.insert(0, str(BENCH))
-    try:
-        steps = importlib.import_module("record_steps")
-    finally:
-        sys.path.remove(str(BENCH))
-    f = steps.lr_factor
+def test_lr_schedules(record_steps):
+    f = record_steps.lr_factor
     assert [f(s, 10, 0.2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
     assert f(2, 10, 0.2, "cosine") == 1.0 and f(9, 10, 0.2, "cosine") < 0.05
     assert f(0, 10, 0.0, "linear") == 1.0 and f(9, 10, 0.0, "linear") == pytest.approx(0.1)

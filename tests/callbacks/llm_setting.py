@@ -27,6 +27,22 @@ def digit_tokens(n: int = 256, offset: int = 0) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
+def zero_grad_and_backward(
+    module: pl.LightningModule, loss: torch.Tensor
+) -> list[torch.optim.Optimizer]:
+    """A manual-optimization step's first half: zero every optimizer's gradients, backward.
+
+    Returns:
+        The module's optimizers (a list, also for one).
+    """
+    opts = module.optimizers()
+    opts = opts if isinstance(opts, list) else [opts]
+    for opt in opts:
+        opt.zero_grad()
+    module.manual_backward(loss)
+    return opts
+
+
 class DigitStream(IterableDataset):
     """The digits as a stream: no ``__len__``, ``repeat`` passes over ``n`` samples."""
 
@@ -109,11 +125,7 @@ class TinyLlama(pl.LightningModule):
         loss = self.loss_fn(self(x), y)
         if self.automatic_optimization:
             return loss
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        for opt in opts:
-            opt.zero_grad()
-        self.manual_backward(loss)
+        opts = zero_grad_and_backward(self, loss)
         for opt in opts:
             if self.clip is not None:
                 self.clip_gradients(

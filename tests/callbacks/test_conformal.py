@@ -14,7 +14,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from eecontrol import ConformalEarlyStopping, ConformalPredictor
 from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
+from tests.conftest import (
+    CrashAtEpoch,
+    digits_data,
+    digits_model,
+    fit_on_two_processes,
+    make_trainer,
+)
 
 
 def _fit_digits(tmp_path, epochs=3, **kwargs):
@@ -266,16 +272,10 @@ class _Report(Callback):
 @pytest.mark.timeout(180)
 def test_ddp_ranks_store_identical_candidates(tmp_path):
     ces = ConformalEarlyStopping()
-    trainer = make_trainer(
-        tmp_path,
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        strategy="ddp_spawn",
-        devices=2,
-        callbacks=[ces, _Report(tmp_path)],
+    callbacks = [ces, _Report(tmp_path)]
+    fit_on_two_processes(
+        tmp_path, callbacks, max_epochs=2, limit_train_batches=2, limit_val_batches=1
     )
-    trainer.fit(digits_model(), datamodule=digits_data())
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["epochs"] == r1["epochs"] == [0, 1]

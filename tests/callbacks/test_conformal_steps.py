@@ -8,23 +8,11 @@ import pytest
 import torch
 from eecontrol.recipes.regression import QuantileMLP, RegressionDataModule
 from lightning.pytorch.callbacks import EarlyStopping
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from eecontrol import ConformalEarlyStopping
 from eecontrol.core import conformal as core
-from tests.conftest import digits_data, digits_model, make_trainer
-
-
-class Stream(IterableDataset):
-    """The digits training split as an endless stream in a fixed order (no length)."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __iter__(self):
-        while True:
-            for i in range(len(self.dataset)):
-                yield self.dataset[i]
+from tests.conftest import Stream, digits_data, digits_model, make_trainer
 
 
 def _digits():

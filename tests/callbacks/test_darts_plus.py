@@ -15,7 +15,15 @@ from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.callbacks.darts_plus import DARTSPlusStopping
 from eecontrol.core.darts import DARTS_OPS, Genotype
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
+from tests.conftest import (
+    CrashAtEpoch,
+    Stream,
+    csv_lines,
+    digits_data,
+    digits_model,
+    fit_on_two_processes,
+    make_trainer,
+)
 from tests.core.test_darts import scripted
 
 
@@ -190,7 +198,7 @@ def test_dry_run_records_both_criteria_and_logs_metrics(tmp_path):
     assert cb.fired_epochs == {"skip": 3, "stable": 2}
     assert [d.action for d in cb.decisions] == ["stable_criterion", "skip_criterion"]
     assert [h["stable_epochs"] for h in cb.history] == [0, 0, 1, 0, 1]
-    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    header = csv_lines(tmp_path)[0]
     for key in ("darts_plus/skip_normal", "darts_plus/skip_reduce", "darts_plus/stable_epochs"):
         assert key in header
     exported = json.loads((tmp_path / "darts_plus" / "genotype.json").read_text())
@@ -242,17 +250,11 @@ def test_ddp_ranks_agree(tmp_path):
     # rank 1's alphas never show skips: rank 0's weights are broadcast, so both ranks
     # derive the same genotype and stop together at epoch 2
     cb = DARTSPlusStopping(criterion="skip", min_epochs=0)
-    trainer = make_trainer(
-        tmp_path,
-        max_epochs=5,
-        limit_train_batches=1,
-        limit_val_batches=0,
-        strategy="ddp_spawn",
-        devices=2,
-        callbacks=[cb, DumpDecisions(str(tmp_path))],
-    )
     model = ScriptedDarts([(0, 0), (1, 0), (2, 0)], rank1=[(0, 0)])
-    trainer.fit(model, datamodule=digits_data())
+    callbacks = [cb, DumpDecisions(str(tmp_path))]
+    fit_on_two_processes(
+        tmp_path, callbacks, model, max_epochs=5, limit_train_batches=1, limit_val_batches=0
+    )
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1
     assert [d["action"] for d in r0["decisions"]] == ["skip_criterion", "stop"]
@@ -323,18 +325,6 @@ def test_real_search_of_the_recipe_and_retrain_from_its_export(tmp_path, one_thr
 
 
 # --- step-based searches (issue 23.5) --------------------------------------------------
-
-
-class Stream(torch.utils.data.IterableDataset):
-    """The digits training split as an endless stream in a fixed order (no length)."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __iter__(self):
-        while True:
-            for i in range(len(self.dataset)):
-                yield self.dataset[i]
 
 
 class StreamScriptedDarts(ScriptedDarts):

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from eecontrol.callbacks import _distributed
 from tests.callbacks.test_control import StopAtEpoch
-from tests.conftest import digits_data, digits_model, make_trainer
+from tests.conftest import digits_data, digits_model, fit_on_two_processes, make_trainer
 
 
 def _after_release(path: str) -> None:
@@ -44,16 +44,10 @@ class _Probe(Callback):
 
 @pytest.mark.timeout(180)
 def test_ddp_spawn_workers_destroy_the_process_group_at_exit(tmp_path):
-    trainer = make_trainer(
-        tmp_path,
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        strategy="ddp_spawn",
-        devices=2,
-        callbacks=[StopAtEpoch(epoch=5), _Probe(str(tmp_path))],
+    callbacks = [StopAtEpoch(epoch=5), _Probe(str(tmp_path))]
+    fit_on_two_processes(
+        tmp_path, callbacks, max_epochs=2, limit_train_batches=2, limit_val_batches=1
     )
-    trainer.fit(digits_model(), datamodule=digits_data())
     for rank in (0, 1):
         at_teardown = json.loads((tmp_path / f"teardown{rank}.json").read_text())
         # the group is still alive for Lightning's own teardown and result collection ...

@@ -14,7 +14,15 @@ from eecontrol import DropoutSchedule
 from eecontrol.callbacks._control import DECISIONS_FILE
 from eecontrol.core.schedules import drop_rate
 from eecontrol.testing import check_callback_conformance
-from tests.conftest import CrashAtEpoch, digits_data, digits_model, make_trainer
+from tests.conftest import (
+    CrashAtEpoch,
+    csv_lines,
+    csv_trainer,
+    digits_data,
+    digits_model,
+    fit_on_two_processes,
+    make_trainer,
+)
 from tests.core.test_drop_targets import Block
 
 
@@ -123,20 +131,12 @@ def test_rates_applied_per_optimizer_step(tmp_path, mode, schedule, accumulate):
 
 
 def test_logged_rate_reaches_the_loggers(tmp_path):
-    from lightning.pytorch.loggers import CSVLogger
-
     cb = DropoutSchedule(p=0.2, mode="early", cutoff=0.5)
-    trainer = make_trainer(
-        tmp_path,
-        max_epochs=2,
-        limit_train_batches=4,
-        callbacks=[cb],
-        logger=CSVLogger(tmp_path, name="csv"),
-        log_every_n_steps=1,
+    trainer = csv_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[cb], log_every_n_steps=1
     )
     trainer.fit(digits_model(), datamodule=digits_data())
-    text = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "dropout/rate" in text.splitlines()[0]
+    assert "dropout/rate" in csv_lines(tmp_path)[0]
     assert "dropout/rate" in trainer.progress_bar_metrics
 
 
@@ -188,16 +188,10 @@ def test_resume_mid_run_continues_the_schedule_exactly(tmp_path):
 @pytest.mark.timeout(180)
 def test_ddp_ranks_use_the_same_rate(tmp_path):
     cb = DropoutSchedule(p=0.3, mode="late", cutoff=0.5)
-    trainer = make_trainer(
-        tmp_path,
-        max_epochs=2,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        strategy="ddp_spawn",
-        devices=2,
-        callbacks=[cb, RateRecorder(str(tmp_path))],
+    callbacks = [cb, RateRecorder(str(tmp_path))]
+    fit_on_two_processes(
+        tmp_path, callbacks, max_epochs=2, limit_train_batches=4, limit_val_batches=1
     )
-    trainer.fit(digits_model(), datamodule=digits_data())
     r0 = json.loads((tmp_path / "rates0.json").read_text())
     r1 = json.loads((tmp_path / "rates1.json").read_text())
     assert r0 == r1 and len(r0) == 8

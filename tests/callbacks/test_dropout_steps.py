@@ -13,7 +13,7 @@ from eecontrol import DropoutSchedule
 from eecontrol.core.schedules import drop_rate
 from tests.callbacks.llm_setting import TinyLlama, loaders
 from tests.callbacks.test_dropout import logged_rates
-from tests.conftest import make_trainer
+from tests.conftest import count_log_calls, make_trainer
 
 
 class AttentionRates(Callback):
@@ -125,14 +125,7 @@ def test_rate_is_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp_path)
     # the rate goes to the loggers directly, on the first micro-batch of a logged step only.
     cb = DropoutSchedule(p=0.2, mode="early", cutoff=0.5)
     module = TinyLlama()
-    calls: list[str] = []
-    original = module.log
-
-    def counting_log(name, *args, **kwargs):
-        calls.append(name)
-        return original(name, *args, **kwargs)
-
-    module.log = counting_log
+    calls = count_log_calls(module)
     trainer, rec, _ = _fit(
         tmp_path,
         cb,

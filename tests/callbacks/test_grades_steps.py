@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from eecontrol import GradES
 from tests.callbacks.llm_setting import TinyLlama, loaders
-from tests.conftest import make_trainer
+from tests.conftest import count_log_calls, csv_lines, make_trainer
 
 
 class FrozenPerBatch(Callback):
@@ -128,14 +128,7 @@ def test_statistic_is_read_from_the_gradient_the_optimizer_step_receives(tmp_pat
 def test_fractions_are_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp_path):
     cb = GradES(tau=0.0, grace=0.5)
     module = TinyLlama()
-    calls: list[str] = []
-    original = module.log
-
-    def counting_log(name, *args, **kwargs):
-        calls.append(name)
-        return original(name, *args, **kwargs)
-
-    module.log = counting_log
+    calls = count_log_calls(module)
     train, val = loaders("map")
     trainer = make_trainer(
         tmp_path,
@@ -151,7 +144,7 @@ def test_fractions_are_logged_once_per_optimizer_step_at_the_loggers_cadence(tmp
     assert trainer.global_step == 8
     # self.log for Lightning's progress bar only when the frozen count changes (once: 0)
     assert [c for c in calls if c.startswith("grades/")] == ["grades/frozen_fraction"]
-    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    lines = csv_lines(tmp_path)
     header = lines[0].split(",")
     step_col = header.index("step")
     for key in ("grades/frozen_fraction", "grades/trainable_fraction"):

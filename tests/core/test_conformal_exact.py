@@ -141,15 +141,17 @@ _OFFSET = st.one_of(
 )
 
 
+# what the two hull tests draw besides the shape: a seed, a level, an offset and a scale
+_DRAWS = {
+    "seed": st.integers(0, 2**31 - 1),
+    "alpha": st.sampled_from([0.1, 0.25, 0.5]),
+    "offset": _OFFSET,
+    "spread": _SCALE,
+}
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    t=st.integers(1, 6),
-    n=st.integers(2, 12),
-    alpha=st.sampled_from([0.1, 0.25, 0.5]),
-    offset=_OFFSET,
-    spread=_SCALE,
-)
+@given(t=st.integers(1, 6), n=st.integers(2, 12), **_DRAWS)
 def test_squared_error_hull_is_exact_at_any_offset_and_scale(seed, t, n, alpha, offset, spread):
     rng = np.random.default_rng(seed)
     hy = offset + spread * rng.normal(size=n)
@@ -165,13 +167,10 @@ def test_squared_error_hull_is_exact_at_any_offset_and_scale(seed, t, n, alpha, 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    seed=st.integers(0, 2**31 - 1),
     t=st.integers(1, 4),
     n=st.integers(2, 10),
-    alpha=st.sampled_from([0.1, 0.25, 0.5]),
     levels=st.sampled_from([(0.05, 0.95), (0.1, 0.9), (0.25, 0.6)]),
-    offset=_OFFSET,
-    spread=_SCALE,
+    **_DRAWS,
 )
 def test_cqr_hull_is_exact_at_any_offset_and_scale(seed, t, n, alpha, levels, offset, spread):
     rng = np.random.default_rng(seed)

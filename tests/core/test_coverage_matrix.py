@@ -93,199 +93,109 @@ def _llama_lora() -> nn.Module:
     return model
 
 
+GPT = {
+    "vocab_size": 64,
+    "n_embd": 16,
+    "n_head": 2,
+    "n_layer": 2,
+    "n_positions": 32,
+    "attn_pdrop": P,
+    "resid_pdrop": P,
+    "embd_pdrop": P,
+}
+
+
+def _hf(model: str, config: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    """A builder of ``transformers.<model>(transformers.<config>(**kwargs))``."""
+    return lambda: getattr(tf, model)(getattr(tf, config)(**kwargs))
+
+
+def _encoder(name: str, prefix: str, heads: tuple[str, ...], **config: Any) -> Arch:
+    """A text encoder with a sequence-classification head (``<prefix>ForSequenceClassification``)."""
+    model = f"{prefix}ForSequenceClassification"
+    return Arch(name, "encoder", _hf(model, f"{prefix}Config", **config), "text", heads)
+
+
+def _decoder(name: str, prefix: str, kind: str = "decoder", model: str = "", **config: Any) -> Arch:
+    """A causal language model (``<prefix>ForCausalLM`` unless ``model`` names another class)."""
+    build = _hf(model or f"{prefix}ForCausalLM", f"{prefix}Config", **config)
+    return Arch(name, kind, build, "text", ("lm_head",))
+
+
 ARCHS: list[Arch] = [
-    Arch(
-        "BERT",
-        "encoder",
-        lambda: tf.BertForSequenceClassification(tf.BertConfig(**BERTLIKE)),
-        "text",
-        ("classifier", "bert.pooler"),
-    ),
-    Arch(
-        "RoBERTa",
-        "encoder",
-        lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**BERTLIKE)),
-        "text",
-        ("classifier",),
-    ),
-    Arch(
-        "Electra",
-        "encoder",
-        lambda: tf.ElectraForSequenceClassification(
-            tf.ElectraConfig(**BERTLIKE, embedding_size=16)
-        ),
-        "text",
-        ("classifier",),
-    ),
-    Arch(
+    _encoder("BERT", "Bert", ("classifier", "bert.pooler"), **BERTLIKE),
+    _encoder("RoBERTa", "Roberta", ("classifier",), **BERTLIKE),
+    _encoder("Electra", "Electra", ("classifier",), **BERTLIKE, embedding_size=16),
+    _encoder(
         "DistilBERT",
-        "encoder",
-        lambda: tf.DistilBertForSequenceClassification(
-            tf.DistilBertConfig(
-                vocab_size=64,
-                dim=16,
-                n_heads=2,
-                n_layers=2,
-                hidden_dim=32,
-                dropout=P,
-                attention_dropout=P,
-                seq_classif_dropout=P,
-            )
-        ),
-        "text",
+        "DistilBert",
         ("classifier", "pre_classifier"),
+        vocab_size=64,
+        dim=16,
+        n_heads=2,
+        n_layers=2,
+        hidden_dim=32,
+        dropout=P,
+        attention_dropout=P,
+        seq_classif_dropout=P,
     ),
-    Arch(
-        "DeBERTa-v2",
-        "encoder",
-        lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**BERTLIKE)),
-        "text",
-        ("classifier", "pooler"),
-    ),
-    Arch(
-        "GPT-2",
-        "decoder",
-        lambda: tf.GPT2LMHeadModel(
-            tf.GPT2Config(
-                vocab_size=64,
-                n_embd=16,
-                n_head=2,
-                n_layer=2,
-                n_positions=32,
-                attn_pdrop=P,
-                resid_pdrop=P,
-                embd_pdrop=P,
-            )
-        ),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
-        "GPTBigCode",
-        "decoder",
-        lambda: tf.GPTBigCodeForCausalLM(
-            tf.GPTBigCodeConfig(
-                vocab_size=64,
-                n_embd=16,
-                n_head=2,
-                n_layer=2,
-                n_positions=32,
-                attn_pdrop=P,
-                resid_pdrop=P,
-                embd_pdrop=P,
-            )
-        ),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
-        "Llama",
-        "decoder",
-        lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**LLM)),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
-        "Mistral",
-        "decoder",
-        lambda: tf.MistralForCausalLM(tf.MistralConfig(**LLM)),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
-        "Qwen2",
-        "decoder",
-        lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**LLM)),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
-        "Phi",
-        "decoder",
-        lambda: tf.PhiForCausalLM(
-            tf.PhiConfig(**LLM, resid_pdrop=P, embd_pdrop=P, partial_rotary_factor=0.5)
-        ),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
+    _encoder("DeBERTa-v2", "DebertaV2", ("classifier", "pooler"), **BERTLIKE),
+    _decoder("GPT-2", "GPT2", model="GPT2LMHeadModel", **GPT),
+    _decoder("GPTBigCode", "GPTBigCode", **GPT),
+    _decoder("Llama", "Llama", **LLM),
+    _decoder("Mistral", "Mistral", **LLM),
+    _decoder("Qwen2", "Qwen2", **LLM),
+    _decoder("Phi", "Phi", **LLM, resid_pdrop=P, embd_pdrop=P, partial_rotary_factor=0.5),
+    _decoder(
         "OPT",
-        "decoder",
-        lambda: tf.OPTForCausalLM(
-            tf.OPTConfig(
-                vocab_size=64,
-                hidden_size=16,
-                num_attention_heads=2,
-                num_hidden_layers=2,
-                ffn_dim=32,
-                word_embed_proj_dim=16,
-                dropout=P,
-                attention_dropout=P,
-                max_position_embeddings=32,
-            )
-        ),
-        "text",
-        ("lm_head",),
+        "OPT",
+        vocab_size=64,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        word_embed_proj_dim=16,
+        dropout=P,
+        attention_dropout=P,
+        max_position_embeddings=32,
     ),
-    Arch(
-        "Falcon",
-        "decoder",
-        lambda: tf.FalconForCausalLM(
-            tf.FalconConfig(**TEXT, hidden_dropout=P, attention_dropout=P)
-        ),
-        "text",
-        ("lm_head",),
+    _decoder("Falcon", "Falcon", **TEXT, hidden_dropout=P, attention_dropout=P),
+    _decoder(
+        "GPT-NeoX", "GPTNeoX", **TEXT, intermediate_size=32, hidden_dropout=P, attention_dropout=P
     ),
-    Arch(
-        "GPT-NeoX",
-        "decoder",
-        lambda: tf.GPTNeoXForCausalLM(
-            tf.GPTNeoXConfig(**TEXT, intermediate_size=32, hidden_dropout=P, attention_dropout=P)
-        ),
-        "text",
-        ("lm_head",),
-    ),
-    Arch(
+    _decoder(
         "Mixtral (MoE)",
+        "Mixtral",
         "decoder, MoE",
-        lambda: tf.MixtralForCausalLM(
-            tf.MixtralConfig(**LLM, num_local_experts=4, num_experts_per_tok=2)
-        ),
-        "text",
-        ("lm_head",),
+        **LLM,
+        num_local_experts=4,
+        num_experts_per_tok=2,
     ),
-    Arch(
+    _decoder(
         "Qwen3-MoE",
+        "Qwen3Moe",
         "decoder, MoE",
-        lambda: tf.Qwen3MoeForCausalLM(
-            tf.Qwen3MoeConfig(
-                **LLM, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, head_dim=8
-            )
-        ),
-        "text",
-        ("lm_head",),
+        **LLM,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=8,
+        head_dim=8,
     ),
-    Arch(
-        "Llama + LoRA (PEFT names)",
-        "decoder, LoRA",
-        _llama_lora,
-        "text",
-        ("lm_head",),
-    ),
+    Arch("Llama + LoRA (PEFT names)", "decoder, LoRA", _llama_lora, "text", ("lm_head",)),
     Arch(
         "T5",
         "encoder-decoder",
-        lambda: tf.T5ForConditionalGeneration(
-            tf.T5Config(
-                vocab_size=64,
-                d_model=16,
-                d_kv=8,
-                d_ff=32,
-                num_layers=2,
-                num_heads=2,
-                dropout_rate=P,
-                decoder_start_token_id=0,
-            )
+        _hf(
+            "T5ForConditionalGeneration",
+            "T5Config",
+            vocab_size=64,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=2,
+            num_heads=2,
+            dropout_rate=P,
+            decoder_start_token_id=0,
         ),
         "seq2seq",
         ("lm_head",),
@@ -293,23 +203,23 @@ ARCHS: list[Arch] = [
     Arch(
         "BART",
         "encoder-decoder",
-        lambda: tf.BartForConditionalGeneration(
-            tf.BartConfig(
-                vocab_size=64,
-                d_model=16,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=2,
-                decoder_attention_heads=2,
-                encoder_ffn_dim=32,
-                decoder_ffn_dim=32,
-                max_position_embeddings=32,
-                dropout=P,
-                attention_dropout=P,
-                activation_dropout=P,
-                encoder_layerdrop=0.0,
-                decoder_layerdrop=0.0,
-            )
+        _hf(
+            "BartForConditionalGeneration",
+            "BartConfig",
+            vocab_size=64,
+            d_model=16,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=32,
+            dropout=P,
+            attention_dropout=P,
+            activation_dropout=P,
+            encoder_layerdrop=0.0,
+            decoder_layerdrop=0.0,
         ),
         "seq2seq",
         ("lm_head",),
@@ -317,8 +227,13 @@ ARCHS: list[Arch] = [
     Arch(
         "ViT",
         "vision",
-        lambda: tf.ViTForImageClassification(
-            tf.ViTConfig(**VISION, image_size=8, patch_size=4, num_labels=3)
+        _hf(
+            "ViTForImageClassification",
+            "ViTConfig",
+            **VISION,
+            image_size=8,
+            patch_size=4,
+            num_labels=3,
         ),
         "image",
         ("classifier",),
@@ -326,8 +241,13 @@ ARCHS: list[Arch] = [
     Arch(
         "YOLOS",
         "vision (detection)",
-        lambda: tf.YolosForObjectDetection(
-            tf.YolosConfig(**VISION, image_size=[8, 8], patch_size=4, num_detection_tokens=2)
+        _hf(
+            "YolosForObjectDetection",
+            "YolosConfig",
+            **VISION,
+            image_size=[8, 8],
+            patch_size=4,
+            num_detection_tokens=2,
         ),
         "image",
         ("class_labels_classifier", "bbox_predictor"),
@@ -335,8 +255,14 @@ ARCHS: list[Arch] = [
     Arch(
         "BEiT",
         "vision, drop path",
-        lambda: tf.BeitForImageClassification(
-            tf.BeitConfig(**VISION, image_size=8, patch_size=4, drop_path_rate=P, num_labels=3)
+        _hf(
+            "BeitForImageClassification",
+            "BeitConfig",
+            **VISION,
+            image_size=8,
+            patch_size=4,
+            drop_path_rate=P,
+            num_labels=3,
         ),
         "image",
         ("classifier",),
@@ -345,19 +271,19 @@ ARCHS: list[Arch] = [
     Arch(
         "Swin",
         "vision, drop path",
-        lambda: tf.SwinForImageClassification(
-            tf.SwinConfig(
-                image_size=16,
-                patch_size=2,
-                embed_dim=8,
-                depths=[2, 2],
-                num_heads=[2, 2],
-                window_size=2,
-                drop_path_rate=P,
-                hidden_dropout_prob=P,
-                attention_probs_dropout_prob=P,
-                num_labels=3,
-            )
+        _hf(
+            "SwinForImageClassification",
+            "SwinConfig",
+            image_size=16,
+            patch_size=2,
+            embed_dim=8,
+            depths=[2, 2],
+            num_heads=[2, 2],
+            window_size=2,
+            drop_path_rate=P,
+            hidden_dropout_prob=P,
+            attention_probs_dropout_prob=P,
+            num_labels=3,
         ),
         "image16",
         ("classifier",),
@@ -366,15 +292,15 @@ ARCHS: list[Arch] = [
     Arch(
         "ConvNeXt",
         "vision (conv), drop path",
-        lambda: tf.ConvNextForImageClassification(
-            tf.ConvNextConfig(
-                hidden_sizes=[8, 16],
-                depths=[2, 2],
-                num_stages=2,
-                drop_path_rate=P,
-                num_labels=3,
-                image_size=16,
-            )
+        _hf(
+            "ConvNextForImageClassification",
+            "ConvNextConfig",
+            hidden_sizes=[8, 16],
+            depths=[2, 2],
+            num_stages=2,
+            drop_path_rate=P,
+            num_labels=3,
+            image_size=16,
         ),
         "image16",
         ("classifier",),
@@ -384,20 +310,20 @@ ARCHS: list[Arch] = [
     Arch(
         "CLIP",
         "vision + text",
-        lambda: tf.CLIPModel(
-            tf.CLIPConfig(
-                text_config={**TEXT, "intermediate_size": 32, "attention_dropout": P},
-                vision_config={
-                    "hidden_size": 16,
-                    "num_attention_heads": 2,
-                    "num_hidden_layers": 2,
-                    "intermediate_size": 32,
-                    "image_size": 8,
-                    "patch_size": 4,
-                    "attention_dropout": P,
-                },
-                projection_dim=8,
-            )
+        _hf(
+            "CLIPModel",
+            "CLIPConfig",
+            text_config={**TEXT, "intermediate_size": 32, "attention_dropout": P},
+            vision_config={
+                "hidden_size": 16,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 2,
+                "intermediate_size": 32,
+                "image_size": 8,
+                "patch_size": 4,
+                "attention_dropout": P,
+            },
+            projection_dim=8,
         ),
         "clip",
         ("visual_projection", "text_projection"),

@@ -32,6 +32,16 @@ def _study(sweep: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
 
+def _sweep(
+    tmp_path: Path, name: str, overrides: list[str], timeout: int
+) -> tuple[Path, optuna.Study]:
+    """``eecontrol-train -m hparams_search=digits_optuna`` as study ``name``: its folder and study."""
+    run_args = ["-m", "hparams_search=digits_optuna", f"hydra.sweeper.study_name={name}"]
+    _run([*run_args, *overrides], tmp_path, timeout=timeout)
+    sweep = tmp_path / "logs" / "train" / "sweeps" / name
+    return sweep, _study(sweep, name)
+
+
 def _worker_rows(study: optuna.Study) -> dict[str, list[list]]:
     return {k: v for k, v in study.user_attrs.items() if k.startswith(f"{WORKER_ATTR}:")}
 
@@ -44,11 +54,10 @@ def _param_sets(trials: list) -> list[tuple]:
 def test_async_workers_with_pruning_never_sit_idle(tmp_path):
     """Acceptance: 2 joblib workers, successive halving; no worker idle while trials remained."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    _run(
+    sweep, study = _sweep(
+        tmp_path,
+        "async",
         [
-            "-m",
-            "hparams_search=digits_optuna",
-            "hydra.sweeper.study_name=async",
             "hydra.sweeper.n_trials=8",
             "hydra/sweeper/eecontrol_pruner=successive_halving",
             "hydra.sweeper.pruner.min_resource=1",
@@ -58,11 +67,8 @@ def test_async_workers_with_pruning_never_sit_idle(tmp_path):
             "+trainer.limit_train_batches=2",
             *TINY,
         ],
-        tmp_path,
         timeout=900,
     )
-    sweep = tmp_path / "logs" / "train" / "sweeps" / "async"
-    study = _study(sweep, "async")
     trials = study.trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -193,12 +199,11 @@ def test_sigkill_of_the_main_process_ends_its_workers_and_the_rerun_finishes(tmp
 @pytest.mark.timeout(600)
 def test_the_sweep_is_a_wandb_group_and_each_trial_a_named_run(tmp_path):
     """W&B grouping: group = the study, run name = its trial, parameters in the run config."""
-    _run(
+    sweep, study = _sweep(
+        tmp_path,
+        "wb",
         [
-            "-m",
-            "hparams_search=digits_optuna",
             "hydra/launcher=basic",  # one worker in the main process
-            "hydra.sweeper.study_name=wb",
             "hydra.sweeper.n_trials=2",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=2",
@@ -206,13 +211,10 @@ def test_the_sweep_is_a_wandb_group_and_each_trial_a_named_run(tmp_path):
             "trainer.enable_model_summary=false",
             "logger=wandb",
         ],
-        tmp_path,
         timeout=600,
     )
     from omegaconf import OmegaConf
 
-    sweep = tmp_path / "logs" / "train" / "sweeps" / "wb"
-    study = _study(sweep, "wb")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     for t in study.trials:
         cfg = OmegaConf.load(sweep / str(t.number) / ".hydra" / "config.yaml")
@@ -229,13 +231,12 @@ def test_a_multi_objective_sweep_of_accuracy_and_epochs_writes_its_pareto_front(
     """Multi-objective: maximise val/acc, minimise epochs trained (the jobs store both)."""
     from omegaconf import OmegaConf
 
-    _run(
+    sweep, study = _sweep(
+        tmp_path,
+        "mo",
         [
-            "-m",
-            "hparams_search=digits_optuna",
             "hydra/launcher=basic",
             "hydra/sweeper/eecontrol_pruner=none",
-            "hydra.sweeper.study_name=mo",
             "hydra.sweeper.direction=[maximize,minimize]",
             "hydra.sweeper.objectives=[val/acc,epochs]",
             "hydra.sweeper.n_trials=4",
@@ -243,11 +244,8 @@ def test_a_multi_objective_sweep_of_accuracy_and_epochs_writes_its_pareto_front(
             "+trainer.limit_train_batches=2",
             *TINY,
         ],
-        tmp_path,
         timeout=600,
     )
-    sweep = tmp_path / "logs" / "train" / "sweeps" / "mo"
-    study = _study(sweep, "mo")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     trials = study.trials
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)

@@ -19,6 +19,23 @@ from tests.sweep.postgres import postgres  # noqa: F401  (the session fixture)
 pytestmark = pytest.mark.e2e
 
 
+def _submitit_sweep(study: str, n_trials: int, *extra: str) -> list[str]:
+    """The overrides of a digits_optuna sweep on submitit's local executor into the server's
+    study ``study``: ``n_trials`` trials of 2 epochs of 2 batches, no callbacks."""
+    return [
+        "hparams_search=digits_optuna",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweeper.study_name={study}",
+        "hydra.sweeper.storage='${oc.env:SWEEP_DB}'",
+        f"hydra.sweeper.n_trials={n_trials}",
+        *extra,
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=2",
+        "trainer.enable_model_summary=false",
+        "callbacks=none",
+    ]
+
+
 def _sweep(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     out = subprocess.run(
         [TRAIN, "-m", *args],
@@ -90,17 +107,7 @@ def test_four_concurrent_jobs_share_a_postgres_study_and_curve_store(tmp_path, p
 def test_submitit_local_jobs_against_postgres(tmp_path, postgres):  # noqa: F811
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     output = _sweep(
-        [
-            "hparams_search=digits_optuna",
-            "hydra/launcher=submitit_local",
-            "hydra.sweeper.study_name=pg-submitit",
-            "hydra.sweeper.storage='${oc.env:SWEEP_DB}'",
-            "hydra.sweeper.n_trials=2",
-            "trainer.max_epochs=2",
-            "+trainer.limit_train_batches=2",
-            "trainer.enable_model_summary=false",
-            "callbacks=none",
-        ],
+        _submitit_sweep("pg-submitit", 2),
         tmp_path,
         {"SWEEP_DB": postgres.url},
     )
@@ -121,20 +128,13 @@ def test_async_submitit_local_workers_share_a_postgres_study(tmp_path, postgres)
     from eecontrol.sweep.worker import WORKER_ATTR
 
     output = _sweep(
-        [
-            "hparams_search=digits_optuna",
-            "hydra/launcher=submitit_local",
+        _submitit_sweep(
+            "pg-async",
+            4,
             "hydra.sweeper.mode=async",
-            "hydra.sweeper.study_name=pg-async",
-            "hydra.sweeper.storage='${oc.env:SWEEP_DB}'",
-            "hydra.sweeper.n_trials=4",
             "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.heartbeat_interval=1",
-            "trainer.max_epochs=2",
-            "+trainer.limit_train_batches=2",
-            "trainer.enable_model_summary=false",
-            "callbacks=none",
-        ],
+        ),
         tmp_path,
         {"SWEEP_DB": postgres.url},
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._helpers import run_ok
 
 pytestmark = pytest.mark.e2e
 APP = Path(__file__).resolve().parents[2] / "examples" / "own_hydra_app"
@@ -19,15 +20,12 @@ def test_own_hydra_app_trains_with_its_overrides_and_writes_the_report(tmp_path)
     app = tmp_path / "app"
     shutil.copytree(APP, app)  # a user's directory, not the repository
     env = {**os.environ, "WANDB_MODE": "offline"}
-    out = subprocess.run(
+    out = run_ok(
         [sys.executable, "app.py", "hydra.run.dir=out", "trainer.max_epochs=2"],
         cwd=app,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env=env,
+        tail=4000,
     )
-    assert out.returncode == 0, out.stderr[-4000:]
     run = app / "out"
     decisions = [json.loads(x) for x in (run / "decisions.jsonl").read_text().splitlines()]
     assert [d["action"] for d in decisions] == ["schedule", "dropout_off"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import wandb_summary
+
 pytestmark = pytest.mark.e2e
 
 TRAIN = shutil.which("eecontrol-train") or str(Path(sys.executable).parent / "eecontrol-train")
@@ -105,15 +107,7 @@ def test_grades_tiny_experiment_freezes_every_matrix_stops_and_logs_a_wandb_hist
     assert timeline["grace_step"] < timeline["stopped_step"] < timeline["total_steps"] == 120
     assert decisions[-1]["step"] == timeline["stopped_step"]
     wandb_dir = next((run / "wandb").glob("offline-run-*"))
-    leet = shutil.which("wandb", path=str(Path(TRAIN).parent)) or "wandb"
-    inspected = subprocess.run(
-        [leet, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert inspected.returncode == 0, inspected.stderr
-    hist = json.loads(inspected.stdout)["summary"]["grades/grad_l1/log10_histogram"]
+    hist = wandb_summary(wandb_dir, Path(TRAIN).parent)["grades/grad_l1/log10_histogram"]
     assert hist["_type"] == "histogram" and sum(hist["values"]) >= 1
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._helpers import run_ok
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TRAIN = str(Path(sys.executable).parent / "eecontrol-train")
@@ -57,15 +59,7 @@ def test_sigkilled_default_run_resumed_with_the_readme_command_equals_the_uninte
     tmp_path,
 ):
     ref_root, kill_root = tmp_path / "reference", tmp_path / "killed"
-    ref = subprocess.run(
-        [TRAIN, *ARGS],
-        cwd=tmp_path,
-        env=_env(ref_root),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_ok([TRAIN, *ARGS], cwd=tmp_path, env=_env(ref_root), timeout=600)
     expected = _metrics(_only_run(ref_root))
     assert len(expected) == EPOCHS + 1  # one validation per epoch + the test
 
@@ -93,15 +87,7 @@ def test_sigkilled_default_run_resumed_with_the_readme_command_equals_the_uninte
     assert saved >= 2 * STEPS_PER_EPOCH and saved % STEPS_PER_EPOCH == 0, saved
     assert saved < EPOCHS * STEPS_PER_EPOCH, "the run finished before it was killed"
 
-    resumed = subprocess.run(
-        [TRAIN, f"resume={run}"],
-        cwd=tmp_path,
-        env=_env(kill_root),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_ok([TRAIN, f"resume={run}"], cwd=tmp_path, env=_env(kill_root), timeout=600)
     assert f"Restored all states from the checkpoint at {last}" in resumed.stderr + resumed.stdout
     assert _only_run(kill_root) == run  # continued in its own directory
     rows = _rows(run)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests._helpers import run_ok
 from tests.sweep.postgres import postgres  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,9 +59,9 @@ def test_no_secret_is_written_to_the_run_directory(tmp_path, postgres):  # noqa:
         "EECONTROL_CURVE_STORE": postgres.url,
     }
     train = Path(sys.executable).parent / "eecontrol-train"
-    out = subprocess.run(
+    out = run_ok(
         [
-            str(train),
+            train,
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=3",
             "callbacks=[default,curve_stopping]",
@@ -69,12 +69,8 @@ def test_no_secret_is_written_to_the_run_directory(tmp_path, postgres):  # noqa:
             "callbacks.curve_stopping.study_name=secret-check",
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env=env,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     import optuna
 
     trials = optuna.load_study(study_name="secret-check", storage=postgres.url).trials
@@ -128,7 +124,7 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
         "EECONTROL_ROOT": str(tmp_path),
     }
     train = str(Path(sys.executable).parent / "eecontrol-train")
-    run = subprocess.run(
+    run = run_ok(
         [
             train,
             "trainer.max_epochs=2",
@@ -140,13 +136,10 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "+note=${oc.env:EECONTROL_TEST_TOKEN}",  # config only (tags would go to W&B as asked)
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
         env=env,
+        timeout=600,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    sweep = subprocess.run(
+    sweep = run_ok(
         [
             train,
             "-m",
@@ -165,12 +158,9 @@ def test_no_credential_form_is_written_by_a_run_or_a_sweep(tmp_path, postgres): 
             "+note=${oc.env:EECONTROL_TEST_TOKEN}",  # config only (tags would go to W&B as asked)
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
         env=env,
+        timeout=600,
     )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
     import optuna
 
     # the stores were used with the real credentials

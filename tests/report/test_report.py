@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from eecontrol.cli import main as cli_main
 from eecontrol.report.artifacts import load_run
 from eecontrol.report.progress import ControlRichProgressBar, ControlTQDMProgressBar, control_fields
 from eecontrol.report.runreport import report_run, report_sweep
+from tests._helpers import run_ok, wandb_summary
 from tests.conftest import digits_data, digits_model, make_trainer
 
 BIN = Path(sys.executable).parent
@@ -96,26 +95,15 @@ def test_malformed_journal_is_a_clear_error(tmp_path):
 def test_wandb_offline_run_holds_decisions_summary_and_plots(tmp_path):
     """A real eecontrol-train run; the W&B run is read back from disk (no server)."""
     env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200"}
-    out = subprocess.run(
-        [str(BIN / "eecontrol-train"), "experiment=digits_ces", "trainer.max_epochs=2"],
+    run_ok(
+        [BIN / "eecontrol-train", "experiment=digits_ces", "trainer.max_epochs=2"],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env=env,
+        tail=4000,
     )
-    assert out.returncode == 0, out.stderr[-4000:]
     run = next((tmp_path / "logs" / "train" / "runs").iterdir())
     wandb_dir = next((run / "wandb").glob("offline-run-*"))
-    leet = shutil.which("wandb", path=str(BIN)) or "wandb"
-    inspected = subprocess.run(
-        [leet, "leet", "inspect", "--summary", "--json", str(wandb_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert inspected.returncode == 0, inspected.stderr
-    summary = json.loads(inspected.stdout)["summary"]
+    summary = wandb_summary(wandb_dir, BIN)
     for key in (
         "objective",
         "best_so_far",

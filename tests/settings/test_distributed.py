@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.settings.harness import CALLBACKS, expect
+from tests.settings.harness import CALLBACKS, cell_param, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,19 +65,8 @@ def _ranks(root: Path, label: str, proc: subprocess.CompletedProcess) -> list[di
 
 
 def _cells() -> list:
-    cells = []
-    for strategy in ("ddp", "fsdp"):
-        for cb in CALLBACKS:
-            e = expect(cb, strategy)
-            if e.status == "na":
-                continue
-            marks = []
-            if e.status == "xfail":
-                marks.append(
-                    pytest.mark.xfail(strict=True, reason=f"issue 23 item {e.item}: {e.reason}")
-                )
-            cells.append(pytest.param(cb, strategy, marks=marks, id=f"{cb}-{strategy}"))
-    return cells
+    cells = [cell_param(cb, strategy) for strategy in ("ddp", "fsdp") for cb in CALLBACKS]
+    return [c for c in cells if c is not None]
 
 
 @pytest.mark.parametrize(("callback", "strategy"), _cells())

@@ -14,6 +14,7 @@ from tests.settings.harness import (
     SETTINGS,
     RateProbe,
     callback_under_test,
+    cell_param,
     expect,
     run_cell,
     under_test,
@@ -28,17 +29,9 @@ def _cells() -> list:
         for name, setting in SETTINGS.items():
             if setting.distributed is not None:
                 continue
-            e = expect(cb, name)
-            if e.status == "na":
-                continue
-            marks = []
-            if e.status == "xfail":
-                marks.append(
-                    pytest.mark.xfail(strict=True, reason=f"issue 23 item {e.item}: {e.reason}")
-                )
-            if setting.compile:
-                marks.append(pytest.mark.slow)
-            cells.append(pytest.param(cb, name, marks=marks, id=f"{cb}-{name}"))
+            cell = cell_param(cb, name, (pytest.mark.slow,) if setting.compile else ())
+            if cell is not None:
+                cells.append(cell)
     return cells
 
 

@@ -90,13 +90,23 @@ def _sweep(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProces
     return out
 
 
+@pytest.fixture
+def cwd(tmp_path: Path) -> Path:
+    """The tiny app's directory (app, config and search-space extension written)."""
+    return _app(tmp_path)
+
+
+@pytest.fixture(params=["async", "batch"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each test runs in both sweeper modes."""
+    return request.param
+
+
 def _study(cwd: Path) -> optuna.Study:
     return optuna.load_study(study_name="sweep", storage=f"sqlite:///{cwd / 'sweep' / 'optuna.db'}")
 
 
-@pytest.mark.parametrize("mode", ["async", "batch"])
-def test_an_enqueued_known_good_trial_runs_first(tmp_path, mode):
-    cwd = _app(tmp_path)
+def test_an_enqueued_known_good_trial_runs_first(cwd, mode):
     _sweep(cwd, f"hydra.sweeper.mode={mode}", "hydra.sweeper.enqueue_trials=[{x:0.3}]")
     trials = _study(cwd).trials
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -113,9 +123,7 @@ def test_an_enqueued_known_good_trial_runs_first(tmp_path, mode):
     assert len(trials) == 7 and sum(t.params["x"] == 0.3 for t in trials) == 1
 
 
-@pytest.mark.parametrize("mode", ["async", "batch"])
-def test_custom_search_space_adds_a_conditional_parameter(tmp_path, mode):
-    cwd = _app(tmp_path)
+def test_custom_search_space_adds_a_conditional_parameter(cwd, mode):
     _sweep(
         cwd,
         f"hydra.sweeper.mode={mode}",
@@ -143,9 +151,7 @@ def test_a_bad_custom_search_space_names_the_option(tmp_path):
     assert "is not an importable function" in out.stderr
 
 
-@pytest.mark.parametrize("mode", ["async", "batch"])
-def test_a_sweep_above_max_failure_rate_stops_with_a_clear_message(tmp_path, mode):
-    cwd = _app(tmp_path)
+def test_a_sweep_above_max_failure_rate_stops_with_a_clear_message(cwd, mode):
     out = _sweep(
         cwd,
         f"hydra.sweeper.mode={mode}",
@@ -169,9 +175,7 @@ def test_a_sweep_above_max_failure_rate_stops_with_a_clear_message(tmp_path, mod
     assert ok.returncode == 0
 
 
-@pytest.mark.parametrize("mode", ["async", "batch"])
-def test_a_multi_objective_sweep_writes_its_pareto_front(tmp_path, mode):
-    cwd = _app(tmp_path)
+def test_a_multi_objective_sweep_writes_its_pareto_front(cwd, mode):
     _sweep(
         cwd,
         f"hydra.sweeper.mode={mode}",
