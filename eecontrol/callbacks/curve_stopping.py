@@ -102,7 +102,9 @@ class LearningCurveStopping(ControlCallback):
         x_axis: ``step`` (optimizer steps) or ``check`` (validation index).
         min_delta: the improvement that counts for the in-run rule, >= 0, or None (the
             curve's noise for ``convergence``, 0 for ``ensemble``).
-        threshold: in-run stop probability, in (0, 1).
+        threshold: in-run stop probability, in (0, 1); None: the forecaster's own
+            (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`; 0.05 for the
+            ``ensemble`` rule).
         rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         min_points: validations before any decision (warm-up), >= 1; below the
             forecaster's own minimum (4 for ``forecast``, 3 for ``ensemble``, 1 for
@@ -140,7 +142,7 @@ class LearningCurveStopping(ControlCallback):
         mode: str = "min",
         x_axis: str = "step",
         min_delta: float | None = None,
-        threshold: float = 0.05,
+        threshold: float | None = None,
         rule: str = "convergence",
         min_points: int = 5,
         warmup: float = 0.0,
@@ -171,9 +173,10 @@ class LearningCurveStopping(ControlCallback):
         if min_delta is not None:
             check_range("min_delta", min_delta, low=0.0)
         self.rule = check_choice("rule", rule, RULES)
-        check_range(
-            "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
-        )
+        if threshold is not None:
+            check_range(
+                "threshold", threshold, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+            )
         check_range("min_points", min_points, low=1, integer=True)
         self.forecaster = check_forecaster(forecaster)
         check_range("warmup", warmup, low=0.0, high=1.0, high_inclusive=False)
@@ -188,7 +191,7 @@ class LearningCurveStopping(ControlCallback):
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`hparams` must be a mapping of name -> number, got {hparams!r}.")
         self.min_delta = None if min_delta is None else float(min_delta)
-        self.threshold = float(threshold)
+        self.threshold = None if threshold is None else float(threshold)
         self.min_points = int(min_points)
         self.warmup = float(warmup)
         self.band = float(band)
@@ -410,7 +413,7 @@ class LearningCurveStopping(ControlCallback):
                         horizon,
                         mode=self.mode,
                         min_delta=self.min_delta or 0.0,
-                        threshold=self.threshold,
+                        threshold=0.05 if self.threshold is None else self.threshold,
                         min_points=self.min_points,
                         band=self.band,
                         min_r2=self.min_r2,

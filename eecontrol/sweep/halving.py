@@ -50,7 +50,9 @@ class PredictiveHalvingPruner(BasePruner):
             better of 3 and 4 on the recorded sweeps of ``benchmarks/sweep.py``).
         min_resource: reports at the first rung, >= 1.
         quantile: the forecast quantile that scores a trial, in (0, 1) (0.5: the median;
-            higher is more lenient to trials whose future is uncertain).
+            higher is more lenient to trials whose future is uncertain); None: the
+            forecaster's own (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`: the
+            median for ``forecast``, chosen leave-one-task-out for ``pfn``).
         bounds: the metric's range ``(low, high)`` (``(0, 1)`` for an accuracy), or None.
         forecaster: the forecaster that predicts the final value (``forecast``,
             ``ensemble`` or ``pfn``).
@@ -61,13 +63,16 @@ class PredictiveHalvingPruner(BasePruner):
         horizon: int,
         reduction_factor: int = 3,
         min_resource: int = 1,
-        quantile: float = 0.5,
+        quantile: float | None = None,
         bounds: Sequence[float] | None = None,
         forecaster: str = DEFAULT_FORECASTER,
     ) -> None:
         check_range("horizon", horizon, low=2, integer=True)
         check_range("reduction_factor", reduction_factor, low=2, integer=True)
         check_range("min_resource", min_resource, low=1, integer=True)
+        self.forecaster = check_forecaster(forecaster)
+        if quantile is None:
+            quantile = get_forecaster(self.forecaster).rules.quantile
         check_range(
             "quantile", quantile, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
@@ -76,7 +81,6 @@ class PredictiveHalvingPruner(BasePruner):
         self.min_resource = int(min_resource)
         self.quantile = float(quantile)
         self.bounds = check_bounds(bounds)
-        self.forecaster = check_forecaster(forecaster)
 
     def rungs(self) -> list[int]:
         """The numbers of reports at which trials are compared (below the horizon)."""
