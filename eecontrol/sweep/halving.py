@@ -5,11 +5,12 @@ Hyperparameter Tuning", MLSys 2020; Optuna's ``SuccessiveHalvingPruner``) compar
 trials that reach a rung (``min_resource * reduction_factor**k`` reports) by their value
 *at that rung* and keeps the top ``1 / reduction_factor``. A slow starter that would end
 best loses at the early rungs. This variant compares them by a prediction of the value at
-the end of training instead: the calibrated forecast of
-:func:`eecontrol.core.curves.predictive.forecast` (its ``quantile``, the median by
-default), never worse than the trial's best value so far; ``forecaster`` picks another
-forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports than the
-forecaster needs (4 for ``forecast``) it falls back to the best value so far.
+the end of training instead: by default the learned PFN
+(:mod:`eecontrol.core.curves.pfn`) at its ``quantile`` (0.7 for the PFN, the median for
+the calibrated forecast), never worse than the trial's best value so far; ``forecaster``
+picks another forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports
+than the forecaster needs (4 for ``forecast``, 1 for the PFN) it falls back to the best
+value so far.
 
 Scores are kept as trial system attributes in the study's storage (as Optuna's own
 pruner does), so workers of a distributed study share them.
