@@ -132,7 +132,7 @@ def evaluate_rules(
                     horizon,
                     mode=cb.mode,
                     min_delta=cb.min_delta or 0.0,
-                    threshold=cb.threshold,
+                    threshold=0.05 if cb.threshold is None else cb.threshold,
                     min_points=cb.min_points,
                     band=cb.band,
                     min_r2=cb.min_r2,

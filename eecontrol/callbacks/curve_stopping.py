@@ -48,14 +48,15 @@ class LearningCurveStopping(ControlCallback):
 
     * in-run, chosen by ``rule``:
 
-      - ``convergence`` (default): the forecaster (``forecaster``, default the calibrated
-        forecast :func:`~eecontrol.core.curves.forecast`) extrapolates the curve to the
-        end of training; stop when P(beating the run's best by ``min_delta`` before the
-        end) < ``threshold``. ``min_delta=None`` counts the curve's own noise, so noisy
+      - ``convergence`` (default): the forecaster (``forecaster``, default the learned
+        PFN, :mod:`eecontrol.core.curves.pfn`) extrapolates the curve to the end of
+        training; stop when P(beating the run's best by ``min_delta`` before the end) <
+        ``threshold`` (default: the forecaster's own, 0.1 for the PFN). ``min_delta=None`` counts the curve's own noise, so noisy
         plateaus stop; a validation that set the run's best is never a stop, and a target
         beyond ``bounds`` is clipped to the bound (reaching it counts);
       - ``sweep`` (Domhan et al. 2015, needs ``store``): stop when P(value at the end >
-        the best value seen by any run of the sweep) < ``threshold`` (the paper's 5%);
+        the best value seen by any run of the sweep) < ``threshold`` (default: the
+        forecaster's own, 0.03 for the PFN; the paper's 5% for ``forecast``);
         the run holding the sweep's best is never stopped by it;
       - ``ensemble``: the 11-family BIC ensemble with a residual bootstrap
         (:func:`~eecontrol.core.curves.fit_curve`) in the convergence question (slower,
@@ -89,7 +90,9 @@ class LearningCurveStopping(ControlCallback):
         x_axis: ``step`` (optimizer steps) or ``check`` (validation index).
         min_delta: the improvement that counts for the in-run rule, >= 0, or None (the
             curve's noise for ``convergence``, 0 for ``ensemble``).
-        threshold: in-run stop probability, in (0, 1).
+        threshold: in-run stop probability, in (0, 1); None: the forecaster's own
+            (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`; 0.05 for the
+            ``ensemble`` rule).
         rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         min_points: validations before any decision (warm-up), >= 1; below the
             forecaster's own minimum (4 for ``forecast``, 3 for ``ensemble``, 1 for
@@ -127,7 +130,7 @@ class LearningCurveStopping(ControlCallback):
         mode: str = "min",
         x_axis: str = "step",
         min_delta: float | None = None,
-        threshold: float = 0.05,
+        threshold: float | None = None,
         rule: str = "convergence",
         min_points: int = 5,
         warmup: float = 0.0,
@@ -173,7 +176,7 @@ class LearningCurveStopping(ControlCallback):
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`hparams` must be a mapping of name -> number, got {hparams!r}.")
         self.min_delta = None if min_delta is None else float(min_delta)
-        self.threshold = float(threshold)
+        self.threshold = None if threshold is None else float(threshold)
         self.min_points = int(min_points)
         self.warmup = float(warmup)
         self.band = float(band)

@@ -5,11 +5,12 @@ Hyperparameter Tuning", MLSys 2020; Optuna's ``SuccessiveHalvingPruner``) compar
 trials that reach a rung (``min_resource * reduction_factor**k`` reports) by their value
 *at that rung* and keeps the top ``1 / reduction_factor``. A slow starter that would end
 best loses at the early rungs. This variant compares them by a prediction of the value at
-the end of training instead: the calibrated forecast of
-:func:`eecontrol.core.curves.predictive.forecast` (its ``quantile``, the median by
-default), never worse than the trial's best value so far; ``forecaster`` picks another
-forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports than the
-forecaster needs (4 for ``forecast``) it falls back to the best value so far.
+the end of training instead: by default the learned PFN
+(:mod:`eecontrol.core.curves.pfn`) at its ``quantile`` (0.7 for the PFN, the median for
+the calibrated forecast), never worse than the trial's best value so far; ``forecaster``
+picks another forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports
+than the forecaster needs (4 for ``forecast``, 1 for the PFN) it falls back to the best
+value so far.
 
 Scores are kept as trial system attributes in the study's storage (as Optuna's own
 pruner does), so workers of a distributed study share them.
@@ -50,7 +51,9 @@ class PredictiveHalvingPruner(BasePruner):
             better of 3 and 4 on the recorded sweeps of ``benchmarks/sweep.py``).
         min_resource: reports at the first rung, >= 1.
         quantile: the forecast quantile that scores a trial, in (0, 1) (0.5: the median;
-            higher is more lenient to trials whose future is uncertain).
+            higher is more lenient to trials whose future is uncertain); None: the
+            forecaster's own (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`: the
+            median for ``forecast``, chosen leave-one-task-out for ``pfn``).
         bounds: the metric's range ``(low, high)`` (``(0, 1)`` for an accuracy), or None.
         forecaster: the forecaster that predicts the final value (``forecast``,
             ``ensemble`` or ``pfn``).
@@ -61,13 +64,16 @@ class PredictiveHalvingPruner(BasePruner):
         horizon: int,
         reduction_factor: int = 3,
         min_resource: int = 1,
-        quantile: float = 0.5,
+        quantile: float | None = None,
         bounds: Sequence[float] | None = None,
         forecaster: str = DEFAULT_FORECASTER,
     ) -> None:
         check_range("horizon", horizon, low=2, integer=True)
         check_range("reduction_factor", reduction_factor, low=2, integer=True)
         check_range("min_resource", min_resource, low=1, integer=True)
+        self.forecaster = check_forecaster(forecaster)
+        if quantile is None:
+            quantile = get_forecaster(self.forecaster).rules.quantile
         check_range(
             "quantile", quantile, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
@@ -76,7 +82,6 @@ class PredictiveHalvingPruner(BasePruner):
         self.min_resource = int(min_resource)
         self.quantile = float(quantile)
         self.bounds = check_bounds(bounds)
-        self.forecaster = check_forecaster(forecaster)
 
     def rungs(self) -> list[int]:
         """The numbers of reports at which trials are compared (below the horizon)."""

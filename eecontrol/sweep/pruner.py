@@ -66,7 +66,9 @@ class LearningCurvePruner(BasePruner):
         cross_run: use the cross-run rule (at least one of the two must be on).
         min_delta: improvement that counts for the in-run rule, >= 0, or None (the
             trial's noise for ``convergence``, 0 for ``ensemble``).
-        threshold: in-run stop probability, in (0, 1).
+        threshold: in-run stop probability, in (0, 1); None: the forecaster's own
+            (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`; 0.05 for the
+            ``ensemble`` rule).
         rule: the in-run rule: ``convergence``, ``sweep`` or ``ensemble``.
         delta: cross-run stop probability, in (0, 1).
         min_points: reports before any decision, >= 1 (below the forecaster's own
@@ -94,7 +96,7 @@ class LearningCurvePruner(BasePruner):
         in_run: bool = True,
         cross_run: bool = True,
         min_delta: float | None = None,
-        threshold: float = 0.05,
+        threshold: float | None = None,
         rule: str = "convergence",
         delta: float = 0.05,
         min_points: int = 5,
@@ -110,9 +112,8 @@ class LearningCurvePruner(BasePruner):
         if min_delta is not None:
             check_range("min_delta", min_delta, low=0.0)
         self.rule = check_choice("rule", rule, RULES)
-        check_rule_args(
-            {"threshold": threshold, "delta": delta}, min_points=min_points, least_points=1
-        )
+        given = {} if threshold is None else {"threshold": threshold}
+        check_rule_args({**given, "delta": delta}, min_points=min_points, least_points=1)
         if not in_run and not cross_run:
             raise ValueError(
                 "`in_run` and `cross_run` are both False: LearningCurvePruner would prune "
@@ -170,7 +171,7 @@ class LearningCurvePruner(BasePruner):
                 values,
                 horizon,
                 min_delta=self.min_delta or 0.0,
-                threshold=self.threshold,
+                threshold=0.05 if self.threshold is None else self.threshold,
                 min_r2=self.min_r2,
                 **common,
             )

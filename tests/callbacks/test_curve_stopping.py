@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from eecontrol.callbacks.curve_stopping import PREDICTION_FILE, LearningCurveStopping
+from eecontrol.core.curves.forecasters import PFN_THRESHOLD
 from eecontrol.sweep.store import CurveStore
 from eecontrol.testing import check_callback_conformance
 from tests.conftest import make_trainer
@@ -95,9 +96,18 @@ def test_conformance(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("rule", "prefix"), [("convergence", "convergence"), ("ensemble", "in_run")]
+    ("rule", "prefix", "forecaster", "threshold"),
+    [
+        ("convergence", "convergence", "forecast", 0.05),
+        # the default forecaster (the PFN) with its own stop probability
+        ("convergence", "convergence", None, PFN_THRESHOLD),
+        ("ensemble", "in_run", None, 0.05),
+    ],
 )
-def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(tmp_path, rule, prefix):
+def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(
+    tmp_path, rule, prefix, forecaster, threshold
+):
+    named = {} if forecaster is None else {"forecaster": forecaster}
     cb = LearningCurveStopping(
         "val/score",
         "max",
@@ -106,13 +116,15 @@ def test_stops_a_flat_curve_with_evidence_and_logs_the_prediction(tmp_path, rule
         n_bootstrap=30,
         x_axis="check",
         rule=rule,
+        **named,
     )
     trainer = fit(tmp_path, cb, plateau(), 20, num_sanity_val_steps=2)
     assert cb.stopped_epoch is not None and cb.stopped_epoch < 19
     assert cb.stop_reason.startswith(f"{prefix.replace('_', '-')} rule")
     stop = next(d for d in cb.decisions if d.action == "stop")
     ev = stop.evidence
-    assert ev[f"{prefix}_probability"] < 0.05
+    assert ev[f"{prefix}_probability"] < threshold
+    assert f"< threshold {threshold:g}" in cb.stop_reason
     assert ev[f"{prefix}_lower"] <= ev[f"{prefix}_predicted_final"] <= ev[f"{prefix}_upper"]
     assert cb.best_so_far == pytest.approx(max(cb.history["value"]))
     # the sanity check is not part of the curve; x is the validation index
@@ -246,27 +258,31 @@ def _noisy(values, seed, sd=0.005):
     return [min(max(v + e, 0.0), 1.0) for v, e in zip(values, noise)]
 
 
+@pytest.mark.parametrize("forecaster", [None, "forecast"])
 @pytest.mark.parametrize("seed", range(5))
-def test_e1_e6_the_forecast_that_decides_is_logged_and_written(tmp_path, seed):
+def test_e1_e6_the_forecast_that_decides_is_logged_and_written(tmp_path, seed, forecaster):
     """Issue 24: the E1 curve (horizon 14 checks) is not stopped at its new best, and the
     predicted final value in the evidence, the logged metric and curve_prediction.json are
-    one number (the json said 0.697 while the forecast that decided said 0.542)."""
+    one number (the json said 0.697 while the forecast that decided said 0.542); with the
+    default forecaster (the PFN) and with the averaged forecast."""
     values = _noisy(E1_CURVE, seed)
     assert values[-1] > max(values[:-1]) + 0.05
+    named = {} if forecaster is None else {"forecaster": forecaster}
     cb = LearningCurveStopping(
-        "val/score", "max", x_axis="check", horizon=14, min_points=5, bounds=[0, 1]
+        "val/score", "max", x_axis="check", horizon=14, min_points=5, bounds=[0, 1], **named
     )
+    expected = forecaster or "pfn"
     trainer = fit(tmp_path, cb, values, len(values))
     assert cb.stopped_epoch is None, cb.stop_reason
     assert len(cb.history["value"]) == 7
     last = cb.last_prediction
     assert last["convergence_decision"] == "continue"
     assert "set the run's best" in last["convergence_reason"]
-    assert last["convergence_forecaster"] == "forecast"
+    assert last["convergence_forecaster"] == expected
     record = json.loads((tmp_path / PREDICTION_FILE).read_text())
     predicted = record["predicted"]
     assert predicted is not None and predicted["x"][-1] == pytest.approx(14.0)
-    assert predicted["forecaster"] == "forecast"
+    assert predicted["forecaster"] == expected
     assert predicted["mean"][-1] == pytest.approx(last["convergence_predicted_final"], abs=1e-12)
     assert predicted["lower"][-1] == pytest.approx(last["convergence_lower"], abs=1e-12)
     assert predicted["upper"][-1] == pytest.approx(last["convergence_upper"], abs=1e-12)
@@ -275,11 +291,19 @@ def test_e1_e6_the_forecast_that_decides_is_logged_and_written(tmp_path, seed):
 
 
 def test_e4_blind_checks_are_said_in_the_evidence(tmp_path):
-    cb = LearningCurveStopping("val/score", "max", min_points=1, x_axis="check", horizon=30)
+    cb = LearningCurveStopping(
+        "val/score", "max", min_points=1, x_axis="check", horizon=30, forecaster="forecast"
+    )
     fit(tmp_path, cb, [0.2, 0.5, 0.62, 0.7, 0.74], 3)
     assert cb.stopped_epoch is None and len(cb.history["value"]) == 3
     assert cb.last_prediction["convergence_decision"] == "no_decision"
     assert "blind: n < 4" in cb.last_prediction["convergence_reason"]
+    # the default forecaster (the PFN) decides from the first check on
+    cb = LearningCurveStopping("val/score", "max", min_points=1, x_axis="check", horizon=30)
+    fit(tmp_path, cb, [0.2, 0.5, 0.62, 0.7, 0.74], 1)
+    assert len(cb.history["value"]) == 1
+    assert cb.last_prediction["convergence_decision"] in ("continue", "stop")
+    assert cb.last_prediction["convergence_forecaster"] == "pfn"
     # the ensemble forecasts from 3 points: it decides
     cb = LearningCurveStopping(
         "val/score", "max", min_points=1, x_axis="check", horizon=30, forecaster="ensemble"

@@ -195,3 +195,25 @@ def test_robust_normalisation_ignores_a_sentinel_validation() -> None:
     assert float(robust[0]) == pytest.approx(0.3)  # -0.9 .. -0.6, the 1e3 left out
     clean = g[:, [0, 1, 3, 4, 5]]
     assert float(pfn.normalise(clean, robust=True)[1][0]) == float(pfn.normalise(clean)[1][0])
+
+
+def test_the_rules_stop_probabilities_with_the_pfn_are_the_recorded_choice():
+    """The PFN's rule defaults (convergence threshold, sweep delta, halving quantile) are
+    the values ``benchmarks/curves_pfn_rules.py`` chose leave-one-task-out among those that
+    keep the rules' guarantees, as its JSON records; the averaged forecast keeps 5%."""
+    from eecontrol.core.curves.forecasters import DEFAULT_FORECASTER, get_forecaster
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/results/curves_pfn_rules.json"
+    result = json.loads(path.read_text())
+    assert len(result["loto"]["convergence"]) == 10  # every recorded task held out once
+    assert DEFAULT_FORECASTER == "pfn"
+    rules = get_forecaster("pfn").rules
+    for rule, value in (
+        ("convergence", rules.threshold),
+        ("sweep", rules.delta),
+        ("halving", rules.quantile),
+    ):
+        assert result["allowed"][rule], rule  # the guarantees left a value to choose
+        assert value == result["shipped"][rule] and value in result["allowed"][rule], rule
+    old = get_forecaster("forecast").rules
+    assert (old.threshold, old.delta, old.quantile) == (0.05, 0.05, 0.5)

@@ -48,14 +48,20 @@ def test_score_ranks_a_rising_real_curve_by_where_it_is_going(curves):
     p = PredictiveHalvingPruner(50, bounds=(0, 1))
     rising, ahead = np.array(curves[20][:9]), np.array(curves[19][:9])
     assert rising[-1] < ahead[-1] and max(curves[20]) > max(curves[19])  # the premise
-    assert p.score(rising, "max") > p.score(ahead, "max")
+    assert p.score(rising, "max") > p.score(ahead, "max")  # the default: the PFN, quantile 0.7
+    averaged = PredictiveHalvingPruner(50, bounds=(0, 1), forecaster="forecast")
+    assert averaged.score(rising, "max") > averaged.score(ahead, "max")
     for c in curves.values():
         v = np.array(c[:9])
         s = p.score(v, "max")
         assert v.max() <= s <= 1.0  # never below the best so far, never past the bound
-    # too few points to forecast: the best value so far; a loss is scored negated
-    assert p.score(np.array([0.3, 0.5]), "max") == 0.5
-    assert p.score(np.array([2.0, 1.5, 1.7]), "min") == -1.5
+    # too few points for the averaged forecast (4): the best value so far; a loss is
+    # scored negated
+    assert averaged.score(np.array([0.3, 0.5]), "max") == 0.5
+    assert averaged.score(np.array([2.0, 1.5, 1.7]), "min") == -1.5
+    # the default (the PFN) forecasts from one point, never below the best so far
+    assert 0.5 <= p.score(np.array([0.3, 0.5]), "max") <= 1.0
+    assert PredictiveHalvingPruner(50).score(np.array([2.0, 1.5, 1.7]), "min") >= -1.5
 
 
 def _report(study, pruner_trial_values):
@@ -110,9 +116,10 @@ def test_the_forecaster_scores_and_short_curves_fall_back_to_the_best(curves):
     """forecaster="ensemble" scores with the ensemble's quantile; below a forecaster's
     points the score is the best value so far."""
     curve = np.asarray(curves[min(curves)][:9], dtype=float)
-    default = PredictiveHalvingPruner(50, bounds=(0, 1))
+    default = PredictiveHalvingPruner(50, bounds=(0, 1), forecaster="forecast")
     ensemble = PredictiveHalvingPruner(50, bounds=(0, 1), forecaster="ensemble")
     assert ensemble.forecaster == "ensemble" and default.forecaster == "forecast"
+    assert PredictiveHalvingPruner(50).forecaster == "pfn"  # the default (issue 24)
     a, b = default.score(curve, "max"), ensemble.score(curve, "max")
     assert a >= curve.max() and b >= curve.max() and a != b
     assert default.score(curve[:3], "max") == curve[:3].max()  # forecast needs 4 points

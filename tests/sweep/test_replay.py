@@ -221,7 +221,7 @@ def test_policies_with_each_forecaster(digits):
     from eecontrol.sweep.replay import default_policies
 
     plain = default_policies(digits.budget, (0, 1))
-    both = default_policies(digits.budget, (0, 1), forecasters=("forecast", "ensemble"))
+    both = default_policies(digits.budget, (0, 1), forecasters=("pfn", "ensemble"))
     assert set(plain) < set(both)
     extra = sorted(set(both) - set(plain))
     assert extra == [
@@ -232,7 +232,9 @@ def test_policies_with_each_forecaster(digits):
     ]
     for name in extra:
         assert both[name].pruner().forecaster == "ensemble"
-    assert plain["ours_in_run"].pruner().forecaster == "forecast"
+    assert plain["ours_in_run"].pruner().forecaster == "pfn"  # the default (issue 24)
+    named = default_policies(digits.budget, (0, 1), forecasters=("pfn", "forecast"))
+    assert named["ours_in_run_forecast"].pruner().forecaster == "forecast"
     with pytest.raises(ValueError, match="`forecaster` must be one of"):
         default_policies(digits.budget, (0, 1), forecasters=("lcpfn",))
     # replayed: the ensemble's in-run rule (a small bootstrap) on 3 runs cut to 12 points

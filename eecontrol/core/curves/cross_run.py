@@ -18,7 +18,7 @@ from scipy.stats import norm
 from eecontrol.core.checks import check_bounds, check_probability
 from eecontrol.core.curves.families import MODES, TARGETS
 from eecontrol.core.curves.predictive import noise_sd
-from eecontrol.core.curves.rules import RuleResult
+from eecontrol.core.curves.rules import RuleResult, decide
 
 
 @dataclass(frozen=True)
@@ -325,16 +325,12 @@ def cross_run_rule(
         "best": best,
         "n_points": n,
     }
-    if leads:
-        return RuleResult(
-            "continue", f"its best {own:.4g} already beats the best finished run", **common
-        )
-    if prob < delta:
-        reason = (
-            f"P(result beats the best finished run {best:.4g}) = {prob:.3f} < delta {delta:g}; "
-            f"predicted {pred.mean:.4g} +- {pred.sigma:.3g} from {pred.n_train} finished runs"
-        )
-        return RuleResult("stop", reason, **common)
-    return RuleResult(
-        "continue", f"P(beating the best finished run) = {prob:.3f} >= {delta:g}", **common
+    return decide(
+        common,
+        delta,
+        "delta",
+        f"P(result beats the best finished run {best:.4g})",
+        "P(beating the best finished run)",
+        f"predicted {pred.mean:.4g} +- {pred.sigma:.3g} from {pred.n_train} finished runs",
+        f"its best {own:.4g} already beats the best finished run" if leads else None,
     )

@@ -7,13 +7,16 @@ The rules (:func:`~eecontrol.core.curves.rules.convergence_rule`,
 ``LearningCurvePruner``, ``PredictiveHalvingPruner`` and ``eecontrol replay`` take the
 name as ``forecaster=``:
 
-* ``forecast`` (default): the calibrated average of robust tail fits
+* ``forecast``: the calibrated average of robust tail fits
   (:func:`~eecontrol.core.curves.predictive.forecast`); needs 4 points;
 * ``ensemble``: the 11-family BIC ensemble with a residual bootstrap of Domhan et al.
   (:func:`~eecontrol.core.curves.ensemble.fit_curve`) as a distribution
   (:class:`EnsembleForecast`); needs 3 points;
-* ``pfn``: the learned prior-data fitted network (``eecontrol.core.curves.pfn``, issue
-  24), imported when first used; forecasts from one point.
+* ``pfn`` (default): the learned prior-data fitted network (``eecontrol.core.curves.pfn``,
+  issue 24), imported when first used; forecasts from one point.
+
+Each forecaster carries the rules' default stop probabilities for its own predictive
+distribution (:class:`RuleDefaults`); a rule given an explicit value uses that.
 
 The distribution that decides is the one reported: the rules return the forecast they
 decided with (its mean, band and curve), and the callback logs and writes exactly that.
@@ -212,6 +215,27 @@ def _load_pfn() -> ForecastFunction:
 
 
 @dataclass(frozen=True)
+class RuleDefaults:
+    """The rules' stop probabilities that fit one forecaster's predictive distribution.
+
+    A rule given no value of its own (``threshold=None``, ``delta=None``, ``quantile=None``)
+    takes these for the forecaster it decides with: each forecaster's probabilities are
+    calibrated differently, so one number does not fit all.
+
+    Args:
+        threshold: the convergence rule's stop probability, in (0, 1).
+        delta: Domhan et al.'s sweep rule's stop probability, in (0, 1).
+        quantile: the quantile ``PredictiveHalvingPruner`` scores a trial by, in (0, 1).
+        source: where the values were chosen.
+    """
+
+    threshold: float = 0.05
+    delta: float = 0.05
+    quantile: float = 0.5
+    source: str = "Domhan et al.'s 5% (and the median for halving)"
+
+
+@dataclass(frozen=True)
 class Forecaster:
     """A named forecaster.
 
@@ -224,6 +248,7 @@ class Forecaster:
         description: one line for help texts.
         loader: returns the forecast function (imports lazily).
         handles_constant: it forecasts a constant curve (else the rules give no decision).
+        rules: the rules' default stop probabilities with this forecaster.
     """
 
     name: str
@@ -232,6 +257,7 @@ class Forecaster:
     description: str
     loader: Callable[[], ForecastFunction] = field(repr=False)
     handles_constant: bool = False
+    rules: RuleDefaults = field(default_factory=RuleDefaults)
 
     def load(self) -> ForecastFunction:
         """The forecast function (raises ImportError with the reason if unavailable)."""
@@ -259,6 +285,13 @@ class Forecaster:
         return self.load()(x, y, at, mode=mode, bounds=bounds, **options)
 
 
+PFN_THRESHOLD = 0.1
+"""The convergence rule's stop probability with the PFN (chosen leave-one-task-out)."""
+PFN_DELTA = 0.03
+"""The sweep rule's stop probability with the PFN (chosen leave-one-task-out)."""
+PFN_QUANTILE = 0.7
+"""``PredictiveHalvingPruner``'s scoring quantile with the PFN (chosen leave-one-task-out)."""
+
 FORECASTERS: dict[str, Forecaster] = {
     "forecast": Forecaster(
         "forecast",
@@ -281,12 +314,19 @@ FORECASTERS: dict[str, Forecaster] = {
         "the learned prior-data fitted network (issue 24)",
         _load_pfn,
         handles_constant=True,
+        rules=RuleDefaults(
+            threshold=PFN_THRESHOLD,
+            delta=PFN_DELTA,
+            quantile=PFN_QUANTILE,
+            source="leave-one-task-out on the 10 recorded sweeps "
+            "(benchmarks/curves_pfn_rules.py, benchmarks/results/curves_pfn_rules.json)",
+        ),
     ),
 }
 """The forecasters by name."""
 
-DEFAULT_FORECASTER = "forecast"
-"""The forecaster the rules use unless told otherwise."""
+DEFAULT_FORECASTER = "pfn"
+"""The forecaster the rules use unless told otherwise: the learned PFN (issue 24)."""
 
 
 def check_forecaster(name: Any) -> str:

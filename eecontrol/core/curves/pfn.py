@@ -34,6 +34,7 @@ from torch import nn
 
 from eecontrol.core.checks import check_bounds
 from eecontrol.core.curves.families import MODES
+from eecontrol.core.curves.predictive import GainScaleDistribution
 
 WEIGHTS_FILE = Path(__file__).with_name("pfn_weights.pt")
 Z_GAIN = 4.0  # z = asinh(Z_GAIN * v)
@@ -156,7 +157,7 @@ def load_model(path: str | Path | None = None) -> CurvePFN:
 
 
 @dataclass(frozen=True)
-class PFNForecast:
+class PFNForecast(GainScaleDistribution):
     """The PFN's predictive distribution of a curve's value at positions ``at``.
 
     The same public surface as :class:`eecontrol.core.curves.predictive.Forecast`. Values
@@ -183,16 +184,6 @@ class PFNForecast:
     bounds: tuple[float, float] | None
     noise: float
     spread: float = 1.0
-
-    @property
-    def _sign(self) -> float:
-        return 1.0 if self.mode == "max" else -1.0
-
-    def _to_value(self, g: np.ndarray) -> np.ndarray:
-        v = self._sign * np.asarray(g, dtype=float)
-        if self.bounds is not None:
-            v = np.clip(v, *self.bounds)
-        return v
 
     def _z_quantile(self, q: float) -> np.ndarray:
         """The q-quantile of z per position (the CDF is piecewise linear in z)."""
@@ -223,25 +214,9 @@ class PFNForecast:
         """The predictive median: the point forecast with the least absolute error."""
         return self._to_value(self._gain_quantile(0.5))
 
-    def quantile(self, q: float) -> np.ndarray:
-        """The q-quantile of the value (for ``min``, low quantiles are the good side)."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"`q` must be a probability in [0, 1], got {q!r}.")
-        return self._to_value(self._gain_quantile(q if self.mode == "max" else 1.0 - q))
-
-    def band(self, level: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-        """The central band holding ``level`` of the mass, ``(lower, upper)``.
-
-        It contains :attr:`median` and :attr:`mean`, and stays inside ``bounds``.
-        """
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
-        a = self.quantile((1.0 - level) / 2.0)
-        b = self.quantile((1.0 + level) / 2.0)
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        for m in (self.median, self.mean):
-            lo, hi = np.minimum(lo, m), np.maximum(hi, m)
-        return lo, hi
+    def _band_anchors(self) -> tuple[np.ndarray, ...]:
+        """The band contains :attr:`median` and :attr:`mean`."""
+        return (self.median, self.mean)
 
     def prob_beats(self, threshold: float) -> np.ndarray:
         """P(the value is better than ``threshold``) at each position.
@@ -250,10 +225,8 @@ class PFNForecast:
         threshold at or beyond the bound cannot be beaten.
         """
         s = self._sign
-        if self.bounds is not None:
-            edge = self.bounds[1] if self.mode == "max" else self.bounds[0]
-            if s * threshold >= s * edge:
-                return np.zeros(len(self.at))
+        if self._unbeatable(threshold):
+            return np.zeros(len(self.at))
         cdf = np.concatenate([np.zeros((len(self.at), 1)), np.cumsum(self.probs, axis=1)], axis=1)
         cdf /= cdf[:, -1:]
         out = []

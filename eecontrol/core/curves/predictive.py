@@ -211,8 +211,74 @@ def default_calibration() -> Calibration:
     return Calibration.from_dict(json.loads(CALIBRATION_FILE.read_text()))
 
 
+class GainScaleDistribution:
+    """The shared surface of predictive distributions held on the larger-is-better scale.
+
+    A subclass (a frozen dataclass) has ``at``, ``mode`` and ``bounds`` and defines
+    ``_gain_quantile(q)`` (the q-quantile on the gain scale, a loss negated) and ``mean``;
+    it gets the caller's-unit :meth:`quantile` and :meth:`band` and the bound check of
+    ``prob_beats``. :meth:`_band_anchors` are the points the band must contain (the mean),
+    :meth:`_widen` a last adjustment of the band (none).
+    """
+
+    at: np.ndarray
+    mode: str
+    bounds: tuple[float, float] | None
+
+    @property
+    def _sign(self) -> float:
+        return 1.0 if self.mode == "max" else -1.0
+
+    def _to_value(self, g: np.ndarray) -> np.ndarray:
+        v = self._sign * np.asarray(g, dtype=float)
+        if self.bounds is not None:
+            v = np.clip(v, *self.bounds)
+        return v
+
+    def _gain_quantile(self, q: float) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The point forecast at each position (inside ``bounds``)."""
+        raise NotImplementedError
+
+    def _unbeatable(self, threshold: float) -> bool:
+        """Whether ``threshold`` lies at or beyond the metric's bound (nothing beats it)."""
+        if self.bounds is None:
+            return False
+        edge = self.bounds[1] if self.mode == "max" else self.bounds[0]
+        return bool(self._sign * threshold >= self._sign * edge)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """The q-quantile of the value (for ``min``, low quantiles are the good side)."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"`q` must be a probability in [0, 1], got {q!r}.")
+        return self._to_value(self._gain_quantile(q if self.mode == "max" else 1.0 - q))
+
+    def _band_anchors(self) -> tuple[np.ndarray, ...]:
+        return (self.mean,)
+
+    def _widen(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return lo, hi
+
+    def band(self, level: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+        """The central band holding ``level`` of the mass, ``(lower, upper)``.
+
+        It contains the point forecasts (:meth:`_band_anchors`) and stays inside ``bounds``.
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+        a = self.quantile((1.0 - level) / 2.0)
+        b = self.quantile((1.0 + level) / 2.0)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        for m in self._band_anchors():
+            lo, hi = np.minimum(lo, m), np.maximum(hi, m)
+        return self._widen(lo, hi)
+
+
 @dataclass(frozen=True)
-class Forecast:
+class Forecast(GainScaleDistribution):
     """The calibrated predictive distribution of a curve's value at positions ``at``.
 
     Values are in the caller's units; ``Y = center + scale * S`` on the larger-is-better
@@ -244,16 +310,6 @@ class Forecast:
     candidates: np.ndarray
     fit_sd: float = 0.0
 
-    @property
-    def _sign(self) -> float:
-        return 1.0 if self.mode == "max" else -1.0
-
-    def _to_value(self, g: np.ndarray) -> np.ndarray:
-        v = self._sign * np.asarray(g, dtype=float)
-        if self.bounds is not None:
-            v = np.clip(v, *self.bounds)
-        return v
-
     def _gain_quantile(self, q: float) -> np.ndarray:
         s = np.array([np.interp(q, self.levels, row) for row in self.scores])
         return self.center + self.scale * s
@@ -267,21 +323,9 @@ class Forecast:
         """
         return self._to_value(self.center)
 
-    def quantile(self, q: float) -> np.ndarray:
-        """The q-quantile of the value (for ``min``, low quantiles are the good side)."""
-        return self._to_value(self._gain_quantile(q if self.mode == "max" else 1.0 - q))
-
-    def band(self, level: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-        """The central band holding ``level`` of the mass, ``(lower, upper)``.
-
-        The band always contains :attr:`mean`, stays inside ``bounds`` and is never of
-        zero width (at least the curve's noise, or a small fraction of the scale).
-        """
-        a = self.quantile((1.0 - level) / 2.0)
-        b = self.quantile((1.0 + level) / 2.0)
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        m = self.mean
-        lo, hi = np.minimum(lo, m), np.maximum(hi, m)
+    def _widen(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The band is never of zero width: at least the curve's noise, or a small
+        fraction of the scale (inside ``bounds``)."""
         width = np.maximum(np.maximum(self.noise, 0.05 * self.scale), 1e-9)
         short = (hi - lo) < width
         if np.any(short):
@@ -300,12 +344,9 @@ class Forecast:
         value there would be the bound itself, still better); a threshold at or beyond
         the bound cannot be beaten.
         """
-        s = self._sign
-        if self.bounds is not None:
-            edge = self.bounds[1] if self.mode == "max" else self.bounds[0]
-            if s * threshold >= s * edge:
-                return np.zeros(len(self.at))
-        z = (s * threshold - self.center) / self.scale
+        if self._unbeatable(threshold):
+            return np.zeros(len(self.at))
+        z = (self._sign * threshold - self.center) / self.scale
         out = []
         for zi, row in zip(z, self.scores):
             if zi < row[0]:

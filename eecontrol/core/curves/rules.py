@@ -127,6 +127,39 @@ def _curve_record(
     }
 
 
+def decide(
+    common: dict[str, Any],
+    limit: float,
+    name: str,
+    event: str,
+    label: str,
+    explained: str,
+    keep_reason: str | None = None,
+) -> RuleResult:
+    """The verdict of a probability rule from its evidence.
+
+    Args:
+        common: the :class:`RuleResult` fields but the decision and the reason (with
+            ``probability``).
+        limit: stop when the probability is below this.
+        name: the limit's option name (``threshold``, ``delta``).
+        event: the probability, spelled out for the stop reason (``P(beating ...)``).
+        label: the probability, short, for the continue reason (``P(improvement)``).
+        explained: the prediction behind a stop, appended to its reason.
+        keep_reason: a reason to continue whatever the probability (the run leads, or
+            just set its best), or None.
+
+    Returns:
+        ``continue`` with ``keep_reason``, else ``stop`` below ``limit``, else ``continue``.
+    """
+    prob = float(common["probability"])
+    if keep_reason is not None:
+        return RuleResult("continue", keep_reason, **common)
+    if prob < limit:
+        return RuleResult("stop", f"{event} = {prob:.3f} < {name} {limit:g}; {explained}", **common)
+    return RuleResult("continue", f"{label} = {prob:.3f} >= {limit:g}", **common)
+
+
 def in_run_rule(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -224,16 +257,15 @@ def in_run_rule(
         "forecaster": "ensemble",
         "curve": curve,
     }
-    if _sets_best(ya, mode, min_delta):
-        return RuleResult("continue", _new_best_reason(best, prob), **common)
-    if prob < threshold:
-        reason = (
-            f"P(beating the best {best:.4g} by {min_delta:g} before {horizon:g}) = {prob:.3f} "
-            f"< threshold {threshold:g}; predicted final {pred.mean[-1]:.4g} "
-            f"({band:.0%} band {lo:.4g} .. {hi:.4g})"
-        )
-        return RuleResult("stop", reason, **common)
-    return RuleResult("continue", f"P(improvement) = {prob:.3f} >= {threshold:g}", **common)
+    return decide(
+        common,
+        threshold,
+        "threshold",
+        f"P(beating the best {best:.4g} by {min_delta:g} before {horizon:g})",
+        "P(improvement)",
+        f"predicted final {pred.mean[-1]:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})",
+        _new_best_reason(best, prob) if _sets_best(ya, mode, min_delta) else None,
+    )
 
 
 def _new_best_reason(best: float, prob: float) -> str:
@@ -312,7 +344,7 @@ def convergence_rule(
     horizon: float,
     mode: str = "max",
     min_delta: float | None = None,
-    threshold: float = 0.05,
+    threshold: float | None = None,
     min_points: int = 5,
     band: float = 0.8,
     bounds: Sequence[float] | None = None,
@@ -324,8 +356,8 @@ def convergence_rule(
 
     The probability is the largest, over five positions between the last observation and
     the horizon, of P(value > best + ``min_delta``) under the forecaster's predictive
-    distribution (default: the calibrated forecast,
-    :func:`~eecontrol.core.curves.predictive.forecast`, where a tail without a significant
+    distribution (default: the learned PFN, :mod:`eecontrol.core.curves.pfn`; with
+    ``forecaster="forecast"`` the calibrated forecast, where a tail without a significant
     trend, F < :data:`PLATEAU_F`, is forecast flat). The target is clipped to ``bounds``
     (reaching the bound counts); a run is never stopped at a validation that set its best. With ``min_delta=None`` the
     improvement that counts is the curve's own noise (the larger of the robust noise
@@ -338,7 +370,9 @@ def convergence_rule(
         horizon: the last position training will reach (same units as ``x``).
         mode: ``max`` or ``min``.
         min_delta: the improvement that counts, >= 0, or None (the curve's noise).
-        threshold: stop when the probability is below this, in (0, 1).
+        threshold: stop when the probability is below this, in (0, 1); None: the
+            forecaster's own (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`:
+            0.05 for ``forecast``, chosen leave-one-task-out for ``pfn``).
         min_points: no decision before this many points (the warm-up), >= 1 (below the
             forecaster's own minimum the rule says it is blind).
         band: central mass of the reported band at the horizon, in (0, 1).
@@ -351,6 +385,8 @@ def convergence_rule(
     Returns:
         A :class:`RuleResult` of rule ``convergence``.
     """
+    if threshold is None:
+        threshold = get_forecaster(forecaster).rules.threshold
     check_rule_args({"threshold": threshold, "band": band}, min_delta=min_delta)
     opts = {"calibration": calibration, "min_f": PLATEAU_F, **options}
     fc, early, grid = _forecast_or_reason(
@@ -380,16 +416,15 @@ def convergence_rule(
         "forecaster": forecaster,
         "curve": curve,
     }
-    if _sets_best(ya, mode, delta):
-        return RuleResult("continue", _new_best_reason(best, prob), **common)
-    if prob < threshold:
-        reason = (
-            f"P(beating the best {best:.4g} by {delta:.3g} before {horizon:g}) = {prob:.3f} "
-            f"< threshold {threshold:g}; predicted final {mean:.4g} "
-            f"({band:.0%} band {lo:.4g} .. {hi:.4g})"
-        )
-        return RuleResult("stop", reason, **common)
-    return RuleResult("continue", f"P(improvement) = {prob:.3f} >= {threshold:g}", **common)
+    return decide(
+        common,
+        threshold,
+        "threshold",
+        f"P(beating the best {best:.4g} by {delta:.3g} before {horizon:g})",
+        "P(improvement)",
+        f"predicted final {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})",
+        _new_best_reason(best, prob) if _sets_best(ya, mode, delta) else None,
+    )
 
 
 def sweep_rule(
@@ -398,7 +433,7 @@ def sweep_rule(
     horizon: float,
     best: float | None,
     mode: str = "max",
-    delta: float = 0.05,
+    delta: float | None = None,
     min_points: int = 5,
     band: float = 0.8,
     bounds: Sequence[float] | None = None,
@@ -409,7 +444,7 @@ def sweep_rule(
     """Domhan et al.'s rule: stop when P(value at the horizon > the sweep's best) < ``delta``.
 
     ``best`` is the best value seen so far by any run of the sweep (Domhan et al. use
-    ``delta = 0.05``). A run whose own best already equals or beats it leads the sweep
+    ``delta = 0.05`` with their ensemble). A run whose own best already equals or beats it leads the sweep
     and is never stopped by this rule (the convergence rule decides when it is done).
     Mass of the forecast beyond the metric's bound counts as beating a ``best`` inside it.
 
@@ -419,7 +454,9 @@ def sweep_rule(
         horizon: the last position training will reach (same units as ``x``).
         best: the best value of the sweep so far (None: no other run yet, no decision).
         mode: ``max`` or ``min``.
-        delta: stop below this probability, in (0, 1).
+        delta: stop below this probability, in (0, 1); None: the forecaster's own
+            (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`: 0.05 for
+            ``forecast``, chosen leave-one-task-out for ``pfn``).
         min_points: no decision before this many points (the warm-up), >= 1 (below the
             forecaster's own minimum the rule says it is blind).
         band: central mass of the reported band at the horizon, in (0, 1).
@@ -432,6 +469,8 @@ def sweep_rule(
     Returns:
         A :class:`RuleResult` of rule ``sweep``.
     """
+    if delta is None:
+        delta = get_forecaster(forecaster).rules.delta
     check_rule_args({"delta": delta, "band": band})
     opts = {"calibration": calibration, **options}
     fc, early, grid = _forecast_or_reason(
@@ -459,14 +498,12 @@ def sweep_rule(
         "forecaster": forecaster,
         "curve": curve,
     }
-    if leads:
-        return RuleResult("continue", f"this run holds the sweep's best ({own:.4g})", **common)
-    if prob < delta:
-        reason = (
-            f"P(value at {horizon:g} beats the sweep's best {best:.4g}) = {prob:.3f} "
-            f"< delta {delta:g}; predicted {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})"
-        )
-        return RuleResult("stop", reason, **common)
-    return RuleResult(
-        "continue", f"P(beating the sweep's best) = {prob:.3f} >= {delta:g}", **common
+    return decide(
+        common,
+        delta,
+        "delta",
+        f"P(value at {horizon:g} beats the sweep's best {best:.4g})",
+        "P(beating the sweep's best)",
+        f"predicted {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})",
+        f"this run holds the sweep's best ({own:.4g})" if leads else None,
     )
