@@ -494,7 +494,8 @@ def main() -> None:
         print(rule, "allowed", result["allowed"][rule], "shipped", result["shipped"][rule])
         for t, r in result["loto"][rule].items():
             print(
-                f"  {t:18s} chose {r['chosen']:<6} {r['saving_x']:.2f}x reg {r['regret_complete']:.4f}"
+                f"  {t:18s} chose {r['chosen']:<6} {r['saving_x']:.2f}x "
+                f"reg {r['regret_complete']:.4f}"
                 f" any {r['regret_any']:.4f} | {r['baseline']} {r['baseline_saving_x']:.2f}x reg "
                 f"{r['baseline_regret_complete']:.4f} any {r['baseline_regret_any']:.4f}"
             )

@@ -359,8 +359,8 @@ def convergence_rule(
     distribution (default: the learned PFN, :mod:`eecontrol.core.curves.pfn`; with
     ``forecaster="forecast"`` the calibrated forecast, where a tail without a significant
     trend, F < :data:`PLATEAU_F`, is forecast flat). The target is clipped to ``bounds``
-    (reaching the bound counts); a run is never stopped at a validation that set its best. With ``min_delta=None`` the
-    improvement that counts is the curve's own noise (the larger of the robust noise
+    (reaching the bound counts); a run is never stopped at a validation that set its best.
+    With ``min_delta=None`` the improvement that counts is the curve's own noise (the larger of the robust noise
     estimate and the tail fit's residual spread), so a noisy plateau, whose best is a
     lucky draw, stops instead of waiting for a luckier one.
 
@@ -444,8 +444,8 @@ def sweep_rule(
     """Domhan et al.'s rule: stop when P(value at the horizon > the sweep's best) < ``delta``.
 
     ``best`` is the best value seen so far by any run of the sweep (Domhan et al. use
-    ``delta = 0.05`` with their ensemble). A run whose own best already equals or beats it leads the sweep
-    and is never stopped by this rule (the convergence rule decides when it is done).
+    ``delta = 0.05`` with their ensemble). A run whose own best already equals or beats it
+    leads the sweep and is never stopped by this rule (the convergence rule decides when it is done).
     Mass of the forecast beyond the metric's bound counts as beating a ``best`` inside it.
 
     Args:
