@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
 
 from eecontrol.core.checks import check_choice, check_range
 from eecontrol.core.grades import AUTO, NORMALIZE, STATISTICS, Component, Coverage, check_tau
@@ -48,14 +50,86 @@ def check_arguments(
     return {"tau": tau, "smoothing": smoothing, "uses_auto": uses_auto}
 
 
+def is_fsdp(strategy: Any) -> bool:
+    """Whether ``strategy`` is Lightning's ``FSDPStrategy`` (or a subclass)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether each process holds only a piece of the parameters (FSDP, not NO_SHARD)."""
+    sharding = getattr(getattr(strategy, "sharding_strategy", None), "name", "")
+    return is_fsdp(strategy) and sharding != "NO_SHARD"
+
+
+def gather_on(trainer: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A collective stacking every process's 1-D tensor in process order (for sharded
+    statistics): ``(processes, n)``, on the strategy's device and back."""
+
+    def gather(local: torch.Tensor) -> torch.Tensor:
+        local = local.to(trainer.strategy.root_device)
+        rows = [torch.empty_like(local) for _ in range(trainer.world_size)]
+        torch.distributed.all_gather(rows, local)
+        return torch.stack(rows)
+
+    return gather
+
+
+def check_unwrapped(module: torch.nn.Module) -> None:
+    """GradES under FSDP finds its matrices at ``setup``, before FSDP shards them.
+
+    Raises:
+        ValueError: if the module has no parameters yet (built in ``configure_model``) or
+            is already wrapped by FSDP (a second ``fit`` on the same Trainer).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in module.modules()):
+        raise ValueError(
+            "GradES under FSDP finds its matrices at setup, before FSDP flattens and shards "
+            "them, but this module is already wrapped by FSDP (a second fit on the same "
+            "Trainer?). Fit with a new Trainer and model."
+        )
+    if next(module.parameters(), None) is None:
+        raise ValueError(
+            "GradES under FSDP finds its matrices at setup, before FSDP flattens and shards "
+            "them, but this module has no parameters then (built in configure_model?). "
+            "Build the model in __init__ to use GradES with FSDP."
+        )
+
+
+def _fsdp_problem(strategy: Any) -> str | None:
+    """Why GradES cannot run under this ``FSDPStrategy`` (with the fix), or None."""
+    if not (getattr(strategy, "kwargs", None) or {}).get("use_orig_params", False):
+        return (
+            "GradES under FSDP freezes single weight matrices through their original "
+            "parameters, which needs FSDPStrategy(use_orig_params=True) (Lightning's "
+            "default); got use_orig_params=False, where FSDP exposes only flat parameters "
+            "and the optimizer holds them, so one matrix cannot be frozen on its own."
+        )
+    sharding = getattr(getattr(strategy, "sharding_strategy", None), "name", "")
+    if sharding in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+        return (
+            f"GradES does not support FSDP's sharding_strategy={sharding}: each shard is "
+            f"replicated across nodes, so adding every process's partial sums would count "
+            f"each matrix once per replica. Use sharding_strategy='FULL_SHARD', "
+            f"'SHARD_GRAD_OP' or 'NO_SHARD'."
+        )
+    return None
+
+
 def strategy_problem(strategy: Any) -> str | None:
     """Returns why GradES cannot run under ``strategy`` (with the fix), or None."""
+    if is_fsdp(strategy):
+        return _fsdp_problem(strategy)
     name = type(strategy).__name__
     if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:
         return (
-            f"GradES does not support {name}: sharded strategies flatten and shard parameters, "
-            f"so single weight matrices cannot be frozen one by one mid-run. Use "
-            f"strategy='ddp_find_unused_parameters_true' (or a single device)."
+            f"GradES does not support {name}: it shards parameters in a way GradES cannot "
+            f"read or freeze one matrix of. Use Lightning's FSDPStrategy "
+            f"(use_orig_params=True), strategy='ddp_find_unused_parameters_true' or a "
+            f"single device."
         )
     from lightning.pytorch.strategies import DDPStrategy
 

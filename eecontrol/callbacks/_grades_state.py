@@ -26,6 +26,7 @@ from eecontrol.core.grades import (
     coverage,
     find_components,
     freeze_parameters,
+    named_parameters,
     resolve_taus,
 )
 
@@ -69,6 +70,7 @@ class GradESState(ControlCallback):
         self._warned: set[str] = set()
         self._coverage: Coverage | None = None
         self._setup_module: pl.LightningModule | None = None
+        self._sharded = False  # FSDP: each process holds a piece of every matrix
 
     @override
     def _config(self) -> dict[str, Any]:
@@ -135,7 +137,9 @@ class GradESState(ControlCallback):
         self._components = find_components(pl_module, self.patterns, keep=frozen_params)
         self._names = [c.name for c in self._components]
         taus = resolve_taus(self.tau, self._components)
-        self._stats = GradStatistic(self._components, self.statistic, self.normalize)
+        self._stats = GradStatistic(
+            self._components, self.statistic, self.normalize, sharded=self._sharded
+        )
         self._rule = FreezeRule(taus, self.rel_tau, self.smoothing)
         self._total_params = sum(p.numel() for p in pl_module.parameters())
         kept = set(frozen_params)
@@ -152,7 +156,7 @@ class GradESState(ControlCallback):
             self._rule.load_state_dict(state.get("rule") or {}, self._names)
             self._stats.load_state_dict(state.get("snapshots") or {})
             self._last_step = int(state.get("last_step", -1))
-        params = dict(pl_module.named_parameters())
+        params = named_parameters(pl_module)
         missing = [n for info in self._frozen.values() for n in info["params"] if n not in params]
         if missing:
             raise ValueError(
@@ -191,7 +195,8 @@ class GradESState(ControlCallback):
         assert self._stats is not None
         comp = self._components[idx]
         lr = lr_of(trainer.optimizers, comp)
-        numel = freeze_parameters(comp.params, trainer.optimizers)
+        freeze_parameters(comp.params, trainer.optimizers)
+        numel = comp.numel  # at full size (a piece of it on each process under FSDP)
         self._stats.clear([idx])
         self._last_values.pop(comp.name, None)
         self._frozen[comp.name] = {
@@ -295,7 +300,7 @@ class GradESState(ControlCallback):
         # They are frozen again (state dropped) before the first step.
         module = self._setup_module
         if module is not None:
-            params = dict(module.named_parameters())
+            params = named_parameters(module)
             for info in self._frozen.values():
                 for name in info["params"]:
                     param = params.get(name)

@@ -31,8 +31,12 @@ from eecontrol.callbacks._grades_log import (
 from eecontrol.callbacks._grades_setup import (
     MIN_COVERAGE,
     check_arguments,
+    check_unwrapped,
     compile_cost,
     describe_setup,
+    gather_on,
+    is_fsdp,
+    is_sharded,
 )
 from eecontrol.callbacks._grades_setup import strategy_problem as _strategy_problem
 from eecontrol.callbacks._grades_state import TIMELINE_FILE, GradESState
@@ -40,6 +44,7 @@ from eecontrol.core.grades import (
     AUTO,
     compile_patterns,
     freeze_parameters,
+    named_parameters,
 )
 
 __all__ = ["MIN_COVERAGE", "TIMELINE_FILE", "GradES", "_strategy_problem"]
@@ -142,8 +147,13 @@ class GradES(GradESState):
         problem = _strategy_problem(trainer.strategy)
         if problem is not None:
             raise ValueError(problem)
-        # Components are found in on_fit_start, after a checkpoint's frozen set is restored.
+        # Components are found in on_fit_start, after a checkpoint's frozen set is restored;
+        # under FSDP now, before it flattens and shards the parameters.
         self._setup_module = pl_module
+        self._sharded = is_sharded(trainer.strategy)
+        if is_fsdp(trainer.strategy):
+            check_unwrapped(pl_module)
+            self._discover(pl_module)
 
     def _report_setup(self, trainer: pl.Trainer) -> None:
         """The set-up report: console, ``decisions.jsonl`` and loggers (once per run)."""
@@ -167,7 +177,8 @@ class GradES(GradESState):
         self._owner = {}
         self._read_at_step = set()
         self._bar_frozen = -1
-        self._discover(pl_module)
+        if not is_fsdp(trainer.strategy):
+            self._discover(pl_module)
         self._report_setup(trainer)
         self._grace_step = int(self.grace * self._total_steps)
         self._start_step = (
@@ -196,7 +207,7 @@ class GradES(GradESState):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The optimizer state was restored after on_fit_start: drop frozen params' state again.
-        params = dict(pl_module.named_parameters())
+        params = named_parameters(pl_module)
         for info in self._frozen.values():
             freeze_parameters((params[n] for n in info["params"]), trainer.optimizers)
         if self._names and self.frozen_fraction >= self.max_frozen_ratio:
@@ -231,8 +242,12 @@ class GradES(GradESState):
         if not active:
             return
         if step >= self._start_step and step % self.interval == 0:
-            values = self._stats.read(active, refresh=self._stats.snapshot_due(step, self.interval))
-            if trainer.world_size > 1:  # identical decisions on every rank
+            refresh = self._stats.snapshot_due(step, self.interval)
+            if self._sharded:  # every rank adds all ranks' partial sums of its pieces
+                values = self._stats.read(active, refresh, gather=gather_on(trainer))
+            else:
+                values = self._stats.read(active, refresh)
+            if trainer.world_size > 1 and not self._sharded:  # identical decisions everywhere
                 values = trainer.strategy.broadcast(values, src=0)
             self._decide_on(trainer, pl_module, step, active, values)
             active = [i for i in active if self._names[i] not in self._frozen]

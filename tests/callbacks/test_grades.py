@@ -300,7 +300,14 @@ def test_strategy_checks():
         DDPStrategy(find_unused_parameters=True, static_graph=True)
     )
     assert _strategy_problem(DDPStrategy(find_unused_parameters=True)) is None
-    assert "does not support FSDPStrategy" in _strategy_problem(FSDPStrategy())
+    # FSDP with original parameters (Lightning's default) runs (tests/callbacks/test_grades_fsdp.py)
+    assert _strategy_problem(FSDPStrategy()) is None
+    assert _strategy_problem(FSDPStrategy(sharding_strategy="SHARD_GRAD_OP")) is None
+    assert "FSDPStrategy(use_orig_params=True)" in _strategy_problem(
+        FSDPStrategy(use_orig_params=False)
+    )
+    hybrid = FSDPStrategy(sharding_strategy="HYBRID_SHARD", auto_wrap_policy={torch.nn.Linear})
+    assert "sharding_strategy=HYBRID_SHARD" in _strategy_problem(hybrid)
 
 
 @pytest.mark.timeout(240)

@@ -22,7 +22,7 @@ that need no Lightning, so they work from a plain PyTorch loop too, one job per 
 """
 
 from eecontrol.core.grades.coverage import Coverage, coverage
-from eecontrol.core.grades.freezing import freeze_parameters
+from eecontrol.core.grades.freezing import freeze_parameters, named_parameters, original_name
 from eecontrol.core.grades.patterns import (
     DEFAULT_PATTERNS,
     PRESETS,
@@ -77,6 +77,8 @@ __all__ = [
     "is_table",
     "l1_parts",
     "matches",
+    "named_parameters",
+    "original_name",
     "resolve_taus",
     "weight_groups",
 ]

@@ -35,3 +35,19 @@ def freeze_parameters(
         for p in params:
             opt.state.pop(p, None)
     return count
+
+
+#: Name segments that wrappers insert into parameter names (FSDP, activation checkpointing).
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def original_name(name: str) -> str:
+    """A parameter's name without the segments FSDP and checkpoint wrappers insert."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+def named_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``module``'s parameters by their original names (as before FSDP wrapped it)."""
+    return {original_name(n): p for n, p in module.named_parameters()}

@@ -7,7 +7,7 @@ cache-sized chunks (exact to ~1e-8 on 45M-entry matrices, fp16 upcast).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -138,10 +138,18 @@ class GradStatistic:
         components: the components (from :func:`find_components`).
         statistic: one of :data:`STATISTICS`.
         normalize: ``sum`` or ``mean``.
+        sharded: each process holds a piece of every parameter (FSDP's original
+            parameters, flattened to 1-D views of its shard, empty where the process holds
+            none of it); a reading sums this process's pieces (see :meth:`read`'s
+            ``gather``).
     """
 
     def __init__(
-        self, components: Sequence[Component], statistic: str = "grad_l1", normalize: str = "sum"
+        self,
+        components: Sequence[Component],
+        statistic: str = "grad_l1",
+        normalize: str = "sum",
+        sharded: bool = False,
     ) -> None:
         if statistic not in STATISTICS:
             raise ValueError(f"`statistic` must be one of {list(STATISTICS)}, got {statistic!r}.")
@@ -150,6 +158,7 @@ class GradStatistic:
         self.components = list(components)
         self.statistic = statistic
         self.normalize = normalize
+        self.sharded = sharded
         self._snapshots: dict[int, list[torch.Tensor]] = {}
         self._versions: dict[int, list[int] | None] = {}  # None: an owned copy
         self._copy_grads = False
@@ -173,7 +182,11 @@ class GradStatistic:
     def _current(self, comp: Component) -> list[torch.Tensor] | None:
         if self.statistic == "weight_delta_l1":
             return [p.detach() for p in comp.params]
-        grads = [p.grad for p in comp.params]
+        # sharded (FSDP): a parameter with no weights on this process has no gradient here
+        grads = [
+            p.detach() if p.grad is None and self.sharded and p.numel() == 0 else p.grad
+            for p in comp.params
+        ]
         if any(g is None for g in grads):
             return None
         return [g.detach() for g in grads]  # type: ignore[union-attr]
@@ -195,7 +208,12 @@ class GradStatistic:
         return True
 
     @torch.no_grad()
-    def read(self, active: Sequence[int], refresh: bool = False) -> list[float | None]:
+    def read(
+        self,
+        active: Sequence[int],
+        refresh: bool = False,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[float | None]:
         """Reads the statistic of the components at indices ``active``.
 
         Args:
@@ -203,6 +221,10 @@ class GradStatistic:
             refresh: ``weight_delta_l1`` only: also take the next snapshot during the
                 same pass (a reading that is immediately followed by a snapshot); the
                 next :meth:`snapshot` then skips these components.
+            gather: sharded parameters (FSDP): a collective that stacks a 1-D float64
+                tensor of every process (``(processes, n)``, in process order). Each
+                process's partial sums over its pieces are gathered and added, so every
+                process reads the statistic of the full matrices, bit-identical.
 
         Returns:
             One value per index in ``active`` (``None`` where no reading is possible;
@@ -238,12 +260,14 @@ class GradStatistic:
         for n in lengths:
             norms.append(math.fsum(flat[k : k + n]))
             k += n
+        sums = [None if span is None else math.fsum(norms[span[0] : span[1]]) for span in spans]
+        if gather is not None:
+            sums = self._add_pieces(active, sums, gather)
         out: list[float | None] = []
-        for idx, span in zip(active, spans):
-            if span is None:
+        for idx, value in zip(active, sums):
+            if value is None:
                 out.append(None)
                 continue
-            value = math.fsum(norms[span[0] : span[1]])
             if self.normalize == "mean":
                 value /= max(self.components[idx].numel, 1)
             if not math.isfinite(value):
@@ -251,6 +275,36 @@ class GradStatistic:
                 out.append(None)
             else:
                 out.append(value)
+        return out
+
+    def _add_pieces(
+        self,
+        active: Sequence[int],
+        sums: list[float | None],
+        gather: Callable[[torch.Tensor], torch.Tensor],
+    ) -> list[float | None]:
+        """Adds every process's partial sums (in process order) and merges the failures."""
+        n = len(active)
+        local = torch.zeros(3 * n, dtype=torch.float64)
+        for k, (idx, value) in enumerate(zip(active, sums)):
+            if value is not None:
+                local[k] = value
+            elif self.failures.get(idx) == NO_GRADIENT:
+                local[n + k] = 1.0
+            else:
+                local[2 * n + k] = 1.0
+        rows = gather(local).reshape(-1, 3, n).to("cpu", torch.float64).tolist()
+        self.failures = {}
+        out: list[float | None] = []
+        for k, idx in enumerate(active):
+            if any(row[1][k] for row in rows):
+                self.failures[idx] = NO_GRADIENT
+            elif any(row[2][k] for row in rows):
+                self.failures[idx] = NO_PREVIOUS
+            else:
+                out.append(math.fsum(row[0][k] for row in rows))
+                continue
+            out.append(None)
         return out
 
     @torch.no_grad()

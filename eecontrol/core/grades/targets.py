@@ -47,16 +47,20 @@ class Component:
             as ``mlp.experts.gate_up_proj``).
         param_names: names of its parameters in ``model.named_parameters()``.
         params: the parameters themselves.
+        sizes: the parameters' numbers of weights when the component was found (before
+            FSDP shards them); empty: their current sizes.
     """
 
     name: str
     param_names: tuple[str, ...]
     params: tuple[nn.Parameter, ...] = field(repr=False, compare=False)
+    sizes: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def numel(self) -> int:
-        """Number of scalar weights in the component."""
-        return sum(p.numel() for p in self.params)
+        """Number of scalar weights in the component (at its full size: under FSDP each
+        process holds only a piece of each parameter)."""
+        return sum(self.sizes) if self.sizes else sum(p.numel() for p in self.params)
 
 
 def _lora_owner(name: str) -> str:
@@ -242,6 +246,11 @@ def find_components(
                 f"the matrices of the repeated blocks by structure."
             )
     return [
-        Component(name, tuple(n for n, _ in items), tuple(p for _, p in items))
+        Component(
+            name,
+            tuple(n for n, _ in items),
+            tuple(p for _, p in items),
+            tuple(p.numel() for _, p in items),
+        )
         for name, items in groups
     ]
