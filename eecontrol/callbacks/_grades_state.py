@@ -14,10 +14,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import ControlCallback, run_dir
-from eecontrol.callbacks._grades_log import lr_of, owners
+from eecontrol.callbacks._control import ControlCallback, is_compiled, recompile_limit, run_dir
+from eecontrol.callbacks._grades_log import FAILURE_ADVICE, log_metrics, lr_of, owners
+from eecontrol.callbacks._grades_setup import compile_cost
 from eecontrol.core.grades import (
     Component,
     Coverage,
@@ -209,6 +211,47 @@ class GradESState(ControlCallback):
             "params": list(comp.param_names),
         }
         return lr, numel
+
+    # --- reports ------------------------------------------------------------------
+
+    def _compile_cost(self, pl_module: pl.LightningModule) -> None:
+        """Under ``torch.compile``: says how many recompiles freezing can cost."""
+        if not is_compiled(pl_module):
+            return
+        message, over = compile_cost(
+            self.freeze_steps_bound(),
+            recompile_limit(),
+            len(self._names),
+            self.interval,
+            self._grace_step,
+            self._total_steps,
+        )
+        (rank_zero_warn if over else rank_zero_info)(message)
+
+    def _log_fractions(self, trainer: pl.Trainer) -> None:
+        """Frozen and trainable fraction to the loggers (not through ``pl_module.log``)."""
+        log_metrics(
+            trainer,
+            {
+                "grades/frozen_fraction": self.frozen_fraction,
+                "grades/trainable_fraction": self.trainable_fraction,
+            },
+        )
+
+    def _warn_failures(self, step: int) -> None:
+        """Warns once per cause about components that could not be read after the grace."""
+        assert self._stats is not None
+        by_reason: dict[str, list[str]] = {}
+        for idx, why in self._stats.failures.items():
+            by_reason.setdefault(why, []).append(self._names[idx])
+        for why, names in by_reason.items():
+            if why not in FAILURE_ADVICE or why in self._warned:
+                continue
+            self._warned.add(why)
+            rank_zero_warn(
+                f"GradES: {why} for {len(names)} component(s) at step {step} (e.g. "
+                f"{names[:5]}): {FAILURE_ADVICE[why]}."
+            )
 
     # --- timeline and state ---------------------------------------------------------
 

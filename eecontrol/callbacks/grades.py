@@ -12,19 +12,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from eecontrol.callbacks._control import (
-    is_compiled,
     log_every_n,
     plan_step,
     plan_unit,
     planned_steps,
-    recompile_limit,
 )
 from eecontrol.callbacks._grades_log import (
-    FAILURE_ADVICE,
     log_histogram,
     log_metrics,
 )
@@ -32,7 +29,6 @@ from eecontrol.callbacks._grades_setup import (
     MIN_COVERAGE,
     check_arguments,
     check_unwrapped,
-    compile_cost,
     describe_setup,
     gather_on,
     is_fsdp,
@@ -70,6 +66,11 @@ class GradES(GradESState):
     several optimizers each component is read once per batch, at the step of the optimizer
     that holds it. Frozen fraction and trainable fraction go to the loggers once per
     optimizer step at their cadence (``log_every_n_steps``), not per micro-batch.
+
+    Distributed: under DDP (``find_unused_parameters=True``) rank 0's readings are
+    broadcast; under FSDP (``use_orig_params=True``) each rank sums its pieces of every
+    matrix and the ranks' partial sums are added, so all ranks read the full matrices
+    and decide alike (docs/grades.md, "Distributed training").
 
     Example::
 
@@ -190,20 +191,6 @@ class GradES(GradESState):
         self._apply_restored(trainer, pl_module)
         self._compile_cost(pl_module)
 
-    def _compile_cost(self, pl_module: pl.LightningModule) -> None:
-        """Under ``torch.compile``: says how many recompiles freezing can cost."""
-        if not is_compiled(pl_module):
-            return
-        message, over = compile_cost(
-            self.freeze_steps_bound(),
-            recompile_limit(),
-            len(self._names),
-            self.interval,
-            self._grace_step,
-            self._total_steps,
-        )
-        (rank_zero_warn if over else rank_zero_info)(message)
-
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The optimizer state was restored after on_fit_start: drop frozen params' state again.
@@ -253,16 +240,6 @@ class GradES(GradESState):
             active = [i for i in active if self._names[i] not in self._frozen]
         if self._stats.snapshot_due(step, self.interval):
             self._stats.snapshot(active)
-
-    def _log_fractions(self, trainer: pl.Trainer) -> None:
-        """Frozen and trainable fraction to the loggers (not through ``pl_module.log``)."""
-        log_metrics(
-            trainer,
-            {
-                "grades/frozen_fraction": self.frozen_fraction,
-                "grades/trainable_fraction": self.trainable_fraction,
-            },
-        )
 
     def _decide_on(
         self,
@@ -319,21 +296,6 @@ class GradES(GradESState):
                 self._log_fractions(trainer)
             if self.frozen_fraction >= self.max_frozen_ratio:
                 self._stop_due = True
-
-    def _warn_failures(self, step: int) -> None:
-        """Warns once per cause about components that could not be read after the grace."""
-        assert self._stats is not None
-        by_reason: dict[str, list[str]] = {}
-        for idx, why in self._stats.failures.items():
-            by_reason.setdefault(why, []).append(self._names[idx])
-        for why, names in by_reason.items():
-            if why not in FAILURE_ADVICE or why in self._warned:
-                continue
-            self._warned.add(why)
-            rank_zero_warn(
-                f"GradES: {why} for {len(names)} component(s) at step {step} (e.g. "
-                f"{names[:5]}): {FAILURE_ADVICE[why]}."
-            )
 
     @override
     def on_train_batch_end(
