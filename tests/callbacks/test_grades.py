@@ -300,7 +300,14 @@ def test_strategy_checks():
         DDPStrategy(find_unused_parameters=True, static_graph=True)
     )
     assert _strategy_problem(DDPStrategy(find_unused_parameters=True)) is None
-    assert "does not support FSDPStrategy" in _strategy_problem(FSDPStrategy())
+    # FSDP with original parameters (Lightning's default) runs (tests/callbacks/test_grades_fsdp.py)
+    assert _strategy_problem(FSDPStrategy()) is None
+    assert _strategy_problem(FSDPStrategy(sharding_strategy="SHARD_GRAD_OP")) is None
+    assert "FSDPStrategy(use_orig_params=True)" in _strategy_problem(
+        FSDPStrategy(use_orig_params=False)
+    )
+    hybrid = FSDPStrategy(sharding_strategy="HYBRID_SHARD", auto_wrap_policy={torch.nn.Linear})
+    assert "sharding_strategy=HYBRID_SHARD" in _strategy_problem(hybrid)
 
 
 @pytest.mark.timeout(240)
@@ -402,19 +409,18 @@ def test_setup_report_says_what_is_watched_and_left_out(tmp_path):
     assert journal[0]["action"] == "setup" and journal[0]["evidence"]["matrix_coverage"] == 1.0
     header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "eecontrol/GradES/setup/matrix_coverage" in header
+
+    def fit_with(patterns: list[str], where: str) -> None:
+        make_trainer(
+            tmp_path / where,
+            max_epochs=1,
+            limit_train_batches=1,
+            callbacks=[GradES(tau=0.0, grace=0.5, patterns=patterns)],
+        ).fit(tiny_model(), datamodule=bbc())
+
     # a pattern choosing the queries only: 12.5% of the block matrices, a warning naming the rest
     with pytest.warns(UserWarning, match=r"watches only 12\.5% .*attention\.self\.key\.weight"):
-        make_trainer(
-            tmp_path / "q",
-            max_epochs=1,
-            limit_train_batches=1,
-            callbacks=[GradES(tau=0.0, grace=0.5, patterns=["attention.self.query"])],
-        ).fit(tiny_model(), datamodule=bbc())
+        fit_with(["attention.self.query"], "q")
     # a pattern choosing only the task head: none of the block matrices is an error
     with pytest.raises(ValueError, match=r"watches none of the weight matrices.*\['head'\]"):
-        make_trainer(
-            tmp_path / "h",
-            max_epochs=1,
-            limit_train_batches=1,
-            callbacks=[GradES(tau=0.0, grace=0.5, patterns=["head"])],
-        ).fit(tiny_model(), datamodule=bbc())
+        fit_with(["head"], "h")

@@ -11,6 +11,7 @@ from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConf
 
 from eecontrol.core.gradstats import (
     DEFAULT_PATTERNS,
+    PRESETS,
     FreezeRule,
     GradStatistic,
     _fused_l1,
@@ -58,14 +59,9 @@ class LoraAttention(nn.Module):
 def test_bert_names():
     comps = find_components(tiny_bert(2))
     names = [c.name for c in comps]
-    per_layer = [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ]
+    # discovery by structure finds exactly the matrices the BERT name preset names
+    per_layer = PRESETS["bert"]
+    assert len(per_layer) == 6
     assert names == [f"encoder.layer.{i}.{s}" for i in range(2) for s in per_layer]
     assert comps[0].param_names == (
         "encoder.layer.0.attention.self.query.weight",

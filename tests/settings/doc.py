@@ -71,6 +71,13 @@ def render() -> str:
         "`strategy='ddp'` it is refused at set-up with an error naming `find_unused_parameters` "
         "(tested: `test_grades_refuses_ddp_without_find_unused_parameters`)."
     )
+    lines.append(
+        "- GradES x FSDP: runs with `FSDPStrategy(use_orig_params=True)` (Lightning's "
+        "default; FULL_SHARD, SHARD_GRAD_OP or NO_SHARD): each rank sums its pieces of every "
+        "matrix and the ranks' partial sums are added, so every rank reads the full matrix's "
+        "statistic; `use_orig_params=False` and HYBRID_SHARD are refused at set-up naming the "
+        "option (tested: `tests/callbacks/test_grades_fsdp.py`; the refusals: `test_strategy_checks`)."
+    )
     lines += [
         "",
         "## Settings",

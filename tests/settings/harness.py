@@ -637,6 +637,26 @@ def _find(trainer: pl.Trainer, name: str) -> Any:
     return next((cb for cb in trainer.callbacks if type(cb).__name__ == name), None)
 
 
+def _full_gradients(trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
+    """Under FSDP: every parameter's full (unsharded) gradient by its original name,
+    gathered with ``summon_full_params`` (a collective: every rank calls it); else None."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from eecontrol.core.grades import original_name
+
+    model = trainer.strategy.model
+    with FSDP.summon_full_params(model, writeback=False, with_grads=True):
+        return {
+            original_name(n): p.grad.detach().clone()
+            for n, p in model.named_parameters()
+            if p.grad is not None
+        }
+
+
 class GradReference(Callback):
     """Before GradES: the float64 L1 of each component's gradient at each step of its plan.
 
@@ -645,6 +665,7 @@ class GradReference(Callback):
     clips it, under manual optimization after any ``self.clip_gradients`` in
     ``training_step`` (what GradES documents it reads). Steps are GradES's plan steps
     (``plan_step``: optimizer steps, or training batches under manual optimization).
+    Under FSDP the reference is the full (unsharded) gradient, gathered on every rank.
     ``pre_clip`` keeps the module's pre-clipping values (manual variants), so a cell can
     show that clipping changed what was compared.
     """
@@ -668,10 +689,13 @@ class GradReference(Callback):
         pre = getattr(pl_module, "pre_clip", None) or {}
         values: dict[str, float] = {}
         before: dict[str, float] = {}
+        full = _full_gradients(trainer) if trainer.world_size > 1 else None
         for comp in self.grades._components:
             if comp.name in self.grades.frozen:
                 continue
             grads = [p.grad for p in comp.params]
+            if full is not None:  # FSDP: each rank holds pieces; compare with the full matrix
+                grads = [full.get(n) for n in comp.param_names]
             if any(g is None for g in grads):
                 continue
             values[comp.name] = math.fsum(float(g.detach().double().abs().sum()) for g in grads)
@@ -1234,13 +1258,6 @@ _DARTS_NA = (
 )
 
 EXPECTED: dict[tuple[str, str], Expect] = {
-    # --- refused at setup ---
-    ("GradES", "fsdp"): refused(
-        "sharded strategies flatten and shard parameters, so single weight matrices cannot be "
-        "frozen one by one (not implemented); GradES names the strategy and points to "
-        "strategy='ddp_find_unused_parameters_true'",
-        "GradES does not support",
-    ),
     # --- known defects, each seen failing for the reason given ---
     ("DARTSPlusStopping", "fsdp"): xfail(
         7,
