@@ -83,6 +83,12 @@ def measure(
     }
 
 
+def save(out: Path, meta: dict, summary: dict, rows: list[dict]) -> None:
+    """Writes a sweep benchmark's JSON (after every sweep): how it ran, the summary, the rows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1))
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean (and per-seed) epochs, wall time and best value per pruner."""
     out = {}
@@ -120,21 +126,14 @@ def main() -> None:
         for pruner in args.pruners:
             rows.append(run_sweep(workdir, pruner, seed, args.trials, args.epochs))
             print(json.dumps(rows[-1]), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(
-                json.dumps(
-                    {
-                        "command": "python benchmarks/optuna_sweep.py " + " ".join(sys.argv[1:]),
-                        "trials": args.trials,
-                        "epochs_per_trial": args.epochs,
-                        "note": "2 joblib workers on a shared, loaded 2-core CPU: wall times "
-                        "are comparable only within one run of this script",
-                        "summary": summarise(rows),
-                        "runs": rows,
-                    },
-                    indent=1,
-                )
-            )
+            meta = {
+                "command": "python benchmarks/optuna_sweep.py " + " ".join(sys.argv[1:]),
+                "trials": args.trials,
+                "epochs_per_trial": args.epochs,
+                "note": "2 joblib workers on a shared, loaded 2-core CPU: wall times "
+                "are comparable only within one run of this script",
+            }
+            save(args.out, meta, summarise(rows), rows)
 
 
 if __name__ == "__main__":

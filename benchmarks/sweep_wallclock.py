@@ -32,7 +32,7 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optuna_sweep import measure  # the same run-and-count as the pruner benchmark
+from optuna_sweep import measure, save  # the same run-and-count as the pruner benchmark
 
 MODES = ("batch", "async")
 PRUNERS = ("none", "successive_halving", "median")
@@ -127,24 +127,16 @@ def main() -> None:
             for mode in args.modes:
                 rows.append(run_sweep(workdir, mode, pruner, seed, args))
                 print(json.dumps(rows[-1]), flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(
-                    json.dumps(
-                        {
-                            "command": "python benchmarks/sweep_wallclock.py "
-                            + " ".join(sys.argv[1:]),
-                            "workers": args.workers,
-                            "trials": args.trials,
-                            "epochs_per_trial": args.epochs,
-                            "cpus": os.cpu_count(),
-                            "note": "wall times are comparable only within one run of this "
-                            "script (same machine, same load)",
-                            "summary": summarise(rows),
-                            "runs": rows,
-                        },
-                        indent=1,
-                    )
-                )
+                meta = {
+                    "command": "python benchmarks/sweep_wallclock.py " + " ".join(sys.argv[1:]),
+                    "workers": args.workers,
+                    "trials": args.trials,
+                    "epochs_per_trial": args.epochs,
+                    "cpus": os.cpu_count(),
+                    "note": "wall times are comparable only within one run of this "
+                    "script (same machine, same load)",
+                }
+                save(args.out, meta, summarise(rows), rows)
 
 
 if __name__ == "__main__":

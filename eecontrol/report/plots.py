@@ -17,14 +17,14 @@ from eecontrol.callbacks._control import Decision
 from eecontrol.report.artifacts import RunArtifacts
 from eecontrol.report.figures import (
     Plot,
-    _decision_lines,
-    _is_loss,
-    _save,
-    _series,
-    _series_panel,
-    _short,
-    _split_metric,
-    _tex_safe,
+    decision_lines,
+    is_loss,
+    is_split_metric,
+    metric_series,
+    save_figure,
+    series_panel,
+    short_callback,
+    tex_safe,
 )
 from eecontrol.util.files import safe_dir
 
@@ -35,22 +35,22 @@ def plot_metrics(art: RunArtifacts, out: Path) -> Plot | None:
     Any train/val/test column is drawn, whatever its separator (``val/loss``,
     ``val_loss``); losses (and errors) on the left, other metrics on the right.
     """
-    keys = [k for k in art.metrics if _split_metric(k) and _series(art, k)[0]]
+    keys = [k for k in art.metrics if is_split_metric(k) and metric_series(art, k)[0]]
     if not keys:
         return None
     groups = [
         (g, label)
         for g, label in (
-            ([k for k in keys if _is_loss(k)], "loss / error"),
-            ([k for k in keys if not _is_loss(k)], "metric"),
+            ([k for k in keys if is_loss(k)], "loss / error"),
+            ([k for k in keys if not is_loss(k)], "metric"),
         )
         if g
     ]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.8 * len(groups), 3.8), squeeze=False)
     for ax, (group, label) in zip(axes[0], groups):
-        _series_panel(ax, art, group, label)
-    fig.suptitle(f"{_tex_safe(art.name)}: metrics and decisions", fontsize=10)
-    return _save(
+        series_panel(ax, art, group, label)
+    fig.suptitle(f"{tex_safe(art.name)}: metrics and decisions", fontsize=10)
+    return save_figure(
         fig,
         out / "metrics.png",
         "Metrics",
@@ -63,7 +63,7 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
     """A timeline: one row per callback, one marker per decision, actions in the legend."""
     if not art.decisions:
         return None
-    names = sorted({_short(d.callback) for d in art.decisions})
+    names = sorted({short_callback(d.callback) for d in art.decisions})
     actions = list(dict.fromkeys(d.action for d in art.decisions))
     markers = "os^vDP*X<>"
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(names)))
@@ -71,7 +71,7 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
     for i, action in enumerate(actions):
         offset = (i - (len(actions) - 1) / 2) * spread
         points = [
-            (d.step, names.index(_short(d.callback)) + offset)
+            (d.step, names.index(short_callback(d.callback)) + offset)
             for d in art.decisions
             if d.action == action
         ]
@@ -82,14 +82,14 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
             marker=markers[i % len(markers)],
             color="red" if action == "stop" else f"C{i % 10}",
             zorder=3,
-            label=_tex_safe(f"{action} ({len(points)})"),
+            label=tex_safe(f"{action} ({len(points)})"),
         )
-    ax.set_yticks(range(len(names)), [_tex_safe(n) for n in names])
+    ax.set_yticks(range(len(names)), [tex_safe(n) for n in names])
     ax.set_xlabel("optimizer step")
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="action")
-    return _save(
+    return save_figure(
         fig,
         out / "decisions.png",
         "Decisions",
@@ -99,17 +99,17 @@ def plot_decisions(art: RunArtifacts, out: Path) -> Plot | None:
 
 def plot_rates(art: RunArtifacts, out: Path) -> Plot | None:
     """Scheduled rates (dropout, drop path) over optimizer steps."""
-    keys = [k for k in art.metrics if k.endswith("/rate") and _series(art, k)[0]]
+    keys = [k for k in art.metrics if k.endswith("/rate") and metric_series(art, k)[0]]
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(6, 3))
     for key in keys:
-        ax.step(*_series(art, key), where="post", label=key)
-    _decision_lines(ax, art)
+        ax.step(*metric_series(art, key), where="post", label=key)
+    decision_lines(ax, art)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("rate")
     ax.legend(fontsize=7)
-    return _save(
+    return save_figure(
         fig,
         out / "rates.png",
         "Drop rates",
@@ -179,7 +179,7 @@ def plot_ces(art: RunArtifacts, out: Path) -> Plot | None:
         ax2.set_xticks(list(xs), methods)
         ax2.set_ylabel(f"{cov_key} (blue)")
         ax2.set_title(title, fontsize=9)
-    return _save(
+    return save_figure(
         fig,
         out / "ces.png",
         "Conformalized early stopping",
@@ -203,14 +203,15 @@ def plot_curve_prediction(art: RunArtifacts, out: Path) -> Plot | None:
         band = round(100 * pred["band"])
         ax.fill_between(pred["x"], pred["lower"], pred["upper"], alpha=0.25, label=f"{band}% band")
     own_stop = any(
-        d.action == "stop" and _short(d.callback) == "LearningCurveStopping" for d in art.decisions
+        d.action == "stop" and short_callback(d.callback) == "LearningCurveStopping"
+        for d in art.decisions
     )
     if own_stop and obs["x"]:
         ax.axvline(obs["x"][-1], color="red", linestyle="--", linewidth=1, label="stop")
     ax.set_xlabel(record.get("x_axis", "x"))
-    ax.set_ylabel(_tex_safe(record.get("monitor", "metric")))
+    ax.set_ylabel(tex_safe(record.get("monitor", "metric")))
     ax.legend(fontsize=7)
-    return _save(
+    return save_figure(
         fig,
         out / "learning_curve.png",
         "Learning curve",
@@ -242,7 +243,7 @@ def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
     end = record.get("stopped_step") or record.get("total_steps") or 1
     names = [str(c["name"]) for c in comps]
     prefix = _common_prefix(names)
-    shown = [_tex_safe(n[len(prefix) :]) for n in names]
+    shown = [tex_safe(n[len(prefix) :]) for n in names]
     longest = max(len(n) for n in shown)
     # the figure grows with the longest name, so that no name is cut
     fig, ax = plt.subplots(figsize=(6 + 0.065 * longest, 1.2 + 0.22 * len(comps)))
@@ -261,8 +262,8 @@ def plot_grades(art: RunArtifacts, out: Path) -> Plot | None:
     ax.set_yticks(range(len(comps)), shown, fontsize=6)
     ax.set_xlabel("optimizer step (green: trained until frozen; blue: never frozen)")
     title = f"frozen fraction {record.get('frozen_fraction', 0):.2f}"
-    ax.set_title(title + (f"; names after '{_tex_safe(prefix)}'" if prefix else ""), fontsize=9)
-    return _save(
+    ax.set_title(title + (f"; names after '{tex_safe(prefix)}'" if prefix else ""), fontsize=9)
+    return save_figure(
         fig,
         out / "grades_timeline.png",
         "GradES freeze timeline",
@@ -308,7 +309,7 @@ def plot_darts(art: RunArtifacts, out: Path) -> Plot | None:
         ax2.set_ylabel("edge")
         ax2.set_title("softmax(alpha), normal cell, last epoch", fontsize=9)
         fig.colorbar(image, ax=ax2)
-    return _save(
+    return save_figure(
         fig,
         out / "darts_plus.png",
         "DARTS+",
@@ -319,14 +320,14 @@ def plot_darts(art: RunArtifacts, out: Path) -> Plot | None:
 
 def plot_gradient_diagnostics(art: RunArtifacts, out: Path) -> Plot | None:
     """GradientDiagnostics: mini-batch direction variance and error by optimizer step."""
-    keys = [k for k in art.metrics if k.startswith("grad_diag/") and _series(art, k)[0]]
+    keys = [k for k in art.metrics if k.startswith("grad_diag/") and metric_series(art, k)[0]]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        label = _tex_safe(key.split("/", 1)[1].replace("_", " "))
-        _series_panel(ax, art, [key], label, markers_below=math.inf)
-    return _save(
+        label = tex_safe(key.split("/", 1)[1].replace("_", " "))
+        series_panel(ax, art, [key], label, markers_below=math.inf)
+    return save_figure(
         fig,
         out / "gradient_diagnostics.png",
         "Gradient diagnostics",
@@ -380,13 +381,13 @@ def sweep_figure(runs: list[RunArtifacts], metric: str) -> tuple[plt.Figure, int
     fig, ax = plt.subplots(figsize=(11, 4.4))
     drawn = 0
     for art in runs:
-        x, y = _series(art, metric)
+        x, y = metric_series(art, metric)
         if not x:
             continue
         (line,) = ax.plot(
             x,
             y,
-            label=_tex_safe(art.legend_name),
+            label=tex_safe(art.legend_name),
             linewidth=1.2,
             marker="o" if len(x) < 30 else None,
             markersize=4,
@@ -397,7 +398,7 @@ def sweep_figure(runs: list[RunArtifacts], metric: str) -> tuple[plt.Figure, int
     if not drawn:
         return fig, drawn
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(_tex_safe(metric))
+    ax.set_ylabel(tex_safe(metric))
     ax.legend(
         fontsize=7,
         loc="upper left",
@@ -421,7 +422,7 @@ def plot_sweep(runs: list[RunArtifacts], out: Path, metric: str) -> Plot | None:
     if not drawn:
         plt.close(fig)
         return None
-    return _save(
+    return save_figure(
         fig,
         out / "sweep.png",
         "Sweep",
