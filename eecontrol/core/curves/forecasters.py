@@ -74,18 +74,10 @@ class PredictiveDistribution(Protocol):
         ...
 
 
-class ForecastFunction(Protocol):
-    """The signature of a forecaster (as :func:`~eecontrol.core.curves.predictive.forecast`)."""
-
-    def __call__(
-        self,
-        x: Sequence[float] | np.ndarray,
-        y: Sequence[float] | np.ndarray,
-        at: Sequence[float] | np.ndarray | float,
-        mode: str = "max",
-        bounds: Sequence[float] | None = None,
-        **options: Any,
-    ) -> PredictiveDistribution: ...
+ForecastFunction = Callable[..., PredictiveDistribution]
+"""A forecast function, ``f(x, y, at, mode="max", bounds=None, **options)`` (the module's
+contract; :meth:`Forecaster.__call__` spells out its types). Each function names its own
+options, so no one signature with ``**options`` types them all."""
 
 
 # --- the ensemble as a predictive distribution --------------------------------------------
@@ -195,11 +187,11 @@ def ensemble_forecast(
 
 
 def _load_forecast() -> ForecastFunction:
-    return forecast  # type: ignore[return-value]
+    return forecast
 
 
 def _load_ensemble() -> ForecastFunction:
-    return ensemble_forecast  # type: ignore[return-value]
+    return ensemble_forecast
 
 
 def _load_pfn() -> ForecastFunction:
@@ -211,7 +203,7 @@ def _load_pfn() -> ForecastFunction:
             f"issue 24), which cannot be imported here ({err}); choose one of "
             f"{[n for n in FORECASTERS if n != 'pfn']}."
         ) from err
-    return pfn_forecast  # type: ignore[no-any-return]
+    return pfn_forecast
 
 
 @dataclass(frozen=True)

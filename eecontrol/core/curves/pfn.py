@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from eecontrol.core.checks import check_bounds
-from eecontrol.core.curves.families import MODES
-from eecontrol.core.curves.predictive import GainScaleDistribution
+from eecontrol.core.curves.predictive import GainScaleDistribution, forecast_inputs, noise_sd
 
 WEIGHTS_FILE = Path(__file__).with_name("pfn_weights.pt")
 Z_GAIN = 4.0  # z = asinh(Z_GAIN * v)
@@ -240,13 +239,6 @@ class PFNForecast(GainScaleDistribution):
         return np.asarray(out)
 
 
-def _noise_sd(y: np.ndarray) -> float:
-    if len(y) < 3:
-        return 0.0
-    d2 = np.diff(y, n=2)
-    return float(1.4826 * np.median(np.abs(d2)) / math.sqrt(6.0))
-
-
 def forecast(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -275,14 +267,7 @@ def forecast(
     Raises:
         ValueError: for no points, non-finite values, bad positions, mode or spread.
     """
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    atv = np.atleast_1d(np.asarray(at, dtype=float))
-    if xa.ndim != 1 or xa.shape != ya.shape:
-        raise ValueError(f"`x` and `y` must be 1-D of one length, got {xa.shape}, {ya.shape}.")
-    if len(ya) < 1:
-        raise ValueError("need at least 1 point to forecast, got 0.")
+    xa, ya, atv = forecast_inputs(x, y, at, mode, least_points=1)
     if atv.ndim != 1 or len(atv) < 1:
         raise ValueError(f"`at` must be a position or a 1-D sequence of them, got {atv.shape}.")
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya)) and np.all(np.isfinite(atv))):
@@ -313,7 +298,7 @@ def forecast(
         scale=float(scale[0]),
         mode=mode,
         bounds=bnd,
-        noise=_noise_sd(ya),
+        noise=noise_sd(ya),
         spread=float(spread),
     )
 

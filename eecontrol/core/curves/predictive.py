@@ -358,6 +358,40 @@ class Forecast(GainScaleDistribution):
         return np.asarray(out)
 
 
+def forecast_inputs(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    at: Sequence[float] | np.ndarray | float,
+    mode: str,
+    least_points: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A forecaster's curve and positions as float arrays, after the checks all share.
+
+    Args:
+        x: positions seen so far.
+        y: the metric at those positions.
+        at: positions to forecast (one, or a sequence).
+        mode: ``max`` or ``min``.
+        least_points: the fewest points the forecaster forecasts from.
+
+    Returns:
+        ``x`` and ``y`` (1-D, one length) and ``at`` (at least 1-D).
+
+    Raises:
+        ValueError: for a bad mode, ``x`` and ``y`` of different shapes, or too few points.
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    atv = np.atleast_1d(np.asarray(at, dtype=float))
+    if xa.ndim != 1 or xa.shape != ya.shape:
+        raise ValueError(f"`x` and `y` must be 1-D of one length, got {xa.shape}, {ya.shape}.")
+    if len(ya) < least_points:
+        points = "point" if least_points == 1 else "points"
+        raise ValueError(f"need at least {least_points} {points} to forecast, got {len(ya)}.")
+    return xa, ya, atv
+
+
 def forecast(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -393,14 +427,7 @@ def forecast(
     Raises:
         ValueError: for fewer than 4 points, non-finite values, bad positions or mode.
     """
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    atv = np.atleast_1d(np.asarray(at, dtype=float))
-    if xa.ndim != 1 or xa.shape != ya.shape:
-        raise ValueError(f"`x` and `y` must be 1-D of one length, got {xa.shape}, {ya.shape}.")
-    if len(ya) < 4:
-        raise ValueError(f"need at least 4 points to forecast, got {len(ya)}.")
+    xa, ya, atv = forecast_inputs(x, y, at, mode, least_points=4)
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise ValueError("`x` and `y` must be finite.")
     if np.any(xa <= 0) or np.any(np.diff(xa) <= 0):

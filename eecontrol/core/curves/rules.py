@@ -329,13 +329,36 @@ def _forecast_or_reason(
     return fc, None, grid
 
 
-def _summary(
-    fc: PredictiveDistribution, grid: np.ndarray, band: float, forecaster: str
-) -> tuple[float, float, float, dict[str, Any]]:
-    """The mean and band at the horizon, and the predicted curve, from one forecast."""
+def _forecast_evidence(
+    rule: str,
+    fc: PredictiveDistribution,
+    grid: np.ndarray,
+    band: float,
+    forecaster: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The :class:`RuleResult` fields of a forecast rule but the decision and the reason:
+    the mean and band at the horizon and the predicted curve from ``fc``, and ``fields``."""
     lo, hi = fc.band(band)
     curve = _curve_record(grid, fc.mean, lo, hi, band, forecaster)
-    return curve["mean"][-1], curve["lower"][-1], curve["upper"][-1], curve
+    return {
+        "rule": rule,
+        "predicted_final": curve["mean"][-1],
+        "lower": curve["lower"][-1],
+        "upper": curve["upper"][-1],
+        "forecaster": forecaster,
+        "curve": curve,
+        **fields,
+    }
+
+
+def _band_text(common: dict[str, Any]) -> str:
+    """The predicted value at the horizon and its band, for a stop reason."""
+    band = common["curve"]["band"]
+    return (
+        f"{common['predicted_final']:.4g} ({band:.0%} band "
+        f"{common['lower']:.4g} .. {common['upper']:.4g})"
+    )
 
 
 def convergence_rule(
@@ -403,26 +426,24 @@ def convergence_rule(
     prob = float(
         np.max(prob_improves(fc, target, best, mode)[DECISION_EVERY - 1 :: DECISION_EVERY])
     )
-    mean, lo, hi, curve = _summary(fc, grid, band, forecaster)
-    common = {
-        "rule": "convergence",
-        "probability": prob,
-        "predicted_final": mean,
-        "lower": lo,
-        "upper": hi,
-        "best": best,
-        "n_points": len(ya),
-        "min_delta": delta,
-        "forecaster": forecaster,
-        "curve": curve,
-    }
+    common = _forecast_evidence(
+        "convergence",
+        fc,
+        grid,
+        band,
+        forecaster,
+        probability=prob,
+        best=best,
+        n_points=len(ya),
+        min_delta=delta,
+    )
     return decide(
         common,
         threshold,
         "threshold",
         f"P(beating the best {best:.4g} by {delta:.3g} before {horizon:g})",
         "P(improvement)",
-        f"predicted final {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})",
+        f"predicted final {_band_text(common)}",
         _new_best_reason(best, prob) if _sets_best(ya, mode, delta) else None,
     )
 
@@ -447,24 +468,15 @@ def sweep_rule(
     ``delta = 0.05`` with their ensemble). A run whose own best already equals or beats it
     leads the sweep and is never stopped by this rule (the convergence rule decides when it is done).
     Mass of the forecast beyond the metric's bound counts as beating a ``best`` inside it.
+    The arguments not listed here (``x``, ``y``, ``horizon``, ``mode``, ``min_points``,
+    ``band``, ``bounds``, ``calibration``, ``forecaster``, ``**options``) are those of
+    :func:`convergence_rule`.
 
     Args:
-        x: positions observed so far (strictly increasing, > 0).
-        y: the monitored metric.
-        horizon: the last position training will reach (same units as ``x``).
         best: the best value of the sweep so far (None: no other run yet, no decision).
-        mode: ``max`` or ``min``.
         delta: stop below this probability, in (0, 1); None: the forecaster's own
             (:class:`~eecontrol.core.curves.forecasters.RuleDefaults`: 0.05 for
             ``forecast``, chosen leave-one-task-out for ``pfn``).
-        min_points: no decision before this many points (the warm-up), >= 1 (below the
-            forecaster's own minimum the rule says it is blind).
-        band: central mass of the reported band at the horizon, in (0, 1).
-        bounds: the metric's range ``(low, high)``, or None.
-        calibration: the ``forecast`` forecaster's score table (default: the shipped one).
-        forecaster: the name of the forecaster
-            (:data:`~eecontrol.core.curves.forecasters.FORECASTERS`).
-        **options: further options of the forecaster (those it does not take are left out).
 
     Returns:
         A :class:`RuleResult` of rule ``sweep``.
@@ -484,26 +496,17 @@ def sweep_rule(
     own = float(ya.max() if mode == "max" else ya.min())
     if best is None or not math.isfinite(best):
         return RuleResult("no_decision", "no best value in the sweep yet", "sweep", n_points=n)
-    mean, lo, hi, curve = _summary(fc, grid, band, forecaster)
     leads = own >= best if mode == "max" else own <= best
     prob = 1.0 if leads else float(fc.prob_beats(best)[-1])
-    common = {
-        "rule": "sweep",
-        "probability": prob,
-        "predicted_final": mean,
-        "lower": lo,
-        "upper": hi,
-        "best": float(best),
-        "n_points": n,
-        "forecaster": forecaster,
-        "curve": curve,
-    }
+    common = _forecast_evidence(
+        "sweep", fc, grid, band, forecaster, probability=prob, best=float(best), n_points=n
+    )
     return decide(
         common,
         delta,
         "delta",
         f"P(value at {horizon:g} beats the sweep's best {best:.4g})",
         "P(beating the sweep's best)",
-        f"predicted {mean:.4g} ({band:.0%} band {lo:.4g} .. {hi:.4g})",
+        f"predicted {_band_text(common)}",
         f"this run holds the sweep's best ({own:.4g})" if leads else None,
     )
