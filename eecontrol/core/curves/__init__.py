@@ -14,7 +14,9 @@ The package is split by job:
 * :mod:`~eecontrol.core.curves.forecasters`: the forecasters by name (``forecast``,
   ``ensemble``, ``pfn``) and the :class:`PredictiveDistribution` protocol they return;
 * :mod:`~eecontrol.core.curves.rules`: the stopping rules (convergence, Domhan et al.'s
-  sweep rule, the ensemble's in-run rule) and their :class:`RuleResult`;
+  sweep rule, the ensemble's in-run rule);
+* :mod:`~eecontrol.core.curves.result`: :class:`RuleResult`, what every rule returns, and
+  how a probability rule decides;
 * :mod:`~eecontrol.core.curves.cross_run`: the cross-run predictor of Baker, Gupta,
   Raskar and Naik, "Accelerating Neural Architecture Search using Performance
   Prediction" (2017), and its rule.

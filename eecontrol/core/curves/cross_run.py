@@ -18,7 +18,7 @@ from scipy.stats import norm
 from eecontrol.core.checks import check_bounds, check_probability
 from eecontrol.core.curves.families import MODES, TARGETS
 from eecontrol.core.curves.predictive import noise_sd
-from eecontrol.core.curves.rules import RuleResult, decide
+from eecontrol.core.curves.result import RuleResult, decide
 
 
 @dataclass(frozen=True)
