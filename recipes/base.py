@@ -104,8 +104,12 @@ class TensorSplitsDataModule(pl.LightningDataModule):
 
     @property
     def eval_batch_size(self) -> int:
-        """Batch size of the validation and test loaders."""
+        """Batch size of the validation and test loaders (settable, as before the base)."""
         return self.fixed_eval_batch_size or self.batch_size
+
+    @eval_batch_size.setter
+    def eval_batch_size(self, value: int) -> None:
+        self.fixed_eval_batch_size = value
 
     def build_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         """Loads the data and returns the train, validation and test splits (once per module)."""
