@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
 from eecontrol.callbacks import _ces_checks as checks
@@ -32,6 +32,7 @@ from eecontrol.callbacks import _ces_guards as guards
 from eecontrol.callbacks import _ces_plan as plans
 from eecontrol.callbacks._ces_holdout import NO_TARGETS, HoldoutSet, whole_split
 from eecontrol.callbacks._ces_plan import StoragePlan
+from eecontrol.callbacks._ces_results import CandidateResults
 from eecontrol.callbacks._ces_store import check_stored, resolve_dir, store_weights
 from eecontrol.callbacks._control import ControlCallback, check_choice, check_range
 from eecontrol.core.conformal import check_quantile_levels
@@ -44,7 +45,7 @@ from eecontrol.core.conformal.outputs import (
     default_targets,
     split_batch,
 )
-from eecontrol.core.conformal.predictor import ConformalPredictor, compare_methods
+from eecontrol.core.conformal.predictor import ConformalPredictor
 from eecontrol.core.conformal.selection import METHODS, TASKS, holdout_losses
 
 __all__ = [  # the names this module has always offered, wherever they live now
@@ -66,7 +67,7 @@ HOLDOUT_WORDS = guards.HOLDOUT_WORDS
 KNOWN_TRAINING_ONLY = guards.KNOWN_TRAINING_ONLY
 
 
-class ConformalEarlyStopping(ControlCallback):
+class ConformalEarlyStopping(CandidateResults, ControlCallback):
     """Stores CES candidates (checkpoint + hold-out outputs) every ``storage_period`` epochs or steps.
 
     The guarantee needs a training process that does not look at the hold-out data: this
@@ -380,10 +381,6 @@ class ConformalEarlyStopping(ControlCallback):
             evidence,
         )
 
-    def evaluate(self, model: nn.Module, x: Any, y: Tensor, alpha: float) -> dict[str, float]:
-        """CES against the naive baseline on ``(x, y)``: see :func:`compare_methods`."""
-        return compare_methods(model, self.record(), x, y, alpha)
-
     @override
     def progress_fields(self) -> dict[str, str]:
         return {"ces": f"{len(self.epochs)} cand"}
@@ -396,58 +393,3 @@ class ConformalEarlyStopping(ControlCallback):
             if d.action in ("candidates", "evaluate"):
                 out.update({f"ConformalEarlyStopping/{k}": v for k, v in d.evidence.items()})
         return out
-
-    # --- results --------------------------------------------------------------------
-
-    def record(self) -> dict[str, Any]:
-        """Everything a :class:`ConformalPredictor` needs besides the model (weights_only-safe).
-
-        ``paths`` are relative to the candidates directory (``root``, dropped in the
-        ``holdout.pt`` file, which lives there).
-        """
-        if not self.outputs:
-            raise ValueError("ConformalEarlyStopping has stored no candidate yet.")
-        return {
-            "task": self.task,
-            "epochs": list(self.epochs),
-            "steps": list(self.steps),
-            "paths": list(self.paths),
-            "root": None if self._dir is None else str(self._dir.resolve()),
-            "outputs": torch.stack(self.outputs),
-            "targets": self.targets,
-            "aps_seed": self.aps_seed,
-            "randomized": self.randomized,
-            "conditional": self.conditional,
-            "quantiles": list(self.quantiles),
-        }
-
-    def predictor(self, model: nn.Module, method: str = "ces") -> ConformalPredictor:
-        """A predictor over this run's candidates, using ``model`` as the architecture."""
-        return ConformalPredictor(model, self.record(), method=method)
-
-    @override
-    def _progress_state(self) -> dict[str, Any]:
-        return {
-            "epochs": list(self.epochs),
-            "steps": list(self.steps),
-            "paths": list(self.paths),
-            "outputs": torch.stack(self.outputs) if self.outputs else None,
-            "targets": self.targets,
-            "start": self._start,
-        }
-
-    @override
-    def _load_progress_state(self, state: dict[str, Any]) -> None:
-        self.epochs = list(state.get("epochs", []))
-        self.steps = list(state.get("steps", []))
-        self.paths = list(state.get("paths", []))
-        outputs = state.get("outputs")
-        self.outputs = list(outputs.unbind(0)) if outputs is not None else []
-        self.targets = state.get("targets")
-        # the resolved warm-up in storage units ("start_epoch" in older checkpoints)
-        self._resumed_start = state.get("start", state.get("start_epoch"))
-        if not len(self.epochs) == len(self.paths) == len(self.outputs):
-            raise ValueError(
-                "ConformalEarlyStopping: corrupted state: "
-                f"{len(self.epochs)} epochs, {len(self.paths)} paths, {len(self.outputs)} outputs."
-            )

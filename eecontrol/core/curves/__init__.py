@@ -10,7 +10,7 @@ The package is split by job:
   bootstrap (:func:`fit_curve`), for predicted trajectories;
 * :mod:`~eecontrol.core.curves.predictive`: the calibrated predictive distribution
   (:func:`forecast`): robust families fitted to the curve's tail, with a score table
-  learned on recorded real curves;
+  learned on recorded real curves (:mod:`~eecontrol.core.curves.calibration`);
 * :mod:`~eecontrol.core.curves.forecasters`: the forecasters by name (``forecast``,
   ``ensemble``, ``pfn``) and the :class:`PredictiveDistribution` protocol they return;
 * :mod:`~eecontrol.core.curves.rules`: the stopping rules (convergence, Domhan et al.'s
