@@ -152,7 +152,8 @@ def _sync() -> None:
 class HookTimer:
     """Wraps every hook a callback's class overrides with a thread-CPU accumulator."""
 
-    def __init__(self, callback: Callback) -> None:
+    def __init__(self, callback: Callback, gate: Callable[[], bool] | None = None) -> None:
+        self.gate = gate
         self.cpu: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         names = [n for n in dir(Callback) if n.startswith("on_") or n in ("setup", "teardown")]
@@ -164,7 +165,11 @@ class HookTimer:
             setattr(callback, name, self._wrap(name, getattr(callback, name)))
 
     def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        gated = self.gate is not None and name in STEP_HOOKS
+
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if gated and not self.gate():  # type: ignore[misc]
+                return None  # an "off" step: the per-step hooks are not called
             t0 = time.thread_time()
             try:
                 return fn(*args, **kwargs)
@@ -290,6 +295,8 @@ class SegmentClock(Callback):
         self.baton, self.me, self.held = baton, me, False
         self.step: list[tuple[float, float]] = []
         self.val: list[tuple[float, float]] = []
+        self.step_index: list[int] = []  # the micro-batch index of each step segment
+        self.index = -1  # the current micro-batch's index in the run
         self._last: tuple[float, float] | None = None
         self._val = False
         self.loop = (0.0, 0.0)
@@ -310,6 +317,9 @@ class SegmentClock(Callback):
         if self._last is not None:
             seg = (now[0] - self._last[0], now[1] - self._last[1])
             (self.val if self._val else self.step).append(seg)
+            if not self._val:
+                self.step_index.append(self.index)
+        self.index += 1
         if self.baton is not None:
             before = self._now()
             self.baton.take(self.me, self.held)
@@ -333,7 +343,14 @@ def build_fit(
 ) -> tuple[Callable[[], None], list[HookTimer], int]:
     """A ready training run (``run()`` fits it), its hook timers and its accumulation."""
     extra = callbacks()[name](root) if name is not None else []
-    timers = [HookTimer(cb) for cb in extra]
+    accumulate = 1 if darts else args.accumulate
+    gate = None
+    if getattr(args, "gate", False):  # per-step hooks on even optimizer steps only
+
+        def gate() -> bool:
+            return (clock.index // accumulate) % 2 == 0
+
+    timers = [HookTimer(cb, gate) for cb in extra]
     torch.manual_seed(0)
     if darts:
         from eecontrol.recipes.darts import DartsSearchModule
@@ -407,6 +424,7 @@ def fit_pair(
                 "loop": clock.loop,
                 "fit": fit,
                 "steps": clock.steps,
+                "step_index": clock.step_index,
                 "micro": accumulate,
                 "hooks": hooks,
             }
@@ -445,6 +463,15 @@ def summarise_run(run: dict[str, Any]) -> dict[str, float]:
         "validations": float(n_val),
         "steps": float(run["steps"]),
     }
+    # the optimizer steps whose micro-batches are all step segments (first step left out),
+    # split by parity: with --gate the callback's per-step hooks run on even steps only
+    by_step: dict[int, list[float]] = {}
+    for seg, index in zip(run["step"], run.get("step_index", [])):
+        by_step.setdefault(index // micro, []).append(seg[0])
+    whole = {k: sum(v) for k, v in by_step.items() if k > 0 and len(v) == micro}
+    on = [v for k, v in whole.items() if k % 2 == 0]
+    off = [v for k, v in whole.items() if k % 2 == 1]
+    out["on_off"] = _mean(on) / _mean(off) - 1.0 if on and off else math.nan
     # per fit: everything in trainer.fit that is not a step or validation segment
     out["once_cpu"] = run["fit"][0] - sum(s[0] for s in steady) - sum(s[0] for s in run["val"])
     return out
@@ -481,7 +508,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"  pair {r}: step {bare[-1]['step_cpu'] * 1e3:.2f} / "
                 f"{with_cb[-1]['step_cpu'] * 1e3:.2f} ms, validation "
-                f"{bare[-1]['val_cpu'] * 1e3:.1f} / {with_cb[-1]['val_cpu'] * 1e3:.1f} ms",
+                f"{bare[-1]['val_cpu'] * 1e3:.1f} / {with_cb[-1]['val_cpu'] * 1e3:.1f} ms, "
+                f"even/odd steps {bare[-1]['on_off']:+.4f} / {with_cb[-1]['on_off']:+.4f}",
                 flush=True,
             )
     ratio = [w["step_cpu"] / b["step_cpu"] - 1.0 for b, w in zip(bare, with_cb)]
@@ -490,13 +518,19 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     val_ms = [1e3 * (w["val_cpu"] - b["val_cpu"]) for b, w in zip(bare, with_cb)]
     once_ms = [1e3 * (w["once_cpu"] - b["once_cpu"]) for b, w in zip(bare, with_cb)]
     step_ms = statistics.median(b["step_cpu"] for b in bare) * 1e3
-    per_step = statistics.median(ratio)
+    gated = bool(getattr(args, "gate", False))
+    on_off = [w["on_off"] for w in with_cb]
+    floor = [b["on_off"] for b in bare]
+    per_step = statistics.median(on_off if gated else ratio)
     per_val = statistics.median(val_ms)
     row: dict[str, Any] = {
         "model": "darts_search" if darts else "tiny_llama",
         "cpu_ms_per_step_bare": round(step_ms, 3),
         "cpu_ms_per_step_with": round(statistics.median(w["step_cpu"] for w in with_cb) * 1e3, 3),
-        "per_step_overhead": _spread(ratio),
+        "method": "gated (per-step hooks on even steps, within run)" if gated else "A/B runs",
+        "per_step_overhead": _spread(on_off if gated else ratio),
+        "per_step_noise_floor_parity_of_bare_runs": _spread(floor) if gated else None,
+        "per_step_overhead_ab_runs": None if gated else _spread(ratio),
         "per_step_overhead_wall": _spread(ratio_wall),
         "per_validation_cpu_ms": _spread(val_ms, 2),
         "per_validation_in_steps": round(per_val / step_ms, 3),
@@ -512,7 +546,10 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         vals = statistics.median(w["validations"] for w in with_cb) + 1  # + the last one
         own: dict[str, Any] = {
             "per_step_fraction": round(
-                statistics.median(h.get("step", 0.0) for h in hooks) / steps / (step_ms / 1e3), 5
+                statistics.median(h.get("step", 0.0) for h in hooks)
+                / (math.ceil(steps / 2) if gated else steps)
+                / (step_ms / 1e3),
+                5,
             ),
             "per_validation_ms": round(
                 1e3 * statistics.median(h.get("val", 0.0) for h in hooks) / vals, 3
@@ -547,7 +584,10 @@ def _verdict(row: dict[str, Any], aa: dict[str, Any] | None) -> str:
     own = row.get("own_hooks_cpu", {}).get("per_step_fraction")
     ab = row["per_step_overhead"]["median"]
     floor = None
-    if aa is not None:
+    own_floor = row.get("per_step_noise_floor_parity_of_bare_runs")
+    if own_floor:  # gated: the even/odd split of this callback's own bare runs
+        floor = max(abs(own_floor["min"]), abs(own_floor["max"]))
+    elif aa is not None:
         floor = max(abs(aa["per_step_overhead"]["min"]), abs(aa["per_step_overhead"]["max"]))
     parts = [f"whole step {ab:+.2%} (median of {row['repeats']} pairs)"]
     if own is not None:
@@ -627,6 +667,12 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="update the rows of --out only")
     parser.add_argument(
         "--cpu", type=int, default=None, help="pin both threads of a pair to this core"
+    )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="per-step overhead within each run: the callback's per-step hooks run on even "
+        "optimizer steps only, and even steps are compared with odd ones",
     )
     parser.add_argument("--verbose", action="store_true", help="print every run")
     parser.add_argument("--dry-run", action="store_true", help="1 pair of 1-epoch runs each")

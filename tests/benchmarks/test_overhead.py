@@ -53,9 +53,8 @@ def overhead(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_known_cost_is_found_per_step_and_per_validation(overhead):
-    torch.set_num_threads(1)
-    args = argparse.Namespace(
+def _args(gate: bool) -> argparse.Namespace:
+    return argparse.Namespace(
         epochs=2,
         repeats=1,
         hidden=16,
@@ -66,8 +65,13 @@ def test_known_cost_is_found_per_step_and_per_validation(overhead):
         device="cpu",
         cpu=None,
         verbose=False,
+        gate=gate,
     )
-    row = overhead.measure("Burn", args)
+
+
+def test_known_cost_is_found_per_step_and_per_validation(overhead):
+    torch.set_num_threads(1)
+    row = overhead.measure("Burn", _args(gate=False))
     own = row["own_hooks_cpu"]
     # the runs did what the numbers assume
     assert row["steps"] == 14 and row["validations"] == 1, row
@@ -83,3 +87,20 @@ def test_known_cost_is_found_per_step_and_per_validation(overhead):
     assert 0.5 * 1e3 * STEP_BURN < extra < 2.0 * 1e3 * STEP_BURN
     assert row["per_validation_cpu_ms"]["median"] == pytest.approx(1e3 * VAL_BURN, rel=0.5)
     assert row["per_step_meets_target"] is False  # 50 ms on a step of about 100 ms
+
+
+def test_gated_runs_find_the_per_step_cost_within_one_run(overhead):
+    """--gate: the per-step hooks run on even optimizer steps only; even vs odd steps of
+    the same run give the per-step cost, the bare run's even vs odd the noise floor."""
+    torch.set_num_threads(1)
+    row = overhead.measure("Burn", _args(gate=True))
+    own = row["own_hooks_cpu"]
+    assert row["steps"] == 14 and row["method"].startswith("gated"), row
+    assert own["calls"]["on_before_optimizer_step"] == 7  # steps 0, 2, ..., 12
+    assert own["calls"]["on_validation_end"] == 2  # validation hooks are never gated
+    step_ms = row["cpu_ms_per_step_bare"]
+    expected = 1e3 * STEP_BURN / step_ms
+    assert own["per_step_fraction"] == pytest.approx(expected, rel=0.25)
+    assert 0.5 * expected < row["per_step_overhead"]["median"] < 2.0 * expected
+    floor = row["per_step_noise_floor_parity_of_bare_runs"]["median"]
+    assert abs(floor) < 0.25 * expected, floor
