@@ -21,10 +21,20 @@ Method (made for a shared, loaded machine):
   optimizer step (step segments x 4, their mean: periodic work such as logging every 50
   steps is included), CPU per validation (validation segment minus a step segment), CPU per
   fit (set-up and end, the rest of ``trainer.fit``).
-- Runs come in interleaved pairs, bare and with the callback, the order flipped each pair;
-  each pair gives one ratio, and the table reports the median ratio over pairs with its
-  range (min, max) and quartiles. An A/A entry (bare against bare, same procedure) gives
-  the noise floor.
+- Runs come in pairs, bare and with the callback, run in two threads of one process that
+  alternate micro-batch by micro-batch (a start line first, the starter flipped each
+  pair; the first optimizer step of each run counts as set-up). Each pair gives one
+  ratio; the table reports the median over pairs with its range and quartiles. An A/A
+  entry (bare against bare) gives the noise floor of this comparison. Separate runs still
+  differ by a few percent on a loaded machine (their memory layout differs; measured
+  A/A: up to 4%), so:
+- ``--gate`` measures the per-step overhead within one run: the callback's per-step hooks
+  (``on_train_batch_*``, ``on_before_backward``, ``on_after_backward``,
+  ``on_before_optimizer_step``, ``on_before_zero_grad``) run on even optimizer steps only
+  (groups of ``accumulate`` micro-batches), and the even steps' CPU is compared with the
+  odd steps' of the same run; the same split of the paired bare run is the noise floor.
+  Only for configurations whose per-step hooks only observe (GradES with ``tau=0``,
+  DropoutSchedule at the model's own rate), so skipping them on odd steps changes nothing.
 - Each callback's own hooks are also timed directly (every hook its class overrides is
   wrapped with ``thread_time``): the cost attributed to the callback itself, a lower bound
   of the whole-step difference that has no run-to-run noise.
@@ -37,6 +47,7 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/overhead.py   # -> benchmarks/results/overhead.json
     python benchmarks/overhead.py --device cuda --out $OUT/overhead.json
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/overhead.py --gate --epochs 3 --repeats 3
     python benchmarks/overhead.py --dry-run          # 1 pair, 1 epoch each: checks it runs
 """
 
