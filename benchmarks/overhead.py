@@ -353,6 +353,7 @@ def build_fit(
     name: str | None, darts: bool, args: argparse.Namespace, root: Path, clock: SegmentClock
 ) -> tuple[Callable[[], None], list[HookTimer], int]:
     """A ready training run (``run()`` fits it), its hook timers and its accumulation."""
+    root.mkdir(parents=True, exist_ok=True)  # a callback may keep files there (a study)
     extra = callbacks()[name](root) if name is not None else []
     accumulate = 1 if darts else args.accumulate
     gate = None
@@ -579,11 +580,13 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def _noise(rows: dict[str, Any]) -> float | None:
-    """The noise floor of the per-step measurement: the largest even/odd split of any bare
-    run (gated) and the largest A/A ratio, over every entry measured."""
+def _noise(rows: dict[str, Any], model: str) -> float | None:
+    """The noise floor of the per-step measurement on ``model``: the largest even/odd split
+    of any bare run (gated) and the largest A/A ratio, over every entry on that model."""
     values: list[float] = []
     for name, row in rows.items():
+        if row.get("model") != model:
+            continue
         floor = row.get("per_step_noise_floor_parity_of_bare_runs")
         if floor:
             values += [abs(floor["min"]), abs(floor["max"])]
@@ -657,10 +660,12 @@ def _verdict(row: dict[str, Any], floor: float | None) -> str:
 
 def write(rows: dict[str, Any], args: argparse.Namespace) -> None:
     """Writes the JSON (after every callback, so a cut-short run keeps its rows)."""
-    noise = _noise(rows)
+    noise = {m: _noise(rows, m) for m in sorted({row.get("model", "") for row in rows.values()})}
     for row in rows.values():
-        _judge(row, noise)
-    verdict = {name: _verdict(row, noise) for name, row in rows.items() if name != AA}
+        _judge(row, noise[row.get("model", "")])
+    verdict = {
+        name: _verdict(row, noise[row.get("model", "")]) for name, row in rows.items() if name != AA
+    }
     result = {
         "benchmark": "whole-step overhead per callback vs the bare loop (interleaved pairs)",
         "setting": {
@@ -679,7 +684,8 @@ def write(rows: dict[str, Any], args: argparse.Namespace) -> None:
         },
         "target": f"<= {TARGET} overhead per optimizer step per callback",
         "noise_floor": noise,
-        "noise_floor_is": "the largest |even/odd| split of a bare run (gated) or A/A ratio",
+        "noise_floor_is": "per model: the largest |even/odd| split of a bare run (gated) or "
+        "|A/A ratio|",
         "verdict": verdict,
         "machine": {
             "python": platform.python_version(),
