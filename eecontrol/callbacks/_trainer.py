@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from eecontrol.core.decision import lower_is_better
 
@@ -159,3 +161,27 @@ def check_monitor_mode(owner: str, monitor: str, mode: str) -> None:
             f"{owner}: mode='min' minimises `{monitor}`, whose name says it is a score "
             f"(higher is better). Set mode='max' unless lower really is better."
         )
+
+
+class AfterTrainBatch(Callback):
+    """Lightning's ``on_train_batch_end`` without the arguments eecontrol never reads.
+
+    Subclasses implement :meth:`after_train_batch` (the batch's outputs and data are not
+    needed to count steps or record a loader's position).
+    """
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.after_train_batch(trainer, pl_module, batch_idx)
+
+    def after_train_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int
+    ) -> None:
+        """Called after every training batch (``batch_idx`` within the epoch)."""

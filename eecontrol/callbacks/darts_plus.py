@@ -34,6 +34,7 @@ from eecontrol.callbacks._darts_schedule import (
     never_stops_message,
     planned_checks,
 )
+from eecontrol.callbacks._trainer import AfterTrainBatch
 from eecontrol.core.darts import (
     CRITERIA,
     SCOPES,
@@ -44,7 +45,7 @@ from eecontrol.core.darts import (
 )
 
 
-class DARTSPlusStopping(ControlCallback):
+class DARTSPlusStopping(ControlCallback, AfterTrainBatch):
     """Stops a DARTS architecture search with the DARTS+ criteria.
 
     Liang et al., "DARTS+: Improved Differentiable Architecture Search with Early
@@ -234,13 +235,8 @@ class DARTSPlusStopping(ControlCallback):
         self._run_check(trainer, pl_module, epoch)
 
     @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def after_train_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int
     ) -> None:
         if self.check_unit != "steps":
             return

@@ -142,7 +142,6 @@ class DropoutSchedule(ControlCallback):
         self._drop_path_schedule: DropSchedule | None = None
         self._rates: dict[str, float] = {}
         self._bar_rates: dict[str, float] = {}
-        self._logged_rates: dict[str, float] = {}
         self.report: RateReport | None = None
 
     @override
@@ -258,7 +257,6 @@ class DropoutSchedule(ControlCallback):
         step = plan_step(trainer)
         compile_note = self._compile_cost(pl_module, total, step)
         self._bar_rates = {}
-        self._logged_rates = {}
         rates = self._apply(step)
         if not self._decisions or self.fit_kind == "continued":
             self._phase = self._phase_of(rates)
@@ -310,8 +308,9 @@ class DropoutSchedule(ControlCallback):
         # Loggers at their cadence and at every change (so that the logged series, drawn as
         # steps, is the schedule), once per optimizer step; pl_module.log per micro-batch
         # cost several percent of a small model's step.
-        if trainer.loggers and (step % log_every_n(trainer) == 0 or rates != self._logged_rates):
-            self._logged_rates = dict(rates)
+        # A change is read from the schedule (not from what this process logged), so a
+        # resumed run logs the same rows as the uninterrupted one.
+        if trainer.loggers and (step % log_every_n(trainer) == 0 or rates != self.rates(step - 1)):
             metrics = {f"{kind}/rate": rate for kind, rate in rates.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=int(trainer.global_step))

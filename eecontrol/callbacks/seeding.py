@@ -16,12 +16,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Sampler
 from typing_extensions import override
 
+from eecontrol.callbacks._trainer import AfterTrainBatch
 
-class EpochSeed(Callback):
+
+class EpochSeed(AfterTrainBatch):
     """Reseeds Python, NumPy and torch from ``seed + epoch`` at each epoch's first batch.
 
     Dropout masks and any other random draw in epoch ``e`` then depend on ``(seed, e)`` only,
@@ -69,13 +70,8 @@ class EpochSeed(Callback):
         torch.manual_seed(value)
 
     @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def after_train_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int
     ) -> None:
         for loader in _resumable_loaders(trainer):
             loader.position = {"epoch": int(trainer.current_epoch), "consumed": batch_idx + 1}
