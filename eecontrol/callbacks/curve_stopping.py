@@ -38,6 +38,13 @@ X_AXES = ("step", "check")
 RULES = ("convergence", "sweep", "ensemble")
 
 
+_CONFIG = (  # the options a checkpoint records, in order
+    *("monitor", "mode", "x_axis", "min_delta", "threshold", "rule", "min_points", "warmup"),
+    *("band", "min_r2", "horizon", "bounds", "in_run", "forecaster", "delta", "min_finished"),
+    *("store", "study_name"),
+)
+
+
 class LearningCurveStopping(ControlCallback):
     """Stops runs that cannot win: inside one run and across a sweep.
 
@@ -215,26 +222,11 @@ class LearningCurveStopping(ControlCallback):
 
     @override
     def _config(self) -> dict[str, Any]:
-        return {
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "x_axis": self.x_axis,
-            "min_delta": self.min_delta,
-            "threshold": self.threshold,
-            "rule": self.rule,
-            "min_points": self.min_points,
-            "warmup": self.warmup,
-            "band": self.band,
-            "min_r2": self.min_r2,
-            "horizon": self.horizon,
+        values = {
             "bounds": None if self.bounds is None else list(self.bounds),
-            "in_run": self.in_run,
-            "forecaster": self.forecaster,
-            "delta": self.delta,
-            "min_finished": self.min_finished,
             "store": redact_url(self.store_url),  # no password in checkpoints
-            "study_name": self.study_name,
         }
+        return {name: values[name] if name in values else getattr(self, name) for name in _CONFIG}
 
     @override
     def _identity(self) -> dict[str, Any]:
