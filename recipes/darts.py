@@ -275,6 +275,20 @@ class DartsSearchModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_acc)
 
+    def setup(self, stage: str) -> None:
+        """Refuses FSDP before training: its backward hooks allow one backward pass per
+        forward, and each search step makes two (architecture, then weights)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                f"DartsSearchModule does not run under FSDP (strategy="
+                f"{type(self.trainer.strategy).__name__}): each search step makes two backward "
+                "passes under manual optimization (the architecture step, then the weight "
+                "step), which FSDP's backward hooks do not support. Use strategy='ddp' (or "
+                "'ddp_find_unused_parameters_true') or a single device; the supernet is small."
+            )
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         w_opt = torch.optim.SGD(
