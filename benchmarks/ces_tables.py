@@ -75,6 +75,13 @@ def _cqr_table(rows: list) -> list[str]:
     return lines
 
 
+def _section(header: str, rows: list[str], note: str) -> list[str]:
+    """One Markdown table: the header, its separator, the rows, then a blank line, the note
+    under the table and a blank line."""
+    separator = "|" + "---|" * header.count(" | ") + "---|"
+    return [header, separator, *rows, "", note, ""]
+
+
 def tables(files: list[Path]) -> str:
     """Regression, quantile-regression, classification and outlier tables from result files."""
     reg, cls, out, cqr = [], [], [], []
@@ -86,48 +93,42 @@ def tables(files: list[Path]) -> str:
             groups[s["task"]].append(row)
     lines = _cqr_table(cqr) if cqr else []
     if reg:
-        lines += [
-            "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | naive + theory | paper (CES · naive · DS · full) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        rows = []
         for name, n, hold, epochs, _reps, s in reg:
             cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
             theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
-            lines.append(
+            rows.append(
                 f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
             )
-        lines.append("")
-        lines.append(
-            "Cells: mean interval width / empirical coverage (± its standard error over the splits)."
+        lines += _section(
+            "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | naive + theory | paper (CES · naive · DS · full) |",
+            rows,
+            "Cells: mean interval width / empirical coverage (± its standard error over the splits).",
         )
-        lines.append("")
     if cls:
-        lines += [
-            "| digits n (hold-out), sets | CES | naive | data splitting | full training |",
-            "|---|---|---|---|---|",
-        ]
+        rows = []
         for _, n, hold, _, _, s in cls:
             kind = "label-conditional" if s["conditional"] else "marginal"
             cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
-            lines.append(f"| {n} ({hold}), {kind} | {cells} |")
-        lines.append("")
-        lines.append("Cells: mean set size / empirical coverage (± standard error).")
-        lines.append("")
+            rows.append(f"| {n} ({hold}), {kind} | {cells} |")
+        lines += _section(
+            "| digits n (hold-out), sets | CES | naive | data splitting | full training |",
+            rows,
+            "Cells: mean set size / empirical coverage (± standard error).",
+        )
     if out:
-        lines += [
-            "| digits inliers n (hold-out) | CES | naive | data splitting | full training |",
-            "|---|---|---|---|---|",
-        ]
+        rows = []
         for _, n, hold, _, _, s in out:
             cells = " | ".join(
                 f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
                 for m in METHODS
             )
-            lines.append(f"| {n} ({hold}) | {cells} |")
-        lines.append("")
-        lines.append(
-            "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1."
-        )
+            rows.append(f"| {n} ({hold}) | {cells} |")
+        lines += _section(
+            "| digits inliers n (hold-out) | CES | naive | data splitting | full training |",
+            rows,
+            "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1.",
+        )[:-1]  # no blank line after the last table
     return "\n".join(lines)
 
 
