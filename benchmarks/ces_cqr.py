@@ -60,35 +60,17 @@ LEVELS = (ALPHA / 2, 1 - ALPHA / 2)
 METHODS = ("ces", "ces_union", "naive", "naive_theory", "data_splitting", "full")
 # The paper's CQR results on bio (appendix table, 2000 epochs, 25 repetitions, 1000 test
 # points): width (scaled outcome) / marginal coverage per method.
+_PAPER_BIO_N = (200, 500, 1000, 2000)
+_PAPER_BIO_ROWS = {  # method: (width, coverage) at each n of _PAPER_BIO_N
+    "ces": ((2.732, 0.926), (2.154, 0.921), (1.997, 0.918), (1.869, 0.906)),
+    "naive": ((2.018, 0.876), (1.900, 0.892), (1.871, 0.894), (1.763, 0.890)),
+    "naive_theory": ((3.392, 0.971), (3.893, 0.995), (2.318, 0.969), (1.998, 0.948)),
+    "data_splitting": ((2.334, 0.902), (2.015, 0.903), (1.895, 0.898), (1.830, 0.898)),
+    "full": ((2.848, 0.899), (2.579, 0.890), (2.381, 0.877), (2.219, 0.874)),
+}
 PAPER_BIO = {
-    200: {
-        "ces": (2.732, 0.926),
-        "naive": (2.018, 0.876),
-        "naive_theory": (3.392, 0.971),
-        "data_splitting": (2.334, 0.902),
-        "full": (2.848, 0.899),
-    },
-    500: {
-        "ces": (2.154, 0.921),
-        "naive": (1.900, 0.892),
-        "naive_theory": (3.893, 0.995),
-        "data_splitting": (2.015, 0.903),
-        "full": (2.579, 0.890),
-    },
-    1000: {
-        "ces": (1.997, 0.918),
-        "naive": (1.871, 0.894),
-        "naive_theory": (2.318, 0.969),
-        "data_splitting": (1.895, 0.898),
-        "full": (2.381, 0.877),
-    },
-    2000: {
-        "ces": (1.869, 0.906),
-        "naive": (1.763, 0.890),
-        "naive_theory": (1.998, 0.948),
-        "data_splitting": (1.830, 0.898),
-        "full": (2.219, 0.874),
-    },
+    n: {method: row[i] for method, row in _PAPER_BIO_ROWS.items()}
+    for i, n in enumerate(_PAPER_BIO_N)
 }
 
 
