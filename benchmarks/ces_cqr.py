@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import write_json
+from _shared import add_run_options, parse_run_options, write_json
 from ces import BatchedMLP, regression_splits, split_targets, summarise, train_epoch
 
 from eecontrol.core import conformal as core
@@ -132,12 +132,12 @@ def evaluate_split(
     run: dict[str, torch.Tensor],
     ds_run: dict[str, torch.Tensor],
     r: int,
-    y_hold: torch.Tensor,
-    y_es: torch.Tensor,
-    y_cal: torch.Tensor,
+    targets: tuple[torch.Tensor, ...],
     y_test: torch.Tensor,
 ) -> dict[str, dict[str, float]]:
-    """Coverage, width (scaled outcome) and empty-set rate of every method on split r."""
+    """Coverage, width (scaled outcome) and empty-set rate of every method on split r;
+    ``targets``: its hold-out, early-stopping and calibration targets (``split_targets``)."""
+    y_hold, y_es, y_cal = targets
     hold, test = run["hold"][:, r], run["test"][:, r]  # (T, n, 2), (T, m, 2)
     yh, yt = y_hold.double(), y_test.double()
     t = hold.shape[0]
@@ -260,7 +260,7 @@ def run_setting(
         sub = {k: v[keep] for k, v in run.items()}
         ds_sub = {k: v[keep] for k, v in ds_run.items()}
         per_rep = [
-            evaluate_split(sub, ds_sub, r, *split_targets(y[r], n_train, n_hold), yt[r])
+            evaluate_split(sub, ds_sub, r, split_targets(y[r], n_train, n_hold), yt[r])
             for r in range(y.shape[0])
         ]
         settings.append(
@@ -299,11 +299,8 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=None, help="keep trained outputs here")
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ces_cqr.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_run_options(parser, "benchmarks/results/ces_cqr.json", seed=True)
+    args = parse_run_options(parser)
     result: dict[str, Any] = {
         "command": "python benchmarks/ces_cqr.py "
         + " ".join(

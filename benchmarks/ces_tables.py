@@ -82,6 +82,26 @@ def _section(header: str, rows: list[str], note: str) -> list[str]:
     return [header, separator, *rows, "", note, ""]
 
 
+def _regression_row(name: str, n: int, hold: int, epochs: int, _reps: int, s: dict) -> str:
+    cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
+    theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
+    return f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
+
+
+def _classification_row(_name: str, n: int, hold: int, _epochs: int, _reps: int, s: dict) -> str:
+    kind = "label-conditional" if s["conditional"] else "marginal"
+    cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
+    return f"| {n} ({hold}), {kind} | {cells} |"
+
+
+def _outlier_row(_name: str, n: int, hold: int, _epochs: int, _reps: int, s: dict) -> str:
+    cells = " | ".join(
+        f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
+        for m in METHODS
+    )
+    return f"| {n} ({hold}) | {cells} |"
+
+
 def tables(files: list[Path]) -> str:
     """Regression, quantile-regression, classification and outlier tables from result files."""
     reg, cls, out, cqr = [], [], [], []
@@ -92,43 +112,31 @@ def tables(files: list[Path]) -> str:
             groups = {"regression": reg, "classification": cls, "outlier": out, "quantile": cqr}
             groups[s["task"]].append(row)
     lines = _cqr_table(cqr) if cqr else []
-    if reg:
-        rows = []
-        for name, n, hold, epochs, _reps, s in reg:
-            cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
-            theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
-            rows.append(
-                f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
-            )
-        lines += _section(
+    sections = [
+        (
+            reg,
             "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | naive + theory | paper (CES · naive · DS · full) |",
-            rows,
+            _regression_row,
             "Cells: mean interval width / empirical coverage (± its standard error over the splits).",
-        )
-    if cls:
-        rows = []
-        for _, n, hold, _, _, s in cls:
-            kind = "label-conditional" if s["conditional"] else "marginal"
-            cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
-            rows.append(f"| {n} ({hold}), {kind} | {cells} |")
-        lines += _section(
+        ),
+        (
+            cls,
             "| digits n (hold-out), sets | CES | naive | data splitting | full training |",
-            rows,
+            _classification_row,
             "Cells: mean set size / empirical coverage (± standard error).",
-        )
-    if out:
-        rows = []
-        for _, n, hold, _, _, s in out:
-            cells = " | ".join(
-                f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
-                for m in METHODS
-            )
-            rows.append(f"| {n} ({hold}) | {cells} |")
-        lines += _section(
+        ),
+        (
+            out,
             "| digits inliers n (hold-out) | CES | naive | data splitting | full training |",
-            rows,
+            _outlier_row,
             "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1.",
-        )[:-1]  # no blank line after the last table
+        ),
+    ]
+    for group, header, row, note in sections:
+        if group:
+            lines += _section(header, [row(*g) for g in group], note)
+    if out:
+        lines.pop()  # no blank line after the last table
     return "\n".join(lines)
 
 
