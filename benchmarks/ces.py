@@ -50,7 +50,7 @@ from sklearn.datasets import load_digits
 from eecontrol.core import conformal as core
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import write_json
+from _shared import add_run_options, parse_run_options, write_json
 
 ALPHA = 0.1
 
@@ -371,31 +371,20 @@ def run_setting(
         else:
             sizes, relu, lr, batch = [64, 32, 8, 32, 64], {0, 2}, 1e-3, 25
     n_hold, n_train = d["n_hold"], d["n_train"]
+
+    def train(n_fit: int, evals: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """The same networks and schedule, fitted on the first ``n_fit`` points."""
+        return train_batched(
+            task, sizes, relu, x[:, :n_fit], y[:, :n_fit], evals, epochs, batch, lr, seed
+        )
+
     # CES / naive / full: 75% train, 25% hold-out
-    run = train_batched(
-        task,
-        sizes,
-        relu,
-        x[:, :n_train],
-        y[:, :n_train],
-        {"hold": x[:, n_train:], "test": xt},
-        epochs,
-        batch,
-        lr,
-        seed,
-    )
+    run = train(n_train, {"hold": x[:, n_train:], "test": xt}, seed)
     # data splitting: 50% train, 25% early stopping, 25% calibration (the paper's benchmark)
     n_tr2 = n - 2 * n_hold
-    split_run = train_batched(
-        task,
-        sizes,
-        relu,
-        x[:, :n_tr2],
-        y[:, :n_tr2],
+    split_run = train(
+        n_tr2,
         {"es": x[:, n_tr2 : n_tr2 + n_hold], "cal": x[:, n_tr2 + n_hold :], "test": xt},
-        epochs,
-        batch,
-        lr,
         seed + 1,
     )
     train_seconds = time.perf_counter() - start
@@ -485,12 +474,9 @@ def main() -> None:
     parser.add_argument(
         "--sizes", nargs="+", type=int, default=None, help="only these total sizes n"
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing", action="store_true", help="only time the core")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ces.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_run_options(parser, "benchmarks/results/ces.json", threads=2, seed=True)
+    args = parse_run_options(parser)
     result: dict[str, Any] = {
         "command": "python benchmarks/ces.py "
         + " ".join(

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import write_json
+from _shared import add_run_options, parse_run_options, write_json
 from ces import BatchedMLP, regression_splits, split_targets, summarise, train_epoch
 
 from eecontrol.core import conformal as core
@@ -60,35 +60,17 @@ LEVELS = (ALPHA / 2, 1 - ALPHA / 2)
 METHODS = ("ces", "ces_union", "naive", "naive_theory", "data_splitting", "full")
 # The paper's CQR results on bio (appendix table, 2000 epochs, 25 repetitions, 1000 test
 # points): width (scaled outcome) / marginal coverage per method.
+_PAPER_BIO_N = (200, 500, 1000, 2000)
+_PAPER_BIO_ROWS = {  # method: (width, coverage) at each n of _PAPER_BIO_N
+    "ces": ((2.732, 0.926), (2.154, 0.921), (1.997, 0.918), (1.869, 0.906)),
+    "naive": ((2.018, 0.876), (1.900, 0.892), (1.871, 0.894), (1.763, 0.890)),
+    "naive_theory": ((3.392, 0.971), (3.893, 0.995), (2.318, 0.969), (1.998, 0.948)),
+    "data_splitting": ((2.334, 0.902), (2.015, 0.903), (1.895, 0.898), (1.830, 0.898)),
+    "full": ((2.848, 0.899), (2.579, 0.890), (2.381, 0.877), (2.219, 0.874)),
+}
 PAPER_BIO = {
-    200: {
-        "ces": (2.732, 0.926),
-        "naive": (2.018, 0.876),
-        "naive_theory": (3.392, 0.971),
-        "data_splitting": (2.334, 0.902),
-        "full": (2.848, 0.899),
-    },
-    500: {
-        "ces": (2.154, 0.921),
-        "naive": (1.900, 0.892),
-        "naive_theory": (3.893, 0.995),
-        "data_splitting": (2.015, 0.903),
-        "full": (2.579, 0.890),
-    },
-    1000: {
-        "ces": (1.997, 0.918),
-        "naive": (1.871, 0.894),
-        "naive_theory": (2.318, 0.969),
-        "data_splitting": (1.895, 0.898),
-        "full": (2.381, 0.877),
-    },
-    2000: {
-        "ces": (1.869, 0.906),
-        "naive": (1.763, 0.890),
-        "naive_theory": (1.998, 0.948),
-        "data_splitting": (1.830, 0.898),
-        "full": (2.219, 0.874),
-    },
+    n: {method: row[i] for method, row in _PAPER_BIO_ROWS.items()}
+    for i, n in enumerate(_PAPER_BIO_N)
 }
 
 
@@ -150,12 +132,12 @@ def evaluate_split(
     run: dict[str, torch.Tensor],
     ds_run: dict[str, torch.Tensor],
     r: int,
-    y_hold: torch.Tensor,
-    y_es: torch.Tensor,
-    y_cal: torch.Tensor,
+    targets: tuple[torch.Tensor, ...],
     y_test: torch.Tensor,
 ) -> dict[str, dict[str, float]]:
-    """Coverage, width (scaled outcome) and empty-set rate of every method on split r."""
+    """Coverage, width (scaled outcome) and empty-set rate of every method on split r;
+    ``targets``: its hold-out, early-stopping and calibration targets (``split_targets``)."""
+    y_hold, y_es, y_cal = targets
     hold, test = run["hold"][:, r], run["test"][:, r]  # (T, n, 2), (T, m, 2)
     yh, yt = y_hold.double(), y_test.double()
     t = hold.shape[0]
@@ -278,7 +260,7 @@ def run_setting(
         sub = {k: v[keep] for k, v in run.items()}
         ds_sub = {k: v[keep] for k, v in ds_run.items()}
         per_rep = [
-            evaluate_split(sub, ds_sub, r, *split_targets(y[r], n_train, n_hold), yt[r])
+            evaluate_split(sub, ds_sub, r, split_targets(y[r], n_train, n_hold), yt[r])
             for r in range(y.shape[0])
         ]
         settings.append(
@@ -317,11 +299,8 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=None, help="keep trained outputs here")
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ces_cqr.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_run_options(parser, "benchmarks/results/ces_cqr.json", seed=True)
+    args = parse_run_options(parser)
     result: dict[str, Any] = {
         "command": "python benchmarks/ces_cqr.py "
         + " ".join(

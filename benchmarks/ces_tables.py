@@ -75,6 +75,33 @@ def _cqr_table(rows: list) -> list[str]:
     return lines
 
 
+def _section(header: str, rows: list[str], note: str) -> list[str]:
+    """One Markdown table: the header, its separator, the rows, then a blank line, the note
+    under the table and a blank line."""
+    separator = "|" + "---|" * header.count(" | ") + "---|"
+    return [header, separator, *rows, "", note, ""]
+
+
+def _regression_row(name: str, n: int, hold: int, epochs: int, _reps: int, s: dict) -> str:
+    cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
+    theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
+    return f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
+
+
+def _classification_row(_name: str, n: int, hold: int, _epochs: int, _reps: int, s: dict) -> str:
+    kind = "label-conditional" if s["conditional"] else "marginal"
+    cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
+    return f"| {n} ({hold}), {kind} | {cells} |"
+
+
+def _outlier_row(_name: str, n: int, hold: int, _epochs: int, _reps: int, s: dict) -> str:
+    cells = " | ".join(
+        f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
+        for m in METHODS
+    )
+    return f"| {n} ({hold}) | {cells} |"
+
+
 def tables(files: list[Path]) -> str:
     """Regression, quantile-regression, classification and outlier tables from result files."""
     reg, cls, out, cqr = [], [], [], []
@@ -85,49 +112,31 @@ def tables(files: list[Path]) -> str:
             groups = {"regression": reg, "classification": cls, "outlier": out, "quantile": cqr}
             groups[s["task"]].append(row)
     lines = _cqr_table(cqr) if cqr else []
-    if reg:
-        lines += [
+    sections = [
+        (
+            reg,
             "| data, n (hold-out) | epochs | CES | naive | data splitting | full training | naive + theory | paper (CES · naive · DS · full) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, n, hold, epochs, _reps, s in reg:
-            cells = " | ".join(_cell(s["summary"][m], "width", "coverage") for m in METHODS)
-            theory = _maybe(s["summary"], "naive_theory", "width", "coverage")
-            lines.append(
-                f"| {name} {n} ({hold}) | {epochs} | {cells} | {theory} | {PAPER.get((name, n), '-')} |"
-            )
-        lines.append("")
-        lines.append(
-            "Cells: mean interval width / empirical coverage (± its standard error over the splits)."
-        )
-        lines.append("")
-    if cls:
-        lines += [
+            _regression_row,
+            "Cells: mean interval width / empirical coverage (± its standard error over the splits).",
+        ),
+        (
+            cls,
             "| digits n (hold-out), sets | CES | naive | data splitting | full training |",
-            "|---|---|---|---|---|",
-        ]
-        for _, n, hold, _, _, s in cls:
-            kind = "label-conditional" if s["conditional"] else "marginal"
-            cells = " | ".join(_cell(s["summary"][m], "size", "coverage") for m in METHODS)
-            lines.append(f"| {n} ({hold}), {kind} | {cells} |")
-        lines.append("")
-        lines.append("Cells: mean set size / empirical coverage (± standard error).")
-        lines.append("")
-    if out:
-        lines += [
+            _classification_row,
+            "Cells: mean set size / empirical coverage (± standard error).",
+        ),
+        (
+            out,
             "| digits inliers n (hold-out) | CES | naive | data splitting | full training |",
-            "|---|---|---|---|---|",
-        ]
-        for _, n, hold, _, _, s in out:
-            cells = " | ".join(
-                f"{s['summary'][m]['power']:.3f} / {s['summary'][m]['type1']:.3f} (±{s['summary'][m]['type1_se']:.3f})"
-                for m in METHODS
-            )
-            lines.append(f"| {n} ({hold}) | {cells} |")
-        lines.append("")
-        lines.append(
-            "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1."
-        )
+            _outlier_row,
+            "Cells: power on outliers / type-I error on held-out inliers (± standard error), alpha = 0.1.",
+        ),
+    ]
+    for group, header, row, note in sections:
+        if group:
+            lines += _section(header, [row(*g) for g in group], note)
+    if out:
+        lines.pop()  # no blank line after the last table
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from eecontrol.callbacks.grades import GradES
 from eecontrol.core.gradstats import find_components, freeze_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import quiet_trainer, write_json
+from _shared import finish, quiet_trainer
 
 GRADES_KWARGS: dict[str, Any] = {"tau": "auto", "rel_tau": 0.5, "grace": 0.3, "interval": 1}
 
@@ -252,8 +252,7 @@ def main() -> None:
             "machine": "2-core CPU shared with other jobs (ratios within a round)",
             "kernels": kernel_rounds(args.rounds),
         }
-        write_json(args.out, result)
-        print(json.dumps(result["kernels"]["new_over_old"], indent=1))
+        finish(args.out, result, result["kernels"]["new_over_old"])
         return
     data = BBCNewsDataModule(batch_size=16, max_length=64, seed=0)
     data.setup()
@@ -342,8 +341,7 @@ def main() -> None:
         "timing": timing,
         "summary": summary,
     }
-    write_json(args.out, result)
-    print(json.dumps(summary, indent=1))
+    finish(args.out, result, summary)
 
 
 if __name__ == "__main__":

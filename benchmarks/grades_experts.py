@@ -37,7 +37,7 @@ from eecontrol.recipes.text import load_bbc_news
 from eecontrol.core.gradstats import find_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import write_json
+from _shared import add_run_options, finish, parse_run_options
 
 
 def batches(seq: int, batch: int, seed: int) -> torch.Tensor:
@@ -114,10 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grades_experts.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_run_options(parser, "benchmarks/results/grades_experts.json")
+    args = parse_run_options(parser)
     data = batches(seq=128, batch=8, seed=0)
     variants = ("none", "packed", "per_expert_half", "per_expert_all")
     rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -142,8 +140,7 @@ def main() -> None:
         "rounds": rounds,
         "summary": summary,
     }
-    write_json(args.out, result)
-    print(json.dumps(summary, indent=1))
+    finish(args.out, result, summary)
 
 
 if __name__ == "__main__":

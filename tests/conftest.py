@@ -84,6 +84,16 @@ class Stream(torch.utils.data.IterableDataset):
                 yield self.dataset[i]
 
 
+# A tiny grouped-query attention stack (Hugging Face config names): 2 layers of width 32,
+# 4 query heads sharing 2 key/value heads.
+TINY_GQA = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
 def digits_data(**kwargs: Any) -> DigitsDataModule:
     kwargs.setdefault("batch_size", 128)
     return DigitsDataModule(**kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from eecontrol.extras import MODULES, check_launchers, explain_missing_module, launchers_needed
+from tests._helpers import run_ok
 
 CONF = Path(eecontrol.conf.__file__).parent
 
@@ -67,18 +69,17 @@ def test_a_missing_launcher_plugin_stops_eecontrol_train_with_the_extra(tmp_path
 
 
 def test_train_silences_the_litlogger_tip_and_leafspec_warning(tmp_path):
-    code = (
-        "import logging, warnings\n"
-        "from eecontrol._quiet import silence_third_party_noise\n"
-        "silence_third_party_noise(); silence_third_party_noise()\n"
-        "from lightning.pytorch.utilities.rank_zero import rank_zero_info\n"
-        "logging.basicConfig(level=logging.INFO)\n"
-        "rank_zero_info('Tip: try installing litlogger')\n"
-        "rank_zero_info('kept message')\n"
-        "warnings.warn('`isinstance(treespec, LeafSpec)` is deprecated, use ...')\n"
-        "warnings.warn('another warning')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    code = """
+        import logging, warnings
+        from eecontrol._quiet import silence_third_party_noise
+        silence_third_party_noise(); silence_third_party_noise()
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info
+        logging.basicConfig(level=logging.INFO)
+        rank_zero_info('Tip: try installing litlogger')
+        rank_zero_info('kept message')
+        warnings.warn('`isinstance(treespec, LeafSpec)` is deprecated, use ...')
+        warnings.warn('another warning')
+    """
+    out = run_ok([sys.executable, "-c", textwrap.dedent(code)], timeout=120)
     assert "kept message" in out.stderr and "another warning" in out.stderr
     assert "litlogger" not in out.stderr and "LeafSpec" not in out.stderr

@@ -36,6 +36,11 @@ def row(**values: float) -> list[float]:
     return r
 
 
+def derive2(*rows: list[float]) -> tuple[tuple[str, int], ...]:
+    """The two-step cell derived from these alpha rows (softmax first)."""
+    return derive_cell(softmax_weights(torch.tensor(list(rows))), SPACE2)
+
+
 def reference_parse(probs: list[list[float]], steps: int) -> list[tuple[str, int]]:
     """An independent DARTS-style parse written from the paper's description."""
     none = OP["none"]
@@ -77,16 +82,13 @@ def test_hand_worked_cell_uses_softmax_and_ignores_none():
 
 
 def test_none_dominating_every_edge_still_gives_a_real_op():
-    alpha = torch.tensor(
-        [
-            row(none=10.0, sep_conv_5x5=0.1),
-            row(none=10.0, dil_conv_5x5=0.2),
-            row(none=10.0),  # uniform over the real ops: the first one wins the tie
-            row(none=10.0, skip_connect=0.3),
-            row(none=10.0, avg_pool_3x3=0.05),
-        ]
+    gene = derive2(
+        row(none=10.0, sep_conv_5x5=0.1),
+        row(none=10.0, dil_conv_5x5=0.2),
+        row(none=10.0),  # uniform over the real ops: the first one wins the tie
+        row(none=10.0, skip_connect=0.3),
+        row(none=10.0, avg_pool_3x3=0.05),
     )
-    gene = derive_cell(softmax_weights(alpha), SPACE2)
     assert gene == (
         ("dil_conv_5x5", 1),
         ("sep_conv_5x5", 0),
@@ -97,16 +99,13 @@ def test_none_dominating_every_edge_still_gives_a_real_op():
 
 
 def test_ties_break_by_position():
-    alpha = torch.tensor(
-        [
-            row(sep_conv_3x3=2.0, dil_conv_3x3=2.0),  # op tie: sep_conv_3x3 comes first
-            row(none=1.0, skip_connect=1.0),  # none ties the best: never chosen
-            row(dil_conv_5x5=2.0),  # three identical edges: inputs 0 and 1 kept
-            row(dil_conv_5x5=2.0),
-            row(dil_conv_5x5=2.0),
-        ]
+    gene = derive2(
+        row(sep_conv_3x3=2.0, dil_conv_3x3=2.0),  # op tie: sep_conv_3x3 comes first
+        row(none=1.0, skip_connect=1.0),  # none ties the best: never chosen
+        row(dil_conv_5x5=2.0),  # three identical edges: inputs 0 and 1 kept
+        row(dil_conv_5x5=2.0),
+        row(dil_conv_5x5=2.0),
     )
-    gene = derive_cell(softmax_weights(alpha), SPACE2)
     # node 2: edge 0 (p = e^2/(2e^2+6)) beats edge 1 (e/(2e+6)); node 3: input 0 then 1
     assert gene == (
         ("sep_conv_3x3", 0),

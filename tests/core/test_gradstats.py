@@ -20,6 +20,7 @@ from eecontrol.core.gradstats import (
     freeze_parameters,
     resolve_taus,
 )
+from tests.conftest import TINY_GQA
 
 TINY = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 50}
 
@@ -445,11 +446,8 @@ def test_gpt_oss_expert_biases_join_their_packed_matrices():
     from transformers import GptOssConfig, GptOssModel
 
     config = GptOssConfig(
-        hidden_size=32,
+        **TINY_GQA,
         intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=8,
         vocab_size=100,
         num_local_experts=4,

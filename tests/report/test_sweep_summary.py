@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+import textwrap
 
 from omegaconf import OmegaConf
 
 from eecontrol.callbacks._control import Decision
 from eecontrol.report.console import decisions_table, make_console
 from eecontrol.report.sweep_summary import SweepSummary
+from tests._helpers import run_ok
 
 
 def _sweep(tmp_path):
@@ -57,18 +58,17 @@ def test_tables_do_not_wrap_at_80_columns_off_a_terminal(monkeypatch):
 
 
 def test_eecontrol_help_and_version_do_not_import_torch():
-    code = (
-        "import sys\n"
-        "from eecontrol.cli import main\n"
-        "for argv in (['--help'], ['--version']):\n"
-        "    try:\n"
-        "        main(argv)\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, e.code\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    code = """
+        import sys
+        from eecontrol.cli import main
+        for argv in (['--help'], ['--version']):
+            try:
+                main(argv)
+            except SystemExit as e:
+                assert e.code == 0, e.code
+        assert 'torch' not in sys.modules, 'torch imported'
+    """
+    out = run_ok([sys.executable, "-c", textwrap.dedent(code)], timeout=120)
     assert "eecontrol report" in out.stdout and "eecontrol 0" in out.stdout
 
 

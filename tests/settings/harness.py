@@ -45,6 +45,7 @@ from eecontrol.resume import (
     ResumableDataLoader,
 )
 from tests.callbacks.llm_setting import zero_grad_and_backward
+from tests.conftest import TINY_GQA
 
 DEVICE = os.environ.get("EECONTROL_TEST_DEVICE", "cpu")
 ACCELERATOR = "gpu" if DEVICE == "cuda" else "cpu"
@@ -153,11 +154,8 @@ def tiny_llama(seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=32,
+        **TINY_GQA,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         vocab_size=18,
         max_position_embeddings=16,
         pad_token_id=17,  # never in the data: the last token is read

@@ -25,16 +25,17 @@ def curves() -> dict[int, list[float]]:
     ("kwargs", "match"),
     [
         ({"horizon": 1}, "`horizon` must be an integer in \\[2, inf\\)"),
-        ({"horizon": 10, "reduction_factor": 1}, "`reduction_factor`"),
-        ({"horizon": 10, "min_resource": 0}, "`min_resource`"),
-        ({"horizon": 10, "quantile": 1.0}, "`quantile` must be a number in \\(0.0, 1.0\\)"),
-        ({"horizon": 10, "bounds": (1, 0)}, "bounds"),
-        ({"horizon": 10, "forecaster": "x"}, "`forecaster` must be one of \\['forecast'"),
+        ({"reduction_factor": 1}, "`reduction_factor`"),
+        ({"min_resource": 0}, "`min_resource`"),
+        ({"quantile": 1.0}, "`quantile` must be a number in \\(0.0, 1.0\\)"),
+        ({"bounds": (1, 0)}, "bounds"),
+        ({"forecaster": "x"}, "`forecaster` must be one of \\['forecast'"),
     ],
 )
 def test_bad_arguments_name_the_option(kwargs, match):
+    """Each row overrides one option of an otherwise valid pruner (horizon 10)."""
     with pytest.raises(ValueError, match=match):
-        PredictiveHalvingPruner(**kwargs)
+        PredictiveHalvingPruner(**{"horizon": 10, **kwargs})
 
 
 def test_rungs():
