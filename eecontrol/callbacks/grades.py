@@ -299,13 +299,8 @@ class GradES(GradESState):
 
     @override
     def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any
+    ) -> None:  # outputs, batch and batch_idx are not needed
         if not self._names:
             return
         if self.prog_bar and len(self._frozen) != self._bar_frozen:
