@@ -11,10 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from eecontrol.callbacks._control import (
-    ControlCallback,
-    check_choice,
-    check_range,
+from eecontrol.callbacks._control import ControlCallback, check_choice, check_range
+from eecontrol.callbacks._trainer import (
     is_compiled,
     log_every_n,
     manual_optimization,
