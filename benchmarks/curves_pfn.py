@@ -23,6 +23,10 @@ per-variant tables beside it are every variant scored on every task (no selectio
 
     python benchmarks/curves_pfn.py --models base=/tmp/lcpfn/base.pt rising=... \
         [--ensemble] [--out benchmarks/results/curves_pfn.json]
+
+A model path with ``{task}`` (``rec30=/tmp/lcpfn_loto/rec30/{task}.pt``) is a candidate
+trained on recorded curves (``benchmarks/train_pfn_loto.py``): each task is forecast by
+the model trained without it, and ``--write-shipped`` takes its ``all.pt``.
 """
 
 from __future__ import annotations
@@ -149,15 +153,22 @@ def baselines(
     return res, slow
 
 
+def weights_for(path: str | None, task: str) -> str | None:
+    """A model's weights for scoring ``task``: ``{task}`` in the path names the model
+    trained with that task left out (``benchmarks/train_pfn_loto.py``)."""
+    return path.replace("{task}", task) if path else path
+
+
 def pfn_cells(
-    task: dict[str, Any], steps: list[np.ndarray], models: dict[str, str | None]
+    task: dict[str, Any], steps: list[np.ndarray], models: dict[str, str | None], task_name: str
 ) -> dict[str, Any]:
     """Each PFN's median, mean and bands (every spread) per cell, and its time per forecast."""
     mode, bounds = task["mode"], task["bounds"]
     res: dict[str, Any] = {}
     for key, _, _, x, y, at in cells(task, steps):
         cell = res.setdefault(key, {})
-        for name, path in models.items():
+        for name, template in models.items():
+            path = weights_for(template, task_name)
             out = cell.setdefault(
                 name,
                 {
@@ -289,7 +300,7 @@ def main() -> None:
             cache[name] = {"ident": ident, "slow": slow}
             args.baseline_cache.parent.mkdir(parents=True, exist_ok=True)
             args.baseline_cache.write_text(json.dumps(cache))
-        pf = pfn_cells(task, steps, models) if models else {}
+        pf = pfn_cells(task, steps, models, name) if models else {}
         raw[name] = {k: {**cell, "pfn": pf.get(k, {})} for k, cell in base.items()}
         print(f"{name} done {time.perf_counter() - t_start:.0f}s", flush=True)
     if not models:
@@ -297,12 +308,20 @@ def main() -> None:
     names = list(tasks)
     result: dict[str, Any] = {
         "command": "python benchmarks/curves_pfn.py " + " ".join(sys.argv[1:]),
-        "note": "pfn models trained on the synthetic prior only (no recorded curve); "
+        "note": "pfn models trained on the synthetic prior only, or (a path with {task}) "
+        "with the recorded curves of every task but the scored one mixed in; "
         "variant, point and band spread chosen leave-one-task-out (selection on the other "
-        "tasks, score on the held-out one); forecast calibrated leave-one-task-out; all "
+        "tasks, score on the held-out one; a {task} model scored on another task t' during "
+        "selection is the one without t', which saw the held-out task's curves); "
+        "forecast calibrated leave-one-task-out; all "
         "predictions clipped to the metric's range; times on one thread of a shared, "
         "loaded 2-core machine",
         "models": {k: v for k, v in models.items()},
+        "model_configs": {
+            k: json.loads(Path(weights_for(v, "all")).with_suffix(".json").read_text())["config"]
+            for k, v in models.items()
+            if v and Path(weights_for(v, "all")).with_suffix(".json").is_file()
+        },
         "held_out": {},
         "per_variant_all_tasks": {},
     }
@@ -376,7 +395,7 @@ def main() -> None:
     }
     if args.write_shipped:
         choice = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
-        src = Path(models[choice["variant"]])
+        src = Path(weights_for(models[choice["variant"]], "all") or WEIGHTS_FILE)
         blob = torch.load(src, weights_only=True)
         blob["spread"] = float(choice["spread"])
         torch.save(blob, WEIGHTS_FILE)

@@ -177,6 +177,28 @@ def test_tiny_training_run_produces_a_loadable_model(tmp_path: Path) -> None:
     assert load_model(out).config["emsize"] == TINY["emsize"]
 
 
+def test_tiny_training_with_recorded_curves_leaves_the_task_out(tmp_path: Path) -> None:
+    """``--recorded`` mixes the recorded sweeps in; ``--leave-out`` keeps a task unseen."""
+    data = Path(__file__).resolve().parents[2] / "benchmarks/data"
+    out = tmp_path / "pfn.pt"
+    main(["--tiny", "--variant", "recorded", "--recorded", str(data), "--leave-out", "fortunes",
+          "--out", str(out)])  # fmt: skip
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["config"]["prior"]["recorded_share"] == 0.3
+    assert meta["recorded_curves"] > 100 and "concrete" in meta["recorded_tasks"]
+    assert "fortunes" not in meta["recorded_tasks"] and meta["left_out"] == ["fortunes"]
+    assert np.isfinite(forecast(X, Y, 50.0, weights=out).median[0])
+    with pytest.raises(ValueError, match=r"--leave-out.*unknown task.*'nope'"):
+        main(["--tiny", "--variant", "recorded", "--recorded", str(data), "--leave-out", "nope",
+              "--out", str(out)])  # fmt: skip
+    with pytest.raises(ValueError, match="pass `--recorded DIR`"):
+        main(["--tiny", "--variant", "recorded", "--out", str(out)])
+    with pytest.raises(ValueError, match="need a variant with recorded curves"):
+        main(["--tiny", "--recorded", str(data), "--out", str(out)])
+    with pytest.raises(ValueError, match=r"no \*_curves\.json file"):
+        main(["--tiny", "--variant", "recorded", "--recorded", str(tmp_path), "--out", str(out)])
+
+
 def test_training_is_seeded() -> None:
     cfg = TrainConfig(steps=3, batch=8, max_len=12, emsize=16, layers=1, buckets=16)
     a, _ = train(cfg, log_every=0)

@@ -28,8 +28,10 @@ scoring a recorded task must exclude it from ``recorded`` (leave one task out).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +88,8 @@ VARIANTS: dict[str, PriorConfig] = {
     "base": PriorConfig(),
     "sentinel": PriorConfig(sentinel=0.08, diverge=0.05),
     "early": PriorConfig(tau_max=0.05, slow=0.1, plateau_rise=0.06, flat=0.12, max_noise=0.4),
+    # ``sentinel`` with 30% of each batch drawn from recorded curves (``--recorded``)
+    "recorded": PriorConfig(sentinel=0.08, diverge=0.05, recorded_share=0.3),
 }
 
 
@@ -250,3 +254,24 @@ def recorded_from(data: Sequence[tuple[str, Sequence[Sequence[float]], str]]) ->
                 out.curves.append(arr)
                 out.tasks.append(task)
     return out
+
+
+def recorded_from_folder(folder: str | Path) -> Recorded:
+    """The monitored curves of every ``<task>_curves.json`` sweep in ``folder``.
+
+    Each run's curve is cut to the sweep's ``epoch_budget``; runs shorter than it or with
+    a non-finite value are left out (as the benchmarks leave them out).
+
+    Raises:
+        ValueError: no ``*_curves.json`` file in ``folder``.
+    """
+    paths = sorted(Path(folder).glob("*_curves.json"))
+    if not paths:
+        raise ValueError(f"`recorded`: no *_curves.json file in {str(folder)!r}.")
+    data = []
+    for path in paths:
+        sweep = json.loads(path.read_text())
+        monitor, budget = sweep.get("monitor", "val_acc"), int(sweep["epoch_budget"])
+        runs = [r[monitor][:budget] for r in sweep["runs"] if len(r[monitor]) >= budget]
+        data.append((path.name.removesuffix("_curves.json"), runs, sweep.get("mode", "max")))
+    return recorded_from(data)

@@ -16,6 +16,7 @@ seed, steps and wall time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -28,7 +29,13 @@ import numpy as np
 import torch
 
 from eecontrol.core.curves.pfn import WEIGHTS_FILE, Z_GAIN, CurvePFN, bucket_index, normalise
-from eecontrol.core.curves.prior import VARIANTS, PriorConfig, Recorded, sample_curves
+from eecontrol.core.curves.prior import (
+    VARIANTS,
+    PriorConfig,
+    Recorded,
+    recorded_from_folder,
+    sample_curves,
+)
 
 
 @dataclass
@@ -173,6 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="a few hundred steps of a small model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--robust", action="store_true", help="robust input normalisation")
+    p.add_argument(
+        "--recorded",
+        type=Path,
+        help="folder of recorded *_curves.json sweeps to mix in (variant `recorded`)",
+    )
+    p.add_argument(
+        "--recorded-share",
+        type=float,
+        help="share of each batch drawn from the recorded curves (default: the variant's)",
+    )
+    p.add_argument(
+        "--leave-out", nargs="*", default=[], help="recorded tasks to leave out (held out)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = dict(TINY) if args.tiny else {}
@@ -181,9 +201,34 @@ def main(argv: list[str] | None = None) -> None:
             kw[k] = getattr(args, k)
     if kw.get("steps", 1) < 1:
         raise ValueError(f"`--steps` must be >= 1, got {kw['steps']}.")
-    cfg = TrainConfig(seed=args.seed, prior=VARIANTS[args.variant], robust=args.robust, **kw)
-    model, record = train(cfg, log_every=50 if args.tiny else 200)
+    prior = VARIANTS[args.variant]
+    if args.recorded_share is not None:
+        prior = dataclasses.replace(prior, recorded_share=args.recorded_share)
+    cfg = TrainConfig(seed=args.seed, prior=prior, robust=args.robust, **kw)
+    recorded = None
+    if cfg.prior.recorded_share > 0:
+        if args.recorded is None:
+            raise ValueError(
+                f"`--variant {args.variant}` mixes recorded curves: pass `--recorded DIR`."
+            )
+        recorded = recorded_from_folder(args.recorded)
+        unknown = sorted(set(args.leave_out) - set(recorded.tasks))
+        if unknown:
+            raise ValueError(
+                f"`--leave-out`: unknown task(s) {unknown}; recorded: {sorted(set(recorded.tasks))}."
+            )
+        for task in args.leave_out:
+            recorded = recorded.without(task)
+    elif args.recorded is not None or args.leave_out:
+        raise ValueError(
+            f"`--recorded`/`--leave-out` need a variant with recorded curves, got `{args.variant}`."
+        )
+    model, record = train(cfg, recorded, log_every=50 if args.tiny else 200)
     record["variant"] = args.variant
+    if recorded is not None:
+        record["recorded_tasks"] = sorted(set(recorded.tasks))
+        record["recorded_curves"] = len(recorded.curves)
+        record["left_out"] = sorted(args.leave_out)
     record["command"] = "python -m eecontrol.core.curves.train_pfn " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
