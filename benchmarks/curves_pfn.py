@@ -192,6 +192,17 @@ def pfn_cells(
     return res
 
 
+def write_weights(src: Path, dest: Path, choice: dict[str, Any], command: str) -> None:
+    """Copies the weights ``src`` to ``dest`` with the chosen band spread, and its record."""
+    blob = torch.load(src, weights_only=True)
+    blob["spread"] = float(choice["spread"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, dest)
+    record = json.loads(src.with_suffix(".json").read_text())
+    record["shipped"] = {"choice": choice, "from": str(src), "by": command}
+    dest.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+
+
 def mae(p: list[float] | np.ndarray, final: np.ndarray) -> float:
     """Mean absolute error."""
     return float(np.mean(np.abs(np.asarray(p) - final)))
@@ -265,6 +276,12 @@ def main() -> None:
         "--write-shipped",
         action="store_true",
         help="write the variant and spread chosen on every task (in-sample) as the shipped weights",
+    )
+    parser.add_argument(
+        "--write-loto",
+        type=Path,
+        help="write DIR/<task>.pt (the model and spread chosen without the task) and DIR/all.pt "
+        "(the in-sample choice), for curves_pfn_rules.py --weights DIR/{task}.pt",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -393,6 +410,12 @@ def main() -> None:
         "goal_coverage_075_085_every_cell": bool(all(0.75 <= c <= 0.85 for c in covs)),
         "shipped_choice_on_all_tasks_in_sample": select(raw, names, list(models)),
     }
+    if args.write_loto:
+        choices = {n: result["held_out"][n]["choice"] for n in names}
+        choices["all"] = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
+        for n, choice in choices.items():
+            src = Path(weights_for(models[choice["variant"]], n) or WEIGHTS_FILE)
+            write_weights(src, args.write_loto / f"{n}.pt", choice, result["command"])
     if args.write_shipped:
         choice = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
         src = Path(weights_for(models[choice["variant"]], "all") or WEIGHTS_FILE)

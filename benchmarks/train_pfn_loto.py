@@ -25,6 +25,8 @@ from curves_fit import load_tasks
 
 # name: (variant, recorded share, emsize, layers); fixed before any was scored
 CANDIDATES: dict[str, tuple[str, float, int, int]] = {
+    "base": ("base", 0.0, 64, 3),
+    "early": ("early", 0.0, 64, 3),
     "syn": ("sentinel", 0.0, 64, 3),
     "rec30": ("recorded", 0.3, 64, 3),
     "rec30_wide": ("recorded", 0.3, 96, 4),
