@@ -95,6 +95,10 @@ class ControlCallback(Callback):
         """The arguments that distinguish two instances in ``state_key``."""
         return self._config()
 
+    def _attributes(self, *names: str) -> dict[str, Any]:
+        """``{name: getattr(self, name)}`` in the order given (for :meth:`_config`)."""
+        return {name: getattr(self, name) for name in names}
+
     @property
     @override
     def state_key(self) -> str:
