@@ -12,21 +12,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from eecontrol.testing import quiet_trainer_kwargs
+
 
 def quiet_trainer(root: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
     """A CPU Trainer writing into ``root``: no logger, checkpoint, progress bar, summary or
     sanity check; ``kwargs`` override or add Trainer arguments."""
-    args: dict[str, Any] = {
-        "default_root_dir": str(root),
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "callbacks": callbacks,
-    }
+    args: dict[str, Any] = {**quiet_trainer_kwargs(root), "callbacks": callbacks}
     args.update(kwargs)
     return pl.Trainer(**args)
 

@@ -8,6 +8,7 @@ sets and a table of invalid arguments.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,29 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from eecontrol.callbacks._control import ControlCallback
+
+
+def quiet_trainer_kwargs(root: str | os.PathLike[str], accelerator: str = "cpu") -> dict[str, Any]:
+    """Trainer arguments for a run on one device that writes into ``root`` and prints
+    nothing: no logger, checkpoint, progress bar, model summary or sanity check.
+
+    Args:
+        root: the Trainer's ``default_root_dir``.
+        accelerator: the Trainer's accelerator (one device of it).
+
+    Returns:
+        A new dict; add or override Trainer arguments in it.
+    """
+    return {
+        "default_root_dir": str(root),
+        "accelerator": accelerator,
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
 
 
 def _assert_primitive(value: Any, path: str) -> None:

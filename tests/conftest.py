@@ -14,6 +14,8 @@ import torch
 from eecontrol.recipes.digits import DigitsClassifier, DigitsCNN, DigitsDataModule, DigitsMLP
 from lightning.pytorch.callbacks import Callback
 
+from eecontrol.testing import quiet_trainer_kwargs
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -23,17 +25,7 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 def make_trainer(root: Path, **kwargs: Any) -> pl.Trainer:
     """A quiet CPU trainer writing into ``root``."""
-    defaults: dict[str, Any] = {
-        "default_root_dir": str(root),
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 2,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
+    defaults: dict[str, Any] = {**quiet_trainer_kwargs(root), "max_epochs": 2}
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
 

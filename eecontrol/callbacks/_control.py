@@ -23,18 +23,8 @@ from typing_extensions import override
 
 from eecontrol.callbacks._distributed import release_process_group_at_worker_exit
 from eecontrol.callbacks._journal import write_journal
-from eecontrol.callbacks._trainer import (  # noqa: F401  (re-exported)
-    check_monitor_mode,
-    is_compiled,
-    log_every_n,
-    manual_optimization,
-    plan_step,
-    plan_unit,
-    planned_steps,
-    recompile_limit,
-    reduce_stop,
-    run_dir,
-)
+from eecontrol.callbacks._trainer import *  # noqa: F403  (re-exported: see its __all__)
+from eecontrol.callbacks._trainer import reduce_stop, run_dir
 from eecontrol.core.checks import check_choice, check_range  # noqa: F401  (re-exported)
 from eecontrol.core.decision import (  # noqa: F401  (re-exported)
     DECISIONS_FILE,
@@ -104,6 +94,10 @@ class ControlCallback(Callback):
     def _identity(self) -> dict[str, Any]:
         """The arguments that distinguish two instances in ``state_key``."""
         return self._config()
+
+    def _attributes(self, *names: str) -> dict[str, Any]:
+        """``{name: getattr(self, name)}`` in the order given (for :meth:`_config`)."""
+        return {name: getattr(self, name) for name in names}
 
     @property
     @override

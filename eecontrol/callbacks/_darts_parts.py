@@ -204,15 +204,8 @@ def build_space(
     )
     for name, alpha in alphas.items():
         cb._space.check(name, alpha)
-    cb._criteria = DartsPlusCriteria(
-        cb._space,
-        max_skip=cb.max_skip,
-        patience=cb.patience,
-        criterion=cb.criterion,
-        scope=cb.scope,
-        min_epochs=cb.min_epochs,
-        derive=cb.derive,
-    )
+    settings = ("max_skip", "patience", "criterion", "scope", "min_epochs", "derive")
+    cb._criteria = DartsPlusCriteria(cb._space, **cb._attributes(*settings))
     cb._criteria.load_state_dict(cb._tracker_state)
 
 

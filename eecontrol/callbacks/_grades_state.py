@@ -77,7 +77,7 @@ class GradESState(ControlCallback):
     @override
     def _config(self) -> dict[str, Any]:
         keys = ("tau", "statistic", "normalize", "interval", "grace", "max_frozen_ratio")
-        config = {k: getattr(self, k) for k in (*keys, "rel_tau", "smoothing")}
+        config = self._attributes(*keys, "rel_tau", "smoothing")
         config["patterns"] = None if self.patterns is None else list(self.patterns)
         return config
 

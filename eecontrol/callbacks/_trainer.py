@@ -17,6 +17,20 @@ from typing_extensions import override
 
 from eecontrol.core.decision import lower_is_better
 
+__all__ = [
+    "AfterTrainBatch",
+    "check_monitor_mode",
+    "is_compiled",
+    "log_every_n",
+    "manual_optimization",
+    "plan_step",
+    "plan_unit",
+    "planned_steps",
+    "recompile_limit",
+    "reduce_stop",
+    "run_dir",
+]
+
 
 def reduce_stop(trainer: pl.Trainer, should_stop: bool) -> bool:
     """Makes a stop decision identical on all ranks and applies it to the trainer.

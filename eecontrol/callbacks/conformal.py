@@ -184,7 +184,7 @@ class ConformalEarlyStopping(CandidateResults, ControlCallback):
     def _config(self) -> dict[str, Any]:
         keys = ("task", "storage_period", "storage_start", "storage_unit", "alpha")
         keys += ("conditional", "aps_seed", "randomized")
-        return {**{k: getattr(self, k) for k in keys}, "quantiles": list(self.quantiles)}
+        return {**self._attributes(*keys), "quantiles": list(self.quantiles)}
 
     @override
     def _identity(self) -> dict[str, Any]:

@@ -164,27 +164,15 @@ class DARTSPlusStopping(ControlCallback, AfterTrainBatch):
 
     @override
     def _config(self) -> dict[str, Any]:
-        return {
-            "max_skip": self.max_skip,
-            "patience": self.patience,
-            "criterion": self.criterion,
-            "scope": self.scope,
-            "min_epochs": self.min_epochs,
-            "stop_training": self.stop_training,
-            "learnable_ops": None if self.learnable_ops is None else list(self.learnable_ops),
-            "skip_op": self.skip_op,
-            "check_unit": self.check_unit,
-            "check_period": self.check_period,
-        }
+        config = self._attributes(
+            "max_skip", "patience", "criterion", "scope", "min_epochs", "stop_training"
+        )
+        config["learnable_ops"] = None if self.learnable_ops is None else list(self.learnable_ops)
+        return {**config, **self._attributes("skip_op", "check_unit", "check_period")}
 
     @override
     def _identity(self) -> dict[str, Any]:
-        return {
-            "criterion": self.criterion,
-            "scope": self.scope,
-            "max_skip": self.max_skip,
-            "patience": self.patience,
-        }
+        return self._attributes("criterion", "scope", "max_skip", "patience")
 
     # --- public results -------------------------------------------------------------
 

@@ -144,20 +144,12 @@ class DropoutSchedule(ControlCallback):
 
     @override
     def _config(self) -> dict[str, Any]:
-        return {
-            "p": self.p,
-            "mode": self.mode,
-            "schedule": self.schedule,
-            "cutoff": self.cutoff,
-            "cutoff_unit": self.cutoff_unit,
-            "target": self.target,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_per_block": self.drop_path_per_block,
-        }
+        keys = ("p", "mode", "schedule", "cutoff", "cutoff_unit", "target")
+        return self._attributes(*keys, "drop_path_rate", "drop_path_per_block")
 
     @override
     def _identity(self) -> dict[str, Any]:
-        return {"mode": self.mode, "target": self.target}
+        return self._attributes("mode", "target")
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -106,12 +106,8 @@ class OptunaPruning(ControlCallback):
         self._reported: list[float] = []
 
     def _config(self) -> dict[str, Any]:
-        return {
-            "monitor": self.monitor,
-            "study": self.study_name,
-            "trial_number": self.trial_number,
-            "report_step": self.report_step,
-        }
+        config = {"monitor": self.monitor, "study": self.study_name}
+        return {**config, **self._attributes("trial_number", "report_step")}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

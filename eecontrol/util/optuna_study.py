@@ -16,6 +16,22 @@ from typing import Any
 from optuna.pruners import BasePruner, NopPruner
 from optuna.storages import RDBStorage
 
+__all__ = [
+    "METRICS_ATTR",
+    "OBJECTIVE_ATTR",
+    "PRUNED_ATTR",
+    "REPORT_STEPS",
+    "STORAGE_ENV",
+    "TRIAL_KEY",
+    "build_pruner",
+    "driver_url",
+    "open_storage",
+    "rdb_storage",
+    "redact",
+    "storage_from_env",
+    "storage_url",
+]
+
 STORAGE_ENV = "EECONTROL_OPTUNA_STORAGE"
 TRIAL_KEY = "optuna_trial"
 PRUNED_ATTR = "eecontrol:pruned_at"

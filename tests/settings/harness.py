@@ -44,6 +44,7 @@ from eecontrol.resume import (
     ResumableCheckpoint,
     ResumableDataLoader,
 )
+from eecontrol.testing import quiet_trainer_kwargs
 from tests.callbacks.llm_setting import zero_grad_and_backward
 from tests.conftest import TINY_GQA
 
@@ -445,14 +446,7 @@ class Run:
 def trainer_kwargs(setting: Setting, root: Path, callbacks: list[Callback]) -> dict[str, Any]:
     """The Trainer arguments of a cell (quiet, on the test device)."""
     kwargs: dict[str, Any] = {
-        "default_root_dir": str(root),
-        "accelerator": ACCELERATOR,
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
+        **quiet_trainer_kwargs(root, ACCELERATOR),
         "log_every_n_steps": 1,
         "callbacks": callbacks,
         "deterministic": False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -63,3 +64,16 @@ def _centre(*tensors: Tensor) -> float:
     """
     first = tensors[0].reshape(-1)
     return float(first.median()) if first.numel() else 0.0
+
+
+def _finite_centred(named: Mapping[str, Tensor], outcome: str) -> tuple[float, list[Tensor]]:
+    """Checks that every named tensor is finite, then shifts them all by :func:`_centre` of
+    the tensor named ``outcome``.
+
+    Returns:
+        The centre and the shifted tensors, in the order of ``named``.
+    """
+    for name, x in named.items():
+        _check_finite(name, x)
+    centre = _centre(named[outcome])
+    return centre, [x - centre for x in named.values()]

@@ -9,10 +9,9 @@ from torch import Tensor
 
 from eecontrol.core.conformal._common import (
     _CHUNK_ELEMENTS,
-    _centre,
     _check_alpha,
-    _check_finite,
     _f64,
+    _finite_centred,
     conformal_rank,
 )
 from eecontrol.core.conformal.intervals import RegressionIntervals
@@ -138,14 +137,6 @@ def _check_quantile_inputs(
             f"{tuple(hy.shape)}, {tuple(tl.shape)}, {tuple(tu.shape)}."
         )
     check_quantile_levels(levels)
-    for name, x in (
-        ("holdout_lower", hl),
-        ("holdout_upper", hu),
-        ("holdout_y", hy),
-        ("test_lower", tl),
-        ("test_upper", tu),
-    ):
-        _check_finite(name, x)
 
 
 def check_quantile_levels(levels: object) -> tuple[float, float]:
@@ -211,8 +202,10 @@ def ces_quantile_intervals(
     )
     _check_quantile_inputs(hl, hu, hy, tl, tu, tuple(quantiles))
     low, high = float(quantiles[0]), float(quantiles[1])
-    centre = _centre(hy)
-    hl, hu, hy, tl, tu = (x - centre for x in (hl, hu, hy, tl, tu))
+    centre, (hl, hu, hy, tl, tu) = _finite_centred(
+        dict(holdout_lower=hl, holdout_upper=hu, holdout_y=hy, test_lower=tl, test_upper=tu),
+        "holdout_y",
+    )
     t, m = tl.shape
     loss_lo = pinball_loss(hl, hy.unsqueeze(0), low).sum(dim=1)
     loss_hi = pinball_loss(hu, hy.unsqueeze(0), high).sum(dim=1)

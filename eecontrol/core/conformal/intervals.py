@@ -10,10 +10,9 @@ from torch import Tensor
 
 from eecontrol.core.conformal._common import (
     _CHUNK_ELEMENTS,
-    _centre,
     _check_alpha,
-    _check_finite,
     _f64,
+    _finite_centred,
     conformal_rank,
 )
 
@@ -175,11 +174,10 @@ def ces_regression_intervals(
             "shapes must be holdout_pred (T, n), holdout_y (n,), test_pred (T, m); got "
             f"{tuple(hp.shape)}, {tuple(hy.shape)}, {tuple(tp.shape)}."
         )
-    for name, x in (("holdout_pred", hp), ("holdout_y", hy), ("test_pred", tp)):
-        _check_finite(name, x)
     t, m = tp.shape
-    centre = _centre(hy)
-    hp, hy, tp = hp - centre, hy - centre, tp - centre
+    centre, (hp, hy, tp) = _finite_centred(
+        dict(holdout_pred=hp, holdout_y=hy, test_pred=tp), "holdout_y"
+    )
     residuals = (hy.unsqueeze(0) - hp).abs()
     loss = (residuals**2).sum(dim=1)  # (T,)
     q = _quantiles(residuals, alpha)  # (T,)
