@@ -23,14 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves_fit import load_tasks
 
-# name: (variant, recorded share, emsize, layers); fixed before any was scored
-CANDIDATES: dict[str, tuple[str, float, int, int]] = {
-    "base": ("base", 0.0, 64, 3),
-    "early": ("early", 0.0, 64, 3),
-    "syn": ("sentinel", 0.0, 64, 3),
-    "rec30": ("recorded", 0.3, 64, 3),
-    "rec30_wide": ("recorded", 0.3, 96, 4),
-    "rec60": ("recorded", 0.6, 64, 3),
+# name: (variant, recorded share, emsize, layers, seed)
+CANDIDATES: dict[str, tuple[str, float, int, int, int]] = {
+    "base": ("base", 0.0, 64, 3, 0),
+    "early": ("early", 0.0, 64, 3, 0),
+    "syn": ("sentinel", 0.0, 64, 3, 0),
+    "syn_seed1": ("sentinel", 0.0, 64, 3, 1),
+    "syn_wide": ("sentinel", 0.0, 96, 4, 0),
+    "rec30": ("recorded", 0.3, 64, 3, 0),
+    "rec30_wide": ("recorded", 0.3, 96, 4, 0),
+    "rec60": ("recorded", 0.6, 64, 3, 0),
 }
 
 
@@ -39,7 +41,7 @@ def jobs(out: Path, data: Path, names: list[str], steps: int) -> list[list[str]]
     tasks = sorted(load_tasks(data))
     todo = []
     for name in names:
-        variant, share, emsize, layers = CANDIDATES[name]
+        variant, share, emsize, layers, seed = CANDIDATES[name]
         for held in [*tasks, None] if share > 0 else [None]:
             dest = out / name / f"{held or 'all'}.pt"
             if dest.is_file():
@@ -47,7 +49,8 @@ def jobs(out: Path, data: Path, names: list[str], steps: int) -> list[list[str]]
             cmd = [
                 sys.executable, "-m", "eecontrol.core.curves.train_pfn",
                 "--variant", variant, "--robust", "--steps", str(steps),
-                "--emsize", str(emsize), "--layers", str(layers), "--out", str(dest),
+                "--emsize", str(emsize), "--layers", str(layers), "--seed", str(seed),
+                "--out", str(dest),
             ]  # fmt: skip
             if share > 0:
                 cmd += ["--recorded", str(data), "--recorded-share", str(share)]

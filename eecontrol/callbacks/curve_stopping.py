@@ -58,13 +58,13 @@ class LearningCurveStopping(ControlCallback):
       - ``convergence`` (default): the forecaster (``forecaster``, default the learned
         PFN, :mod:`eecontrol.core.curves.pfn`) extrapolates the curve to the end of
         training; stop when P(beating the run's best by ``min_delta`` before the end) <
-        ``threshold`` (default: the forecaster's own, 0.1 for the PFN). ``min_delta=None``
+        ``threshold`` (default: the forecaster's own, 0.12 for the PFN). ``min_delta=None``
         counts the curve's own noise, so noisy plateaus stop; a validation that set the
         run's best is never a stop, and a target beyond ``bounds`` is clipped to the bound
         (reaching it counts);
       - ``sweep`` (Domhan et al. 2015, needs ``store``): stop when P(value at the end >
         the best value seen by any run of the sweep) < ``threshold`` (default: the
-        forecaster's own, 0.03 for the PFN; the paper's 5% for ``forecast``);
+        forecaster's own, 0.05 for the PFN; the paper's 5% for ``forecast``);
         the run holding the sweep's best is never stopped by it;
       - ``ensemble``: the 11-family BIC ensemble with a residual bootstrap
         (:func:`~eecontrol.core.curves.fit_curve`) in the convergence question (slower,

@@ -6,7 +6,7 @@ trials that reach a rung (``min_resource * reduction_factor**k`` reports) by the
 *at that rung* and keeps the top ``1 / reduction_factor``. A slow starter that would end
 best loses at the early rungs. This variant compares them by a prediction of the value at
 the end of training instead: by default the learned PFN
-(:mod:`eecontrol.core.curves.pfn`) at its ``quantile`` (0.7 for the PFN, the median for
+(:mod:`eecontrol.core.curves.pfn`) at its ``quantile`` (0.6 for the PFN, the median for
 the calibrated forecast), never worse than the trial's best value so far; ``forecaster``
 picks another forecaster of :mod:`eecontrol.core.curves.forecasters`. With fewer reports
 than the forecaster needs (4 for ``forecast``, 1 for the PFN) it falls back to the best

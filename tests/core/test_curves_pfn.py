@@ -239,3 +239,27 @@ def test_the_rules_stop_probabilities_with_the_pfn_are_the_recorded_choice():
         assert value == result["shipped"][rule] and value in result["allowed"][rule], rule
     old = get_forecaster("forecast").rules
     assert (old.threshold, old.delta, old.quantile) == (0.05, 0.05, 0.5)
+
+
+def test_the_shipped_weights_are_the_leave_one_task_out_records_choice() -> None:
+    """The shipped PFN (weights and band spread) is the candidate that
+    ``benchmarks/curves_pfn.py`` chose on all 10 recorded tasks, among candidates that
+    differ in prior, model size, seed and recorded-curve mixing, each task's held-out
+    choice made on the other 9 (``benchmarks/results/curves_pfn_loto.json``)."""
+    root = Path(__file__).resolve().parents[2]
+    result = json.loads((root / "benchmarks/results/curves_pfn_loto.json").read_text())
+    configs = result["model_configs"]
+    assert len({json.dumps(c["prior"], sort_keys=True) for c in configs.values()}) >= 3
+    assert len({(c["emsize"], c["layers"]) for c in configs.values()}) >= 2
+    assert len({c["seed"] for c in configs.values()}) >= 2
+    assert any(c["prior"]["recorded_share"] > 0 for c in configs.values())
+    assert any("{task}" in (path or "") for path in result["models"].values())
+    assert len(result["held_out"]) == 10
+    for task, held in result["held_out"].items():
+        assert task not in held["chosen_on"] and len(held["chosen_on"]) == 9, task
+        assert held["choice"]["variant"] in configs, task
+    choice = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
+    meta = json.loads(pfn.WEIGHTS_FILE.with_suffix(".json").read_text())
+    assert meta["config"] == configs[choice["variant"]]
+    assert meta["shipped"]["choice"] == choice
+    assert load_model().spread == choice["spread"]

@@ -277,11 +277,11 @@ class Forecaster:
         return self.load()(x, y, at, mode=mode, bounds=bounds, **options)
 
 
-PFN_THRESHOLD = 0.1
+PFN_THRESHOLD = 0.12
 """The convergence rule's stop probability with the PFN (chosen leave-one-task-out)."""
-PFN_DELTA = 0.03
+PFN_DELTA = 0.05
 """The sweep rule's stop probability with the PFN (chosen leave-one-task-out)."""
-PFN_QUANTILE = 0.7
+PFN_QUANTILE = 0.6
 """``PredictiveHalvingPruner``'s scoring quantile with the PFN (chosen leave-one-task-out)."""
 
 FORECASTERS: dict[str, Forecaster] = {
