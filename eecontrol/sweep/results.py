@@ -83,6 +83,21 @@ def read_study(sweep_dir: str | Path) -> tuple[dict[str, Any], list[TrialRow]] |
     return results, rows
 
 
+def params_text(params: dict[str, Any], digits: int = 4, short_keys: bool = False) -> str:
+    """Parameters as ``key=value, ...``, floats to ``digits`` significant digits.
+
+    Args:
+        params: the parameters, by (dotted) name.
+        digits: significant digits of a float.
+        short_keys: name each by the last part of its dotted key (``lr``, not ``model.lr``).
+    """
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1] if short_keys else k}="
+        + (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+        for k, v in params.items()
+    )
+
+
 def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
     """Prints the trials of an ``eecontrol_optuna`` sweep (complete vs pruned vs failed).
 
@@ -106,12 +121,7 @@ def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
     for col in ("trial", "state", "value", "reports", "params", "note"):
         table.add_column(col)
     for r in rows:
-        params = ", ".join(
-            f"{k.rsplit('.', 1)[-1]}={v:.3g}"
-            if isinstance(v, float)
-            else f"{k.rsplit('.', 1)[-1]}={v}"
-            for k, v in r.params.items()
-        )
+        params = params_text(r.params, digits=3, short_keys=True)
         value = "" if r.value is None else f"{r.value:.4f}"
         table.add_row(str(r.number), r.state, value, str(r.reports), params, r.note[:80])
     if rows:
@@ -128,8 +138,8 @@ def print_study(sweep_dir: str | Path, console: Any = None) -> bool:
         )
     if "best_value" in results:
         console.print(
-            f"best: trial {results.get('best_trial')} value {results['best_value']:.4f} "
-            f"params {results.get('best_params')}"
+            f"best: trial {results.get('best_trial')} value {results['best_value']:.4g} "
+            f"params {params_text(results.get('best_params') or {})}"
         )
     return True
 
@@ -181,7 +191,9 @@ def write_results(
         results["best_params"] = dict(best.params)
         results["best_value"] = float(best.value)  # type: ignore[arg-type]
         results["best_trial"] = best.number
-        log.info("eecontrol_optuna: best parameters %s, value %s", best.params, best.value)
+        log.info(
+            "eecontrol_optuna: best parameters %s, value %.4g", params_text(best.params), best.value
+        )
     except ValueError:
         if directions is None:
             log.warning("eecontrol_optuna: no trial completed; no best parameters")
