@@ -191,6 +191,10 @@ def test_tiny_training_with_recorded_curves_leaves_the_task_out(tmp_path: Path) 
     with pytest.raises(ValueError, match=r"--leave-out.*unknown task.*'nope'"):
         main(["--tiny", "--variant", "recorded", "--recorded", str(data), "--leave-out", "nope",
               "--out", str(out)])  # fmt: skip
+    every = sorted(set(meta["recorded_tasks"]) | {"fortunes"})
+    with pytest.raises(ValueError, match="left no recorded curve"):
+        main(["--tiny", "--variant", "recorded", "--recorded", str(data), "--leave-out", *every,
+              "--out", str(out)])  # fmt: skip
     with pytest.raises(ValueError, match="pass `--recorded DIR`"):
         main(["--tiny", "--variant", "recorded", "--out", str(out)])
     with pytest.raises(ValueError, match="need a variant with recorded curves"):

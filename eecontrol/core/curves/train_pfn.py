@@ -7,6 +7,8 @@ later points (cross-entropy of the bucket holding the true value).
 
     python -m eecontrol.core.curves.train_pfn                  # the shipped weights
     python -m eecontrol.core.curves.train_pfn --tiny --out /tmp/pfn.pt   # seconds (CI)
+    python -m eecontrol.core.curves.train_pfn --variant recorded --recorded benchmarks/data \
+        --leave-out concrete --out /tmp/pfn_no_concrete.pt   # recorded curves, one task held out
 
 Writes the weights (``torch.load(weights_only=True)``-loadable: the architecture as
 primitives, the state dict as tensors) and, beside them, a JSON of the configuration,
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         for task in args.leave_out:
             recorded = recorded.without(task)
+        if not recorded.curves:
+            raise ValueError(f"`--leave-out {' '.join(args.leave_out)}` left no recorded curve.")
     elif args.recorded is not None or args.leave_out:
         raise ValueError(
             f"`--recorded`/`--leave-out` need a variant with recorded curves, got `{args.variant}`."
