@@ -192,14 +192,15 @@ def pfn_cells(
     return res
 
 
-def write_weights(src: Path, dest: Path, choice: dict[str, Any], command: str) -> None:
-    """Copies the weights ``src`` to ``dest`` with the chosen band spread, and its record."""
+def write_weights(src: Path, dest: Path, shipped: dict[str, Any]) -> None:
+    """Copies the weights ``src`` to ``dest`` with the chosen band spread, and their record
+    (``src``'s training record plus ``shipped``: the choice and how it was made)."""
     blob = torch.load(src, weights_only=True)
-    blob["spread"] = float(choice["spread"])
+    blob["spread"] = float(shipped["choice"]["spread"])
+    record = json.loads(src.with_suffix(".json").read_text())
+    record["shipped"] = shipped
     dest.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, dest)
-    record = json.loads(src.with_suffix(".json").read_text())
-    record["shipped"] = {"choice": choice, "from": str(src), "by": command}
     dest.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -276,12 +277,6 @@ def main() -> None:
         "--write-shipped",
         action="store_true",
         help="write the variant and spread chosen on every task (in-sample) as the shipped weights",
-    )
-    parser.add_argument(
-        "--write-loto",
-        type=Path,
-        help="write DIR/<task>.pt (the model and spread chosen without the task) and DIR/all.pt "
-        "(the in-sample choice), for curves_pfn_rules.py --weights DIR/{task}.pt",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -410,22 +405,12 @@ def main() -> None:
         "goal_coverage_075_085_every_cell": bool(all(0.75 <= c <= 0.85 for c in covs)),
         "shipped_choice_on_all_tasks_in_sample": select(raw, names, list(models)),
     }
-    if args.write_loto:
-        choices = {n: result["held_out"][n]["choice"] for n in names}
-        choices["all"] = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
-        for n, choice in choices.items():
-            src = Path(weights_for(models[choice["variant"]], n) or WEIGHTS_FILE)
-            write_weights(src, args.write_loto / f"{n}.pt", choice, result["command"])
     if args.write_shipped:
         choice = result["summary"]["shipped_choice_on_all_tasks_in_sample"]
         src = Path(weights_for(models[choice["variant"]], "all") or WEIGHTS_FILE)
-        blob = torch.load(src, weights_only=True)
-        blob["spread"] = float(choice["spread"])
-        torch.save(blob, WEIGHTS_FILE)
-        record = json.loads(src.with_suffix(".json").read_text())
-        record["shipped"] = {"chosen_on": names, "choice": choice, "by": result["command"]}
-        WEIGHTS_FILE.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        result["shipped"] = record["shipped"]
+        shipped = {"chosen_on": names, "choice": choice, "by": result["command"]}
+        write_weights(src, WEIGHTS_FILE, shipped)
+        result["shipped"] = shipped
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(

@@ -38,12 +38,7 @@ is scored with that value. ``shipped`` is the same criterion on all 10 tasks (in
 ``loto_unconstrained`` / ``shipped_unconstrained`` are the choices without the guarantees.
 
     python benchmarks/curves_pfn_rules.py [--cache /tmp/rules.pkl] \
-        [--out benchmarks/results/curves_pfn_rules.json] [--weights DIR/{task}.pt]
-
-``--weights`` with ``{task}`` replays each task with the weights written for it by
-``curves_pfn.py --write-loto DIR`` (a model that never saw that task's curves, with the
-band spread chosen without it); the guarantees are then decided with ``DIR/all.pt``, the
-weights that ship.
+        [--out benchmarks/results/curves_pfn_rules.json]
 """
 
 from __future__ import annotations
@@ -60,7 +55,7 @@ import numpy as np
 import optuna
 import torch
 
-from eecontrol.core.curves import convergence_rule, pfn
+from eecontrol.core.curves import convergence_rule
 from eecontrol.core.curves.pfn import forecast as pfn_forecast
 from eecontrol.sweep.replay import (
     Policy,
@@ -81,15 +76,6 @@ ETA = 3
 
 
 # --- the rules' guarantees (their tests), as limits on each knob ---------------------------
-
-
-def use_weights(template: str | None, task: str) -> None:
-    """Makes the PFN's default weights those of ``template`` for ``task`` (None: shipped)."""
-    pfn.WEIGHTS_FILE = Path(template.replace("{task}", task)) if template else SHIPPED_WEIGHTS
-    pfn.load_model.cache_clear()
-
-
-SHIPPED_WEIGHTS = pfn.WEIGHTS_FILE
 
 
 def _p(r: Any) -> float:
@@ -404,9 +390,6 @@ def main() -> None:
     ap.add_argument(
         "--cache", type=Path, default=None, help="a pickle of the forecasts, reused when present"
     )
-    ap.add_argument(
-        "--weights", default=None, help="per-task weights, DIR/{task}.pt (default: shipped)"
-    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     paths = sorted(DATA.glob("*_curves.json"))
@@ -429,7 +412,6 @@ def main() -> None:
     seconds: dict[str, float] = {}
     for task in tasks:
         t0 = time.perf_counter()
-        use_weights(args.weights, task.name)
         base[task.name] = baselines(task)
         perms = orders_of(len(task.curves))
         for th in THRESHOLDS:
@@ -451,7 +433,6 @@ def main() -> None:
         "sweep": "successive_halving_min1",
         "halving": "successive_halving_min1",
     }
-    use_weights(args.weights, "all")
     g = guarantees()
     regret_key = {
         "convergence": "regret_any",  # a stopped run keeps its best, as EarlyStopping's
@@ -459,20 +440,12 @@ def main() -> None:
         "halving": "regret_complete",
     }
     result: dict[str, Any] = {
-        "command": "python benchmarks/curves_pfn_rules.py"
-        + (f" --weights {args.weights}" if args.weights else ""),
-        "weights": args.weights or "shipped",
+        "command": "python benchmarks/curves_pfn_rules.py",
         "note": (
             "Each rule's knob chosen leave-one-task-out on the other 9 recorded tasks (the "
             "fewest epochs at no more summed normalised regret than the baseline there; else "
             "the least regret), the task scored with it. 'shipped' is the same criterion on "
-            "all tasks: in-sample. "
-            + (
-                "Each task replayed with a PFN that never saw its curves (trained with it "
-                "left out, band spread chosen without it); guarantees with the shipped one."
-                if args.weights
-                else "The PFN's weights saw no recorded curve."
-            )
+            "all tasks: in-sample. The PFN's weights saw no recorded curve."
         ),
         "torch": torch.__version__,
         "seconds": seconds,
